@@ -1,0 +1,1 @@
+"""Hardware detection: NVML probing and parsers for saved nvidia-smi output."""

@@ -1,0 +1,133 @@
+"""Human-readable views (rich). Imported only by commands that print tables."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from composegen.inventory import Gpu, Inventory
+
+
+def _mib(v: int | None) -> str:
+    if v is None:
+        return "?"
+    return f"{v / 1024:.1f} GiB" if v >= 1024 else f"{v} MiB"
+
+
+def _opt(v: object, unit: str = "") -> str:
+    return "-" if v is None else f"{v}{unit}"
+
+
+def _health(g: Gpu) -> Text:
+    if g.health == "ok":
+        return Text("ok", style="green")
+    return Text(f"{g.health}: {g.health_reason or ''}".strip(), style="bold red")
+
+
+def _mem(g: Gpu) -> str:
+    used = "?" if g.memory_used_mib is None else str(g.memory_used_mib)
+    total = "?" if g.memory_total_mib is None else str(g.memory_total_mib)
+    return f"{used} / {total} MiB"
+
+
+def _power(g: Gpu) -> str:
+    if g.power_draw_w is None and g.power_limit_w is None:
+        return "-"
+    draw = "?" if g.power_draw_w is None else f"{g.power_draw_w:.0f}"
+    limit = "?" if g.power_limit_w is None else f"{g.power_limit_w:.0f}"
+    return f"{draw} / {limit} W"
+
+
+def print_inventory(inv: Inventory, console: Console) -> None:
+    head = [f"source: {inv.source}"]
+    if inv.driver_version:
+        head.append(f"driver {inv.driver_version}")
+    if inv.cuda_version:
+        head.append(f"CUDA {inv.cuda_version}")
+    if inv.nvml_version:
+        head.append(f"NVML {inv.nvml_version}")
+    console.print("  ".join(head), highlight=False)
+
+    if inv.gpus:
+        table = Table(title=None, show_lines=False, pad_edge=False)
+        for col, justify in (
+            ("GPU", "right"),
+            ("Name", "left"),
+            ("Memory used / total", "right"),
+            ("CC", "right"),
+            ("Bus", "left"),
+            ("Temp", "right"),
+            ("Util", "right"),
+            ("Power", "right"),
+            ("MIG", "left"),
+            ("Health", "left"),
+        ):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for g in inv.gpus:
+            table.add_row(
+                str(g.index),
+                g.name,
+                _mem(g),
+                _opt(g.compute_capability),
+                _opt(g.pci_bus_id),
+                _opt(g.temperature_c, "°C"),
+                _opt(g.utilization_gpu_pct, "%"),
+                _power(g),
+                _opt(g.mig_mode),
+                _health(g),
+            )
+        console.print(table)
+        for g in inv.gpus:
+            if g.uuid:
+                peers = (
+                    f"  NVLink to {', '.join(map(str, g.nvlink_peers))}" if g.nvlink_peers else ""
+                )
+                console.print(f"  GPU {g.index}: {g.uuid}{peers}", highlight=False)
+            for m in g.mig_devices:
+                console.print(
+                    f"    MIG {m.index}: {m.profile or '?'} {_mib(m.memory_total_mib)} "
+                    f"{m.uuid or ''}".rstrip(),
+                    highlight=False,
+                )
+    else:
+        console.print(
+            Text(f"no NVIDIA GPU found: {inv.no_gpu_reason or 'no devices'}", style="bold yellow")
+        )
+    for w in inv.warnings:
+        console.print(Text(f"warning: {w}", style="yellow"))
+    print_host(inv, console)
+
+
+def print_host(inv: Inventory, console: Console) -> None:
+    h = inv.host
+    if h is None:
+        console.print("host: not recorded in this inventory", highlight=False)
+        return
+    console.print(
+        f"host: {h.hostname or '?'} ({h.os or '?'})  CPU: {h.cpu_model or '?'}, "
+        f"{_opt(h.cpu_cores)} cores  RAM: {_mib(h.ram_total_mib)} "
+        f"({_mib(h.ram_available_mib)} available)",
+        highlight=False,
+    )
+    d = h.docker
+    if d is None:
+        console.print("docker: not probed", highlight=False)
+    elif not d.reachable:
+        console.print(Text(f"docker: not reachable: {d.error}", style="yellow"))
+    else:
+        gpu = (
+            Text(f"GPU requests: yes (via {d.gpu_requests_via})", style="green")
+            if d.gpu_requests
+            else Text(
+                "GPU requests: no (no nvidia-container-runtime-hook, nvidia runtime or CDI spec; "
+                "install the NVIDIA Container Toolkit)",
+                style="yellow",
+            )
+        )
+        line = Text(
+            f"docker: engine {d.version} (API {d.api_version}), runtimes: "
+            f"{', '.join(d.runtimes) or '-'}; "
+        )
+        line.append_text(gpu)
+        console.print(line)

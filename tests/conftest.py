@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+sys.path.insert(0, str(ROOT))
+
+from tests.fake_nvml import SCENARIOS, FakeNvml  # noqa: E402
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared; fail (never skip) when the checkout lacks it."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.fail(f"{p} is missing: the tests need ../shared beside the project root")
+    return p
+
+
+@pytest.fixture
+def nvml_scenario(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], FakeNvml]]:
+    """Install a named fake-NVML scenario behind composegen.detect.nvml."""
+    from composegen.detect import nvml
+
+    def install(name: str) -> FakeNvml:
+        fake = FakeNvml(SCENARIOS[name]())
+        monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
+        monkeypatch.setattr(nvml, "_nvml", None)
+        return fake
+
+    yield install
+    nvml.shutdown()
+
+
+@pytest.fixture
+def no_nvidia_smi(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A PATH without nvidia-smi (the CI machine has none anyway; be explicit)."""
+    monkeypatch.setenv(
+        "PATH",
+        os.pathsep.join(
+            d
+            for d in os.environ.get("PATH", "").split(os.pathsep)
+            if not (Path(d) / "nvidia-smi").exists()
+        ),
+    )

@@ -1,0 +1,319 @@
+"""A fake NVML at the pynvml boundary, driven by named scenarios (gpustat's scenario_* habit).
+
+It mimics the pynvml functions composegen.detect.nvml calls, with pynvml's own NVMLError
+classes and error codes, so the code under test cannot tell the difference.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pynvml
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class FakeMig:
+    profile: str
+    memory_mib: int
+    uuid: str
+    gi: int
+    ci: int = 0
+
+
+@dataclass
+class FakeGpu:
+    name: str
+    memory_mib: int
+    uuid: str
+    bus: str
+    cc: tuple[int, int] = (8, 0)
+    used_mib: int = 0
+    temp: int = 35
+    util: int = 0
+    power_mw: int = 60_000
+    limit_mw: int = 400_000
+    minor: int = 0
+    mig: list[FakeMig] | None = None  # None: MIG not supported; []: supported, disabled
+    nvlink_to: list[str] = field(default_factory=list)  # bus ids
+    lost: bool = False  # every query answers NVML_ERROR_GPU_IS_LOST
+    lost_after_name: bool = False  # handle and name work, memory info says lost
+
+
+@dataclass
+class Scenario:
+    gpus: list[FakeGpu]
+    driver: str = "550.54.15"
+    cuda: int = 12040
+    nvml: str = "12.550.54.15"
+    init_error: int | None = None  # an NVML_ERROR_* code nvmlInit raises
+    init_hang_s: float = 0.0
+
+
+def _err(code: int) -> pynvml.NVMLError:
+    return pynvml.NVMLError(code)
+
+
+class FakeNvml:
+    NVMLError = pynvml.NVMLError
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.s = scenario
+        self.init_calls = 0
+        self.shutdown_calls = 0
+        self._release = threading.Event()
+        for name in dir(pynvml):
+            if name.startswith("NVML_"):
+                setattr(self, name, getattr(pynvml, name))
+
+    # -- system
+    def nvmlInit(self) -> None:
+        self.init_calls += 1
+        if self.s.init_hang_s:
+            self._release.wait(self.s.init_hang_s)
+        if self.s.init_error is not None:
+            raise _err(self.s.init_error)
+
+    def nvmlShutdown(self) -> None:
+        self.shutdown_calls += 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return self.s.driver
+
+    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
+        return self.s.cuda
+
+    def nvmlSystemGetNVMLVersion(self) -> str:
+        return self.s.nvml
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.s.gpus)
+
+    # -- devices: a handle is ("gpu", i) or ("mig", i, j)
+    def _gpu(self, h: tuple[Any, ...]) -> FakeGpu:
+        g = self.s.gpus[h[1]]
+        if g.lost:
+            raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return g
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> tuple[Any, ...]:
+        if i >= len(self.s.gpus):
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if self.s.gpus[i].lost:
+            raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return ("gpu", i)
+
+    def nvmlDeviceGetName(self, h: tuple[Any, ...]) -> str:
+        g = self._gpu(h)
+        if h[0] == "mig":
+            assert g.mig is not None
+            return f"{g.name} MIG {g.mig[h[2]].profile}"
+        return g.name
+
+    def nvmlDeviceGetUUID(self, h: tuple[Any, ...]) -> str:
+        g = self._gpu(h)
+        if h[0] == "mig":
+            assert g.mig is not None
+            return g.mig[h[2]].uuid
+        return g.uuid
+
+    def nvmlDeviceGetMemoryInfo(self, h: tuple[Any, ...]) -> SimpleNamespace:
+        g = self._gpu(h)
+        if g.lost_after_name:
+            raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if h[0] == "mig":
+            assert g.mig is not None
+            total = g.mig[h[2]].memory_mib * MIB
+            return SimpleNamespace(total=total, used=0, free=total)
+        return SimpleNamespace(
+            total=g.memory_mib * MIB, used=g.used_mib * MIB, free=(g.memory_mib - g.used_mib) * MIB
+        )
+
+    def nvmlDeviceGetPciInfo(self, h: tuple[Any, ...]) -> SimpleNamespace:
+        return SimpleNamespace(busId=self._gpu(h).bus.encode())
+
+    def nvmlDeviceGetCudaComputeCapability(self, h: tuple[Any, ...]) -> tuple[int, int]:
+        return self._gpu(h).cc
+
+    def nvmlDeviceGetMinorNumber(self, h: tuple[Any, ...]) -> int:
+        return self._gpu(h).minor
+
+    def nvmlDeviceGetMigMode(self, h: tuple[Any, ...]) -> list[int]:
+        g = self._gpu(h)
+        if g.mig is None:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        on = 1 if g.mig else 0
+        return [on, on]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: tuple[Any, ...]) -> int:
+        g = self._gpu(h)
+        if g.mig is None:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return 7
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: tuple[Any, ...], j: int) -> tuple[Any, ...]:
+        g = self._gpu(h)
+        if g.mig is None or j >= len(g.mig):
+            raise _err(pynvml.NVML_ERROR_NOT_FOUND)
+        return ("mig", h[1], j)
+
+    def nvmlDeviceGetGpuInstanceId(self, h: tuple[Any, ...]) -> int:
+        g = self._gpu(h)
+        assert g.mig is not None
+        return g.mig[h[2]].gi
+
+    def nvmlDeviceGetComputeInstanceId(self, h: tuple[Any, ...]) -> int:
+        g = self._gpu(h)
+        assert g.mig is not None
+        return g.mig[h[2]].ci
+
+    def nvmlDeviceGetTemperature(self, h: tuple[Any, ...], sensor: int) -> int:
+        return self._gpu(h).temp
+
+    def nvmlDeviceGetUtilizationRates(self, h: tuple[Any, ...]) -> SimpleNamespace:
+        g = self._gpu(h)
+        if g.mig:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)  # as real MIG-enabled GPUs answer
+        return SimpleNamespace(gpu=g.util, memory=0)
+
+    def nvmlDeviceGetPowerUsage(self, h: tuple[Any, ...]) -> int:
+        return self._gpu(h).power_mw
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: tuple[Any, ...]) -> int:
+        return self._gpu(h).limit_mw
+
+    def nvmlDeviceGetNvLinkState(self, h: tuple[Any, ...], link: int) -> int:
+        g = self._gpu(h)
+        if not g.nvlink_to:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if link >= len(g.nvlink_to):
+            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return 1
+
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, h: tuple[Any, ...], link: int) -> SimpleNamespace:
+        return SimpleNamespace(busId=self._gpu(h).nvlink_to[link].encode())
+
+
+# --- named scenarios ------------------------------------------------------------------------------
+
+
+def _uuid(n: int, tag: str = "a100") -> str:
+    return f"GPU-{tag:0>8}-0000-4000-8000-{n:012d}"[:40]
+
+
+def _hgx(count: int, name: str, mem: int, tag: str, limit_mw: int) -> list[FakeGpu]:
+    buses = [f"00000000:{0x07 + 0x10 * i:02X}:00.0" for i in range(count)]
+    return [
+        FakeGpu(
+            name=name,
+            memory_mib=mem,
+            uuid=_uuid(i, tag),
+            bus=buses[i],
+            limit_mw=limit_mw,
+            minor=i,
+            mig=[],
+            nvlink_to=[b for b in buses if b != buses[i]],
+        )
+        for i in range(count)
+    ]
+
+
+def a100_8x80() -> Scenario:
+    return Scenario(gpus=_hgx(8, "NVIDIA A100-SXM4-80GB", 81920, "a10080", 400_000))
+
+
+def a100_4x64() -> Scenario:
+    return Scenario(gpus=_hgx(4, "NVIDIA A100-SXM-64GB", 65536, "a10064", 440_000))
+
+
+def consumer_pair() -> Scenario:
+    return Scenario(
+        gpus=[
+            FakeGpu(
+                "NVIDIA GeForce RTX 3060 Ti",
+                8192,
+                _uuid(0, "3060ti"),
+                "00000000:01:00.0",
+                cc=(8, 6),
+                limit_mw=200_000,
+                minor=0,
+            ),
+            FakeGpu(
+                "NVIDIA GeForce GTX 1660 SUPER",
+                6144,
+                _uuid(1, "1660s"),
+                "00000000:02:00.0",
+                cc=(7, 5),
+                limit_mw=125_000,
+                minor=1,
+            ),
+        ]
+    )
+
+
+def single_8gb() -> Scenario:
+    return Scenario(
+        gpus=[
+            FakeGpu(
+                "NVIDIA GeForce RTX 3070",
+                8192,
+                _uuid(0, "3070"),
+                "00000000:01:00.0",
+                cc=(8, 6),
+                limit_mw=220_000,
+            )
+        ]
+    )
+
+
+def lost_gpu() -> Scenario:
+    s = a100_4x64()
+    s.gpus[2].lost = True
+    s.gpus[3].lost_after_name = True
+    return s
+
+
+def mig_enabled() -> Scenario:
+    s = a100_8x80()
+    s.gpus = s.gpus[:2]
+    for g in s.gpus:
+        g.nvlink_to = [x.bus for x in s.gpus if x is not g]
+    s.gpus[0].mig = [
+        FakeMig("3g.40gb", 40192, "MIG-11111111-0000-4000-8000-000000000000", gi=2),
+        FakeMig("2g.20gb", 19968, "MIG-22222222-0000-4000-8000-000000000000", gi=3),
+    ]
+    return s
+
+
+def no_driver() -> Scenario:
+    return Scenario(gpus=[], init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+
+
+def no_library() -> Scenario:
+    return Scenario(gpus=[], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+
+def no_devices() -> Scenario:
+    return Scenario(gpus=[])
+
+
+def init_hangs() -> Scenario:
+    return Scenario(gpus=[], init_hang_s=30.0)
+
+
+SCENARIOS = {
+    "a100_8x80": a100_8x80,
+    "a100_4x64": a100_4x64,
+    "consumer_pair": consumer_pair,
+    "single_8gb": single_8gb,
+    "lost_gpu": lost_gpu,
+    "mig_enabled": mig_enabled,
+    "no_driver": no_driver,
+    "no_library": no_library,
+    "no_devices": no_devices,
+    "init_hangs": init_hangs,
+}
