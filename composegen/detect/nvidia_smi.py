@@ -148,22 +148,25 @@ def _gpu(
         if fault is not None:
             health, reason = fault, f"nvidia-smi reported {key} as {raw.get(key)!r}"
             break
-    index = _int(raw.get("index"), where, f"{ctx}: index")
+    n = {
+        key: _int(raw.get(key), where, f"{ctx}: {key}")
+        for key in ("index", "memory.total", "memory.used", "memory.free", "minor_number")
+    }
     mode = (_clean(raw.get("mig.mode.current")) or "").lower()
     mig_mode: MigMode | None = "enabled" if mode == "enabled" else None
     if mode == "disabled":
         mig_mode = "disabled"
     temp, util = tele["temperature.gpu"], tele["utilization.gpu"]
     gpu = Gpu(
-        index=_default(index, position),
+        index=_default(n["index"], position),
         name=_clean(raw.get("name")) or "unknown",
         uuid=_clean(raw.get("uuid")),
-        memory_total_mib=_int(raw.get("memory.total"), where, f"{ctx}: memory total"),
-        memory_used_mib=_int(raw.get("memory.used"), where, f"{ctx}: memory used"),
-        memory_free_mib=_int(raw.get("memory.free"), where, f"{ctx}: memory free"),
+        memory_total_mib=n["memory.total"],
+        memory_used_mib=n["memory.used"],
+        memory_free_mib=n["memory.free"],
         compute_capability=_clean(raw.get("compute_cap")),
         pci_bus_id=_clean(raw.get("pci.bus_id")),
-        minor_number=_int(raw.get("minor_number"), where, f"{ctx}: minor number"),
+        minor_number=n["minor_number"],
         mig_mode=mig_mode,
         mig_devices=mig,
         temperature_c=None if temp is None else round(temp),
@@ -215,52 +218,36 @@ def _handle_errors(text: str) -> tuple[str, list[str]]:
 
 # --- XML and `-q` text: the same tree, two spellings --------------------------------------------
 
-# canonical key -> paths under one GPU, best first: <gpu> element, "GPU <bus id>" section
-_XML_PATHS: dict[str, tuple[str, ...]] = {
-    "name": ("product_name",),
-    "uuid": ("uuid",),
-    "minor_number": ("minor_number",),
-    "pci.bus_id": ("pci/pci_bus_id",),
-    "memory.total": ("fb_memory_usage/total",),
-    "memory.used": ("fb_memory_usage/used",),
-    "memory.free": ("fb_memory_usage/free",),
-    "mig.mode.current": ("mig_mode/current_mig",),
-    "temperature.gpu": ("temperature/gpu_temp",),
-    "utilization.gpu": ("utilization/gpu_util",),
+# canonical key -> (XML paths under <gpu>, `-q` paths under "GPU <bus id>"), best first
+_TREE_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "name": (("product_name",), ("Product Name",)),
+    "uuid": (("uuid",), ("GPU UUID",)),
+    "minor_number": (("minor_number",), ("Minor Number",)),
+    "pci.bus_id": (("pci/pci_bus_id",), ("PCI/Bus Id",)),
+    "memory.total": (("fb_memory_usage/total",), ("FB Memory Usage/Total",)),
+    "memory.used": (("fb_memory_usage/used",), ("FB Memory Usage/Used",)),
+    "memory.free": (("fb_memory_usage/free",), ("FB Memory Usage/Free",)),
+    "mig.mode.current": (("mig_mode/current_mig",), ("MIG Mode/Current",)),
+    "temperature.gpu": (("temperature/gpu_temp",), ("Temperature/GPU Current Temp",)),
+    "utilization.gpu": (("utilization/gpu_util",), ("Utilization/GPU",)),
     "power.draw": (
-        "power_readings/power_draw", "gpu_power_readings/power_draw",
-        "gpu_power_readings/average_power_draw", "gpu_power_readings/instant_power_draw",
+        ("power_readings/power_draw", "gpu_power_readings/power_draw",
+         "gpu_power_readings/average_power_draw", "gpu_power_readings/instant_power_draw"),
+        ("Power Readings/Power Draw", "GPU Power Readings/Power Draw",
+         "GPU Power Readings/Average Power Draw", "GPU Power Readings/Instantaneous Power Draw"),
     ),
     "power.limit": (
-        "power_readings/power_limit", "gpu_power_readings/current_power_limit",
-        "gpu_power_readings/power_limit",
+        ("power_readings/power_limit", "gpu_power_readings/current_power_limit",
+         "gpu_power_readings/power_limit"),
+        ("Power Readings/Power Limit", "GPU Power Readings/Current Power Limit",
+         "GPU Power Readings/Power Limit"),
     ),
 }  # fmt: skip
-_Q_PATHS: dict[str, tuple[str, ...]] = {
-    "name": ("Product Name",),
-    "uuid": ("GPU UUID",),
-    "minor_number": ("Minor Number",),
-    "pci.bus_id": ("PCI/Bus Id",),
-    "memory.total": ("FB Memory Usage/Total",),
-    "memory.used": ("FB Memory Usage/Used",),
-    "memory.free": ("FB Memory Usage/Free",),
-    "mig.mode.current": ("MIG Mode/Current",),
-    "temperature.gpu": ("Temperature/GPU Current Temp",),
-    "utilization.gpu": ("Utilization/GPU",),
-    "power.draw": (
-        "Power Readings/Power Draw", "GPU Power Readings/Power Draw",
-        "GPU Power Readings/Average Power Draw", "GPU Power Readings/Instantaneous Power Draw",
-    ),
-    "power.limit": (
-        "Power Readings/Power Limit", "GPU Power Readings/Current Power Limit",
-        "GPU Power Readings/Power Limit",
-    ),
-}  # fmt: skip
-# MIG slice: index, GPU instance id, compute instance id, the slice's own memory total
-_XML_MIG = (("index",), ("gpu_instance_id",), ("compute_instance_id",), ("fb_memory_usage/total",))
-_Q_MIG = (
-    ("Index",), ("GPU Instance ID",), ("Compute Instance ID",),
-    ("Shared FB Memory Usage/Total", "FB Memory Usage/Total"),
+# a MIG slice's index, GPU instance id, compute instance id and own memory total: XML, `-q`
+_MIG_PATHS = (
+    (("index",), ("gpu_instance_id",), ("compute_instance_id",), ("fb_memory_usage/total",)),
+    (("Index",), ("GPU Instance ID",), ("Compute Instance ID",),
+     ("Shared FB Memory Usage/Total", "FB Memory Usage/Total")),
 )  # fmt: skip
 _MIG_WHAT = ("index", "GPU instance id", "compute instance id", "memory total")
 _Getter = Callable[[str], "str | None"]
@@ -269,28 +256,42 @@ _Getter = Callable[[str], "str | None"]
 def _tree_gpu(
     get: _Getter,
     slices: list[_Getter],
-    spelling: tuple[Mapping[str, tuple[str, ...]], tuple[tuple[str, ...], ...]],
+    spelling: int,
     bus_id: str | None,
     where: str,
     ctx: str,
     position: int,
 ) -> tuple[Gpu, list[str]]:
-    paths, mig_paths = spelling
-    raw = {key: _pick(get(p) for p in ps) for key, ps in paths.items()}
+    """One GPU of the XML (spelling 0) or `-q` (spelling 1) tree; `get` reads a path under it."""
+    raw = {key: _pick(get(p) for p in ps[spelling]) for key, ps in _TREE_PATHS.items()}
     raw["pci.bus_id"] = _clean(raw["pci.bus_id"]) or bus_id
     mig: list[MigDevice] = []
     for k, m in enumerate(slices):
         idx, gi, ci, mem = (
             _int(_pick(m(p) for p in ps), where, f"{ctx}: MIG device #{k} {what}")
-            for ps, what in zip(mig_paths, _MIG_WHAT, strict=True)
+            for ps, what in zip(_MIG_PATHS[spelling], _MIG_WHAT, strict=True)
         )
-        mig.append(MigDevice(_default(idx, k), None, None, mem, gi, ci))
+        mig.append(
+            MigDevice(
+                index=_default(idx, k),
+                memory_total_mib=mem,
+                gpu_instance_id=gi,
+                compute_instance_id=ci,
+            )
+        )
     return _gpu(raw, where, ctx, position, tuple(mig))
 
 
 def parse_xml(text: str, where: str) -> Inventory:
     """`nvidia-smi -q -x` output, any DTD version (v9 to v13) or none."""
-    body = _DOCTYPE.sub(lambda m: "\n" * m[0].count("\n"), text.lstrip("\ufeff"), count=1)
+    start = min(
+        (i for i in (text.find("<?xml"), text.find("<nvidia_smi_log")) if i >= 0), default=0
+    )
+    junk = text[:start].strip()
+    warnings = [f"ignored text before the XML: {junk[:80]!r}"] if junk else []
+    body = re.sub(r"^<\?xml[^>]*\?>", "", text[start:].lstrip("\ufeff"))  # may not come 2nd
+    body = "\n" * text.count("\n", 0, start) + body  # so line numbers stay the file's
+    body = _DOCTYPE.sub(lambda m: "\n" * m[0].count("\n"), body, count=1)
     try:
         root = ET.fromstring(body)
     except ET.ParseError as exc:
@@ -306,12 +307,11 @@ def parse_xml(text: str, where: str) -> Inventory:
     if not elements:
         raise InventoryFileError(where, "XML has no <gpu> element")
     gpus: list[Gpu] = []
-    warnings = _attached_warning(root.findtext("attached_gpus"), len(elements), "attached_gpus")
+    warnings += _attached_warning(root.findtext("attached_gpus"), len(elements), "attached_gpus")
     for pos, el in enumerate(elements):
         slices: list[_Getter] = [m.findtext for m in el.findall("mig_devices/mig_device")]
         ctx = f"<gpu> #{pos} ({el.get('id', 'no id')})"
-        spelling = (_XML_PATHS, _XML_MIG)
-        gpu, notes = _tree_gpu(el.findtext, slices, spelling, el.get("id"), where, ctx, pos)
+        gpu, notes = _tree_gpu(el.findtext, slices, 0, el.get("id"), where, ctx, pos)
         gpus.append(gpu)
         warnings += notes
     driver, cuda = root.findtext("driver_version"), root.findtext("cuda_version")
@@ -450,8 +450,7 @@ def parse_query_text(text: str, where: str) -> Inventory:
     for pos, node in enumerate(sections):
         slices: list[_Getter] = [m.get for m in node.all("MIG Device")]
         bus_id = node.key.split(" ", 1)[1]
-        spelling = (_Q_PATHS, _Q_MIG)
-        gpu, notes = _tree_gpu(node.get, slices, spelling, bus_id, where, node.key, pos)
+        gpu, notes = _tree_gpu(node.get, slices, 1, bus_id, where, node.key, pos)
         gpus.append(gpu)
         warnings += notes
     driver, cuda = root.get("Driver Version"), root.get("CUDA Version")
@@ -592,7 +591,7 @@ def sniff(text: str) -> str | None:
     head = text.lstrip("\ufeff \t\r\n")[:8192]
     if not head or "\x00" in head:
         return None
-    if head.startswith("<"):
+    if head.startswith("<") or "<nvidia_smi_log" in head:
         return "xml"
     if _BAR in head and re.search(r"^# \S+ :: ", text[:65536], re.M):
         return "capture"
@@ -625,8 +624,10 @@ def parse_any(text: str, where: str) -> Inventory:
     """Sniff `text` and parse it with the matching parser."""
     kind = sniff(text)
     if kind is None:
-        empty = " (the file is empty)" if not text.strip() else ""
-        raise InventoryFileError(
-            where, f"not an nvidia-smi output or composegen inventory{empty}", _ANY_HINT
-        )
+        if "No devices were found" in text:
+            problem = "nvidia-smi found no GPU on that host ('No devices were found')"
+        else:
+            empty = " (the file is empty)" if not text.strip() else ""
+            problem = f"not an nvidia-smi output or composegen inventory{empty}"
+        raise InventoryFileError(where, problem, _ANY_HINT)
     return _PARSERS[kind](text, where)
