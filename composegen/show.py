@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from composegen.inventory import Gpu, Inventory
+from composegen.plan import Plan
+from composegen.profiles import Profile
 
 
 def _mib(v: int | None) -> str:
@@ -131,3 +135,120 @@ def print_host(inv: Inventory, console: Console) -> None:
         )
         line.append_text(gpu)
         console.print(line)
+
+
+def profile_dict(prof: Profile) -> dict[str, Any]:
+    return {
+        "schema": "composegen/profile-view/v1",
+        "name": prof.name,
+        "description": prof.description,
+        "seed": prof.seed,
+        "path": prof.path,
+        "images": dict(prof.images),
+        "reference": {
+            "name": prof.reference.name,
+            "gpus": [
+                {"name": g.name, "memory_mib": g.memory_mib, "count": g.count}
+                for g in prof.reference.gpus
+            ],
+            "nvlink": prof.reference.nvlink,
+        },
+        "planner": {
+            "headroom": prof.headroom,
+            "spare_gpus": prof.spare_gpus,
+            "instance_tiers": [{"min_mib": a, "instances": b} for a, b in prof.instance_tiers],
+        },
+        "gateway": {
+            "port": prof.gateway.port,
+            "image": prof.gateway.image,
+            "api_key": "set" if prof.gateway.api_key else None,
+        },
+        "tunables": dict(prof.tunables),
+        "services": [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "enabled": s.enabled,
+                "image": s.image,
+                "group": s.group,
+                "port": s.port,
+                "route": s.route,
+                "models": [{"name": m.name, "vram_mib": m.vram_mib} for m in s.models],
+                "gpu": None
+                if s.gpu is None
+                else {
+                    "count": s.gpu.count,
+                    "vram_mib_per_gpu": s.vram_per_gpu(),
+                    "replicas": s.gpu.replicas,
+                    "on_short": s.gpu.on_short,
+                },
+                "cpu_fallback": None
+                if s.cpu is None
+                else {
+                    "image": s.cpu.image,
+                    "models": [m.name for m in s.cpu.models],
+                },
+            }
+            for s in prof.services
+        ],
+    }
+
+
+def print_profile(prof: Profile, console: Console) -> None:
+    console.print(f"[bold]{prof.name}[/]  ({prof.path})")
+    console.print(prof.description, highlight=False)
+    if prof.seed:
+        console.print(f"reproduces: {prof.seed}", highlight=False)
+    ref = ", ".join(f"{g.count}x {g.name} {g.memory_mib} MiB" for g in prof.reference.gpus)
+    console.print(f"reference hardware: {prof.reference.name} ({ref})", highlight=False)
+    table = Table()
+    for col in ("service", "kind", "GPUs", "VRAM/GPU MiB", "models", "route", "CPU fallback"):
+        table.add_column(col)
+    for s in prof.services:
+        gpus = (
+            "-"
+            if s.gpu is None
+            else (str(s.gpu.replicas) if isinstance(s.gpu.replicas, str) else str(s.gpu.count))
+        )
+        table.add_row(
+            s.name + ("" if s.enabled else " (off)"),
+            s.kind,
+            gpus,
+            "-" if s.gpu is None else str(s.vram_per_gpu()),
+            ", ".join(m.name for m in s.models),
+            s.route or "-",
+            "-" if s.cpu is None else prof.images[s.cpu.image],
+        )
+    console.print(table)
+    console.print("images (override with --image KEY=IMAGE):", highlight=False)
+    for key, image in prof.images.items():
+        console.print(f"  {key} = {image}", highlight=False)
+
+
+def print_plan(plan: Plan, note: str, console: Console) -> None:
+    console.print(f"[bold]{plan.profile}[/] on {note}; pinned by {plan.pin_by}", highlight=False)
+    table = Table()
+    for col, justify in (
+        ("GPU", "right"),
+        ("name", "left"),
+        ("used / usable MiB", "right"),
+        ("free MiB", "right"),
+        ("services", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for g in plan.gpus:
+        what = (
+            ", ".join(g.instances)
+            if g.instances
+            else ("[cyan]spare[/]" if g.spare else ("free" if g.usable else f"[red]{g.why_not}[/]"))
+        )
+        table.add_row(str(g.index), g.name, f"{g.used_mib} / {g.usable_mib}", str(g.free_mib), what)
+    console.print(table)
+    cpu = [i.name for i in plan.instances if i.device == "cpu"]
+    if cpu:
+        console.print(f"on CPU: {', '.join(cpu)}", highlight=False)
+    console.print(f"spare GPUs: {', '.join(map(str, plan.spare_gpus)) or 'none'}", highlight=False)
+    for name, why in plan.dropped:
+        console.print(Text(f"dropped {name}: {why}", style="yellow"))
+    for n in plan.notes:
+        console.print(f"note: {n}", highlight=False)

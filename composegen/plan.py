@@ -1,0 +1,527 @@
+"""The planner, a pure function: (Inventory, Profile, PlanOptions) -> Plan.
+
+It decides which GPU runs which container. Rules, in order:
+- only healthy GPUs with known memory and MIG off are used; each offers its memory less the
+  headroom (default 10%);
+- the profile's spare GPUs (the highest indices) are kept free, as many as the host can spare;
+- fixed services are placed in profile order: `prefer: first` takes the lowest free index,
+  `prefer: largest` the GPU with the most usable VRAM; a tensor-parallel group stays on GPUs
+  joined by NVLink where the topology is known; a GPU is never given to two services unless
+  both declare sharing (`share`, or `share_when_short` once no free GPU is left);
+- `replicas: per-gpu` puts one instance on every remaining GPU, `replicas: tiers` a number of
+  instances per GPU from its VRAM tier, weighted by capacity;
+- what does not fit tries the service's smaller `alternatives`, then its `on_short` rule: run on
+  CPU, drop it, or refuse with the VRAM needed and available and what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from composegen.errors import BadInputError
+from composegen.inventory import Gpu, Inventory
+from composegen.profiles import GpuNeed, Model, Profile, Service
+
+PinBy = Literal["uuid", "index"]
+SLOT_MIB = 3584
+
+
+class PlanError(BadInputError):
+    """The profile cannot be placed on this hardware and its rules say refuse."""
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    pin_by: PinBy | None = None  # None: UUIDs when every GPU has a unique one, else indices
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One container of the stack."""
+
+    name: str  # compose service name
+    service: str  # profile service
+    group: str  # gateway upstream
+    device: Literal["gpu", "cpu"]
+    gpus: tuple[int, ...]
+    device_ids: tuple[str, ...]
+    vram_mib: int  # per GPU
+    models: tuple[Model, ...]
+    port: int
+    replica: int = 0
+    weight: int = 1
+    max_concurrency: int | None = None
+    shared: bool = False  # shares its GPU with another service
+
+    @property
+    def tensor_parallel(self) -> int:
+        return max(1, len(self.gpus))
+
+
+@dataclass(frozen=True)
+class GpuUse:
+    index: int
+    name: str
+    memory_total_mib: int
+    usable_mib: int
+    used_mib: int
+    instances: tuple[str, ...]
+    spare: bool
+    usable: bool
+    why_not: str | None = None
+
+    @property
+    def free_mib(self) -> int:
+        return self.usable_mib - self.used_mib
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    inventory_source: str
+    headroom: float
+    pin_by: PinBy
+    instances: tuple[Instance, ...]
+    gpus: tuple[GpuUse, ...]
+    spare_gpus: tuple[int, ...]
+    dropped: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def of_service(self, service: str) -> tuple[Instance, ...]:
+        return tuple(i for i in self.instances if i.service == service)
+
+    def instance(self, name: str) -> Instance:
+        for i in self.instances:
+            if i.name == name:
+                return i
+        raise KeyError(name)
+
+    @property
+    def groups(self) -> dict[str, tuple[Instance, ...]]:
+        out: dict[str, list[Instance]] = {}
+        for i in self.instances:
+            out.setdefault(i.group, []).append(i)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "composegen/plan/v1",
+            "profile": self.profile,
+            "inventory_source": self.inventory_source,
+            "headroom": self.headroom,
+            "pin_by": self.pin_by,
+            "services": [
+                {
+                    "name": i.name,
+                    "service": i.service,
+                    "group": i.group,
+                    "device": i.device,
+                    "gpus": list(i.gpus),
+                    "device_ids": list(i.device_ids),
+                    "tensor_parallel": i.tensor_parallel,
+                    "vram_mib_per_gpu": i.vram_mib,
+                    "models": [m.name for m in i.models],
+                    "port": i.port,
+                    "weight": i.weight,
+                    "shared_gpu": i.shared,
+                }
+                for i in self.instances
+            ],
+            "gpus": [
+                {
+                    "index": g.index,
+                    "name": g.name,
+                    "memory_total_mib": g.memory_total_mib,
+                    "usable_mib": g.usable_mib,
+                    "used_mib": g.used_mib,
+                    "free_mib": g.free_mib,
+                    "services": list(g.instances),
+                    "spare": g.spare,
+                    "usable": g.usable,
+                    "why_not": g.why_not,
+                }
+                for g in self.gpus
+            ],
+            "spare_gpus": list(self.spare_gpus),
+            "dropped": [{"service": s, "reason": r} for s, r in self.dropped],
+            "notes": list(self.notes),
+        }
+
+
+# --- the state of one planning run --------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    gpu: Gpu
+    usable: int
+    used: int = 0
+    holders: list[tuple[str, bool]] = field(default_factory=list)  # (instance, may share)
+    spare: bool = False
+
+    @property
+    def free(self) -> int:
+        return self.usable - self.used
+
+    @property
+    def empty(self) -> bool:
+        return not self.holders
+
+    def shareable(self) -> bool:
+        return all(may for _, may in self.holders)
+
+
+class _Run:
+    def __init__(self, inv: Inventory, prof: Profile) -> None:
+        self.prof = prof
+        self.notes: list[str] = []
+        self.slots: dict[int, _Slot] = {}
+        self.excluded: dict[int, str] = {}
+        for g in sorted(inv.gpus, key=lambda g: g.index):
+            if g.index in self.slots or g.index in self.excluded:
+                continue  # duplicate index in a merged file: the first one wins
+            why = None
+            if not g.healthy:
+                why = f"unhealthy ({g.health}: {g.health_reason or 'no reason given'})"
+            elif g.memory_total_mib is None:
+                why = "memory size unknown"
+            elif g.mig_mode == "enabled":
+                why = "MIG is enabled (composegen pins whole GPUs)"
+            if why:
+                self.excluded[g.index] = why
+                self.notes.append(f"GPU {g.index} not used: {why}")
+                continue
+            assert g.memory_total_mib is not None
+            usable = int(g.memory_total_mib * (1.0 - prof.headroom))
+            self.slots[g.index] = _Slot(gpu=g, usable=usable)
+        self.topology_known = any(s.gpu.nvlink_peers for s in self.slots.values())
+        self.instances: list[Instance] = []
+        self.dropped: list[tuple[str, str]] = []
+
+    # -- choosing GPUs
+
+    def _candidates(self, vram: int, exclusive: bool, share: bool) -> list[_Slot]:
+        out = []
+        for s in self.slots.values():
+            if s.spare or s.free < vram:
+                continue
+            if s.empty or (not exclusive and share and s.shareable()):
+                out.append(s)
+        return out
+
+    def _pick(self, need: GpuNeed, vram: int, share_ok: bool) -> list[_Slot] | None:
+        count = need.count
+        pools: list[tuple[bool, bool]] = [(True, False)]  # (exclusive, share)
+        if need.share:
+            pools = [(True, False), (False, True)]
+        if share_ok:
+            pools.append((False, True))
+        for exclusive, share in pools:
+            cands = self._candidates(vram, exclusive, share)
+            if need.prefer == "largest":
+                cands.sort(key=lambda s: (-s.free, s.gpu.index))
+            else:
+                cands.sort(key=lambda s: s.gpu.index)
+            chosen = self._group(cands, count, need.nvlink)
+            if chosen:
+                return chosen
+        return None
+
+    def _group(self, cands: list[_Slot], count: int, nvlink: bool) -> list[_Slot] | None:
+        if len(cands) < count:
+            return None
+        if count == 1 or not nvlink or not self.topology_known:
+            return cands[:count]
+        for first in cands:
+            group = [first]
+            for other in cands:
+                if other is first:
+                    continue
+                if all(other.gpu.index in g.gpu.nvlink_peers for g in group):
+                    group.append(other)
+                    if len(group) == count:
+                        return group
+        return None
+
+    def _device_ids(self, slots: Sequence[_Slot]) -> tuple[int, ...]:
+        return tuple(sorted(s.gpu.index for s in slots))
+
+    def _take(self, slots: list[_Slot], name: str, vram: int, may_share: bool) -> bool:
+        shared = any(not s.empty for s in slots)
+        for s in slots:
+            s.used += vram
+            s.holders.append((name, may_share))
+        return shared
+
+    # -- placing services
+
+    def reserve_spares(self, gpus_needed: int) -> None:
+        want = self.prof.spare_gpus
+        if not want:
+            return
+        can = max(0, len(self.slots) - gpus_needed)
+        n = min(want, can)
+        if n < want:
+            self.notes.append(
+                f"spare GPUs reduced from {want} to {n}: the services need {gpus_needed} of the "
+                f"{len(self.slots)} usable GPUs"
+            )
+        for idx in sorted(self.slots)[len(self.slots) - n :]:
+            self.slots[idx].spare = True
+
+    def place_fixed(self, svc: Service, replica: int, name: str) -> None:
+        need = svc.gpu or GpuNeed()
+        options = [svc.models, *svc.alternatives] if svc.models else [()]
+        for attempt, models in enumerate(options):
+            vram = svc.vram_per_gpu(models if attempt else None)
+            chosen = self._pick(need, vram, share_ok=need.share_when_short)
+            if chosen is None:
+                continue
+            may_share = need.share or need.share_when_short
+            shared = self._take(chosen, name, vram, may_share)
+            if attempt:
+                self.notes.append(
+                    f"{name}: the preferred model does not fit; using "
+                    f"{', '.join(m.name for m in models)} instead"
+                )
+            if shared:
+                self.notes.append(f"{name} shares GPU {self._device_ids(chosen)} (declared)")
+            self.instances.append(self._instance(svc, name, replica, chosen, vram, models, shared))
+            return
+        self._short(svc, name, replica, svc.vram_per_gpu(), need.count)
+
+    def _short(self, svc: Service, name: str, replica: int, vram: int, count: int) -> None:
+        need = svc.gpu or GpuNeed()
+        best = max((s.free for s in self.slots.values() if not s.spare), default=0)
+        what = f"needs {vram} MiB of VRAM on each of {count} GPU{'s' if count > 1 else ''}"
+        have = (
+            f"the most any free GPU offers is {best} MiB ({self.prof.headroom:.0%} headroom)"
+            if self.slots
+            else "this host has no usable GPU"
+        )
+        if need.on_short == "cpu" and svc.cpu is not None:
+            self.notes.append(f"{name} runs on CPU: it {what}; {have}")
+            self.instances.append(
+                Instance(
+                    name=name,
+                    service=svc.name,
+                    group=svc.group,
+                    device="cpu",
+                    gpus=(),
+                    device_ids=(),
+                    vram_mib=0,
+                    models=svc.cpu.models or svc.models,
+                    port=self._port(svc, replica),
+                    replica=replica,
+                    max_concurrency=svc.max_concurrency,
+                )
+            )
+            return
+        if need.on_short == "drop":
+            reason = f"it {what}; {have}"
+            self.dropped.append((name, reason))
+            self.notes.append(f"{name} dropped: {reason}")
+            return
+        raise PlanError(
+            f"{self.prof.path or self.prof.name}: service {name} {what}; {have}",
+            f"use a host with a larger GPU, lower --set planner.headroom, or let it degrade "
+            f"with --set services.{svc.name}.gpu.on_short=cpu|drop",
+        )
+
+    def _port(self, svc: Service, replica: int) -> int:
+        return svc.port + replica if svc.port_per_instance else svc.port
+
+    def _instance(
+        self,
+        svc: Service,
+        name: str,
+        replica: int,
+        slots: Sequence[_Slot],
+        vram: int,
+        models: tuple[Model, ...],
+        shared: bool,
+        weight: int = 1,
+        max_concurrency: int | None = None,
+    ) -> Instance:
+        return Instance(
+            name=name,
+            service=svc.name,
+            group=svc.group,
+            device="gpu",
+            gpus=self._device_ids(slots),
+            device_ids=(),
+            vram_mib=vram,
+            models=models or svc.models,
+            port=self._port(svc, replica),
+            replica=replica,
+            weight=weight,
+            max_concurrency=max_concurrency or svc.max_concurrency,
+            shared=shared,
+        )
+
+    def place_per_gpu(self, svc: Service) -> None:
+        vram = svc.vram_per_gpu()
+        slots = [
+            s
+            for s in sorted(self.slots.values(), key=lambda s: s.gpu.index)
+            if s.empty and not s.spare and s.free >= vram
+        ]
+        for replica, slot in enumerate(slots):
+            name = f"{svc.name}-{replica}"
+            self._take([slot], name, vram, False)
+            self.instances.append(self._instance(svc, name, replica, [slot], vram, (), False))
+        if not slots:
+            self._short(svc, f"{svc.name}-0", 0, vram, 1)
+
+    def place_tiers(self, svc: Service) -> None:
+        vram = svc.vram_per_gpu()
+        replica = 0
+        for slot in sorted(self.slots.values(), key=lambda s: s.gpu.index):
+            if not slot.empty or slot.spare:
+                continue
+            tier = next(
+                n
+                for floor, n in self.prof.instance_tiers
+                if (slot.gpu.memory_total_mib or 0) >= floor
+            )
+            n = min(tier, slot.free // vram) if vram else tier
+            if n <= 0:
+                continue
+            per_instance = slot.usable // n
+            weight = max(1, per_instance // 1024)  # GiB of VRAM behind each instance
+            # one parallel request per ~3.5 GiB behind the instance (KV cache and compute),
+            # at most what the profile allows: 8 GB -> 2, 12 GB -> 3 (seed 001's figures)
+            concurrency = max(1, min(svc.max_concurrency or 1, per_instance // SLOT_MIB))
+            for _ in range(n):
+                name = f"{svc.name}-{replica}"
+                self._take([slot], name, vram, True)
+                self.instances.append(
+                    self._instance(svc, name, replica, [slot], vram, (), n > 1, weight, concurrency)
+                )
+                replica += 1
+        if replica == 0:
+            self._short(svc, f"{svc.name}-0", 0, vram, 1)
+
+
+def _exclusive_need(prof: Profile) -> int:
+    n = 0
+    for svc in prof.enabled_services:
+        if svc.gpu is None or isinstance(svc.gpu.replicas, str):
+            continue
+        if svc.gpu.share and n:
+            continue
+        n += svc.gpu.count * svc.gpu.replicas
+    return n
+
+
+def _pin_by(inv: Inventory, requested: PinBy | None, notes: list[str]) -> PinBy:
+    uuids = [g.uuid for g in inv.gpus]
+    unique = all(uuids) and len(set(uuids)) == len(uuids)
+    if requested == "uuid" and not unique:
+        raise BadInputError(
+            "--pin-by uuid: this inventory has GPUs without a unique UUID",
+            "use --pin-by index, or an inventory saved with `composegen detect --save`",
+        )
+    if requested:
+        return requested
+    if unique and inv.gpus:
+        return "uuid"
+    if inv.gpus:
+        notes.append(
+            "pinned by index: this inventory has no unique GPU UUIDs (reference or masked)"
+        )
+    return "index"
+
+
+def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) -> Plan:
+    run = _Run(inv, prof)
+    run.reserve_spares(_exclusive_need(prof))
+    for svc in prof.enabled_services:
+        if svc.gpu is None:
+            run.instances.append(
+                Instance(
+                    name=svc.name,
+                    service=svc.name,
+                    group=svc.group,
+                    device="cpu",
+                    gpus=(),
+                    device_ids=(),
+                    vram_mib=0,
+                    models=svc.models,
+                    port=svc.port,
+                    max_concurrency=svc.max_concurrency,
+                )
+            )
+        elif svc.gpu.replicas == "per-gpu" or svc.gpu.replicas == "tiers":
+            continue
+        else:
+            for r in range(svc.gpu.replicas):
+                name = svc.name if svc.gpu.replicas == 1 else f"{svc.name}-{r}"
+                run.place_fixed(svc, r, name)
+    for svc in prof.enabled_services:  # replicas fill what the fixed services left
+        if svc.gpu is not None and svc.gpu.replicas == "per-gpu":
+            run.place_per_gpu(svc)
+        elif svc.gpu is not None and svc.gpu.replicas == "tiers":
+            run.place_tiers(svc)
+
+    notes = run.notes
+    pin_by = _pin_by(inv, opts.pin_by, notes)
+    by_index = {g.index: g for g in inv.gpus}
+
+    def ids(gpus: tuple[int, ...]) -> tuple[str, ...]:
+        if pin_by == "uuid":
+            return tuple(str(by_index[i].uuid) for i in gpus)
+        return tuple(str(i) for i in gpus)
+
+    from dataclasses import replace
+
+    order = {s.name: n for n, s in enumerate(prof.services)}
+    instances = tuple(
+        sorted(
+            (replace(i, device_ids=ids(i.gpus)) for i in run.instances),
+            key=lambda i: (order[i.service], i.replica),
+        )
+    )
+    uses = []
+    for g in sorted(inv.gpus, key=lambda g: g.index):
+        slot = run.slots.get(g.index)
+        if slot is None or slot.gpu is not g:
+            uses.append(
+                GpuUse(
+                    index=g.index,
+                    name=g.name,
+                    memory_total_mib=g.memory_total_mib or 0,
+                    usable_mib=0,
+                    used_mib=0,
+                    instances=(),
+                    spare=False,
+                    usable=False,
+                    why_not=run.excluded.get(g.index, "duplicate index"),
+                )
+            )
+            continue
+        uses.append(
+            GpuUse(
+                index=g.index,
+                name=g.name,
+                memory_total_mib=g.memory_total_mib or 0,
+                usable_mib=slot.usable,
+                used_mib=slot.used,
+                instances=tuple(n for n, _ in slot.holders),
+                spare=slot.spare,
+                usable=True,
+            )
+        )
+    return Plan(
+        profile=prof.name,
+        inventory_source=inv.source,
+        headroom=prof.headroom,
+        pin_by=pin_by,
+        instances=instances,
+        gpus=tuple(uses),
+        spare_gpus=tuple(u.index for u in uses if u.spare),
+        dropped=tuple(run.dropped),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,543 @@
+"""Profiles: YAML files validated against a JSON Schema shipped in the package.
+
+A profile names a stack's services, their images, models and VRAM needs, ports, health checks,
+gateway routes and CPU fallbacks, and the reference hardware it is planned against when there
+is no GPU. Overrides (`--set`, `--values`, `--image`) are applied to the raw data before it is
+validated, so a bad override is reported like a bad profile: file, path, what is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from composegen.errors import BadInputError
+from composegen.inventory import Gpu, Inventory
+from composegen.resources import profiles_dir
+
+SCHEMA_ID = "composegen/profile/v1"
+ENV_PATH = "COMPOSEGEN_PROFILES_PATH"
+
+Kind = Literal["ollama", "vllm", "http"]
+OnShort = Literal["refuse", "cpu", "drop"]
+
+
+class ProfileError(BadInputError):
+    pass
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    vram_mib: int
+
+
+@dataclass(frozen=True)
+class Health:
+    path: str | None = None
+    interval: str = "30s"
+    timeout: str = "5s"
+    retries: int = 3
+    start_period: str = "30s"
+    healthy_after: int = 1
+
+
+@dataclass(frozen=True)
+class CpuVariant:
+    image: str
+    models: tuple[Model, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+    cpus: float | None = None
+    memory_mib: int | None = None
+
+
+@dataclass(frozen=True)
+class GpuNeed:
+    count: int = 1
+    vram_mib: int | None = None  # per GPU; None: the models' sum spread over `count`
+    nvlink: bool = False
+    prefer: Literal["first", "largest"] = "first"
+    share: bool = False
+    share_when_short: bool = False
+    replicas: int | Literal["per-gpu", "tiers"] = 1
+    on_short: OnShort = "refuse"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    kind: Kind
+    image: str  # a key of Profile.images
+    port: int
+    description: str = ""
+    enabled: bool = True
+    group: str = ""
+    role: str = "app"
+    port_per_instance: bool = False
+    models: tuple[Model, ...] = ()
+    gpu: GpuNeed | None = None
+    alternatives: tuple[tuple[Model, ...], ...] = ()
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    shm_size: str | None = None
+    volumes: tuple[str, ...] = ()
+    health: Health = Health()
+    route: str | None = None
+    depends_on: tuple[str, ...] = ()
+    max_concurrency: int | None = None
+    memory_mib: int | None = None
+    cpus: float | None = None
+    cpu: CpuVariant | None = None
+
+    def vram_per_gpu(self, models: tuple[Model, ...] | None = None) -> int:
+        need = self.gpu or GpuNeed()
+        if need.vram_mib is not None and models is None:
+            return need.vram_mib
+        total = sum(m.vram_mib for m in (self.models if models is None else models))
+        return -(-total // need.count)
+
+
+@dataclass(frozen=True)
+class RefGpu:
+    name: str
+    memory_mib: int
+    count: int = 1
+    compute_capability: str | None = None
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str
+    gpus: tuple[RefGpu, ...]
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    nvlink: Literal["all", "none"] = "none"
+
+
+@dataclass(frozen=True)
+class Gateway:
+    image: str = "nginx"
+    port: int = 8080
+    api_key: str | None = None
+    max_fails: int = 3
+    fail_timeout_s: int = 30
+    read_timeout_s: int = 600
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    reference: Reference
+    images: Mapping[str, str]
+    services: tuple[Service, ...]
+    seed: str = ""
+    headroom: float = 0.10
+    spare_gpus: int = 0
+    instance_tiers: tuple[tuple[int, int], ...] = ((24576, 3), (16384, 2), (0, 1))
+    gateway: Gateway = Gateway()
+    tunables: Mapping[str, str] = field(default_factory=dict)
+    volumes: tuple[str, ...] = ()
+    path: str = ""
+
+    def service(self, name: str) -> Service:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def enabled_services(self) -> tuple[Service, ...]:
+        return tuple(s for s in self.services if s.enabled)
+
+    def reference_inventory(self) -> Inventory:
+        gpus: list[Gpu] = []
+        for ref in self.reference.gpus:
+            for _ in range(ref.count):
+                gpus.append(
+                    Gpu(
+                        index=len(gpus),
+                        name=ref.name,
+                        memory_total_mib=ref.memory_mib,
+                        memory_used_mib=0,
+                        memory_free_mib=ref.memory_mib,
+                        compute_capability=ref.compute_capability,
+                    )
+                )
+        if self.reference.nvlink == "all" and len(gpus) > 1:
+            from dataclasses import replace
+
+            every = [g.index for g in gpus]
+            gpus = [replace(g, nvlink_peers=tuple(i for i in every if i != g.index)) for g in gpus]
+        return Inventory(
+            source=f"reference:{self.name}",
+            gpus=tuple(gpus),
+            driver_version=self.reference.driver_version,
+            cuda_version=self.reference.cuda_version,
+        )
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _schema() -> dict[str, Any]:
+    path = Path(__file__).with_name("schemas") / "profile.schema.json"
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def _where(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _say(error: Any) -> str:
+    """jsonschema's error in the words a user needs."""
+    v = error.validator
+    if v == "minimum":
+        return f"must be >= {error.validator_value}"
+    if v == "maximum":
+        return f"must be <= {error.validator_value}"
+    if v == "exclusiveMinimum":
+        return f"must be > {error.validator_value}"
+    if v == "type":
+        want = error.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return f"must be {'an' if str(want)[0] in 'aeiou' else 'a'} {want}, not {error.instance!r}"
+    if v == "required":
+        return error.message.replace("is a required property", "is required")  # type: ignore[no-any-return]
+    if v == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"unknown key {extra[0]!r}" if extra else "unknown key"
+    if v == "enum":
+        return (
+            f"must be one of {', '.join(map(str, error.validator_value))}, not {error.instance!r}"
+        )
+    if v == "const":
+        return f"must be {error.validator_value!r}"
+    if v == "pattern":
+        return f"{error.instance!r} does not match {error.validator_value}"
+    if v in ("minItems", "minProperties"):
+        return "must not be empty"
+    if v == "oneOf":
+        return f"{error.instance!r} is not valid here"
+    return str(error.message)
+
+
+def validate(data: Any, where: str) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(
+        validator.iter_errors(data), key=lambda e: (len(e.path), list(map(str, e.path)))
+    )
+    if errors:
+        best = jsonschema.exceptions.best_match(errors) or errors[0]
+        raise ProfileError(f"{where}: {_where(best.absolute_path)}: {_say(best)}")
+    _check_references(data, where)
+
+
+def _check_references(data: dict[str, Any], where: str) -> None:
+    images = data["images"]
+    services = data["services"]
+    gateway_image = (data.get("gateway") or {}).get("image", "nginx")
+    if gateway_image not in images:
+        raise ProfileError(f"{where}: gateway.image: unknown image key {gateway_image!r}")
+    routes: dict[str, str] = {}
+    volumes = set((data.get("volumes") or {}).keys())
+    for name, svc in services.items():
+        for key, value in (
+            ("image", svc["image"]),
+            ("cpu.image", (svc.get("cpu") or {}).get("image")),
+        ):
+            if value is not None and value not in images:
+                raise ProfileError(
+                    f"{where}: services.{name}.{key}: unknown image key {value!r} "
+                    f"(images has: {', '.join(sorted(images))})"
+                )
+        for dep in svc.get("depends_on", []):
+            if dep not in services:
+                raise ProfileError(f"{where}: services.{name}.depends_on: no service {dep!r}")
+            if dep == name:
+                raise ProfileError(f"{where}: services.{name}.depends_on: depends on itself")
+        route = svc.get("route")
+        group = svc.get("group", name)
+        if route is not None:
+            if route in routes and routes[route] != group:
+                raise ProfileError(
+                    f"{where}: services.{name}.route: {route} is already the route of "
+                    f"services.{routes[route]}"
+                )
+            routes[route] = group
+        for i, vol in enumerate(svc.get("volumes", [])):
+            vname = vol.split(":", 1)[0].replace("{instance}", "")
+            if vname not in volumes and not vol.split(":", 1)[0].endswith("{instance}"):
+                raise ProfileError(
+                    f"{where}: services.{name}.volumes[{i}]: volume {vname!r} is not declared "
+                    "under volumes:"
+                )
+        gpu = svc.get("gpu") or {}
+        if gpu.get("vram_mib") is None and gpu and not svc.get("models"):
+            raise ProfileError(f"{where}: services.{name}.gpu.vram_mib: required without models")
+    gw_port = (data.get("gateway") or {}).get("port", 8080)
+    if not 1 <= gw_port <= 65535:
+        raise ProfileError(f"{where}: gateway.port: must be between 1 and 65535")
+
+
+# --- overrides --------------------------------------------------------------------------------
+
+
+def parse_assignment(text: str, option: str) -> tuple[list[str], Any]:
+    """`a.b.c=VALUE` -> (["a","b","c"], value), VALUE read as a YAML scalar."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise BadInputError(
+            f"{option} {text!r}: expected KEY=VALUE", f"e.g. {option} planner.headroom=0.2"
+        )
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise BadInputError(f"{option} {text!r}: empty part in key {key!r}")
+    raw = raw.strip()
+    value: Any = raw
+    if raw:
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)) and not raw.startswith(("{", "[")):
+            value = raw
+    if isinstance(value, (dict, list)):
+        raise BadInputError(
+            f"{option} {text!r}: VALUE must be a single value, not a mapping or list"
+        )
+    return parts, value
+
+
+def apply_set(data: dict[str, Any], parts: list[str], value: Any, option: str) -> None:
+    cur: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = cur.get(part) if isinstance(cur, dict) else None
+        if nxt is None:
+            if not isinstance(cur, dict):
+                raise BadInputError(f"{option}: {'.'.join(parts[: i + 1])} is not a mapping")
+            nxt = {}
+            cur[part] = nxt
+        if not isinstance(nxt, dict):
+            raise BadInputError(
+                f"{option}: {'.'.join(parts[: i + 1])} is a {type(nxt).__name__}, not a mapping"
+            )
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    sets: tuple[str, ...] = ()
+    values_files: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()
+
+
+def apply_overrides(data: dict[str, Any], ov: Overrides, where: str) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    for path in ov.values_files:
+        extra = _read_yaml(path)
+        if not isinstance(extra, dict):
+            raise BadInputError(f"{path}: --values file must hold a mapping")
+        deep_merge(out, extra)
+    for text in ov.sets:
+        parts, value = parse_assignment(text, "--set")
+        apply_set(out, parts, value, f"--set {text}")
+    images = out.get("images")
+    for text in ov.images:
+        key, sep, image = text.partition("=")
+        if not sep or not key or not image:
+            raise BadInputError(
+                f"--image {text!r}: expected KEY=IMAGE", "e.g. --image ollama=local/ollama:test"
+            )
+        if not isinstance(images, dict) or key not in images:
+            known = ", ".join(sorted(images)) if isinstance(images, dict) else "none"
+            raise BadInputError(
+                f"--image {text!r}: {where} has no image key {key!r} (keys: {known})"
+            )
+        images[key] = image
+    return out
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: str) -> Any:
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{path}: is a directory") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise BadInputError(f"{path}: invalid YAML{at}: {problem}") from None
+
+
+def search_dirs(extra: Iterable[str] = ()) -> list[Path]:
+    dirs = [Path(d) for d in extra]
+    dirs += [Path(p) for p in os.environ.get(ENV_PATH, "").split(os.pathsep) if p]
+    dirs.append(profiles_dir())
+    return dirs
+
+
+def available(extra_dirs: Iterable[str] = ()) -> dict[str, Path]:
+    """Profile name -> file; earlier directories win (user profiles shadow shipped ones)."""
+    found: dict[str, Path] = {}
+    for d in search_dirs(extra_dirs):
+        if not d.is_dir():
+            if d != profiles_dir():
+                raise BadInputError(f"{d}: profiles directory does not exist")
+            continue
+        for f in sorted(d.glob("*.yaml")):
+            found.setdefault(f.stem, f)
+    return found
+
+
+def load(
+    name_or_path: str, extra_dirs: Iterable[str] = (), overrides: Overrides | None = None
+) -> Profile:
+    overrides = overrides or Overrides()
+    path: Path | None = None
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        path = Path(name_or_path)
+    else:
+        known = available(extra_dirs)
+        path = known.get(name_or_path)
+        if path is None:
+            raise BadInputError(
+                f"unknown profile {name_or_path!r}",
+                f"known profiles: {', '.join(sorted(known)) or 'none'}; see `composegen profiles`",
+            )
+    where = _display(path)
+    data = _read_yaml(str(path))
+    if not isinstance(data, dict):
+        raise ProfileError(f"{where}: a profile must be a YAML mapping")
+    data = apply_overrides(data, overrides, where)
+    validate(data, where)
+    prof = from_data(data, where)
+    if path.stem != prof.name:
+        raise ProfileError(f"{where}: name: {prof.name!r} differs from the file name {path.stem!r}")
+    return prof
+
+
+def _display(path: Path) -> str:
+    try:
+        rel = path.resolve().relative_to(profiles_dir().resolve())
+        return f"profiles/{rel}"
+    except ValueError:
+        return str(path)
+
+
+def _models(items: Any) -> tuple[Model, ...]:
+    return tuple(Model(name=m["name"], vram_mib=int(m["vram_mib"])) for m in items or ())
+
+
+def _env(items: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in (items or {}).items():
+        out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+    return out
+
+
+def from_data(data: dict[str, Any], where: str) -> Profile:
+    services = []
+    for name, s in data["services"].items():
+        gpu = s.get("gpu")
+        cpu = s.get("cpu")
+        health = s.get("health") or {}
+        services.append(
+            Service(
+                name=name,
+                kind=s["kind"],
+                image=s["image"],
+                port=int(s["port"]),
+                description=s.get("description", ""),
+                enabled=bool(s.get("enabled", True)),
+                group=s.get("group", name),
+                role=s.get("role", "app"),
+                port_per_instance=bool(s.get("port_per_instance", False)),
+                models=_models(s.get("models")),
+                gpu=GpuNeed(**gpu) if gpu is not None else None,
+                alternatives=tuple(_models(a) for a in s.get("alternatives", [])),
+                command=tuple(s.get("command", [])),
+                env=_env(s.get("env")),
+                shm_size=s.get("shm_size"),
+                volumes=tuple(s.get("volumes", [])),
+                health=Health(**health),
+                route=s.get("route"),
+                depends_on=tuple(s.get("depends_on", [])),
+                max_concurrency=s.get("max_concurrency"),
+                memory_mib=s.get("memory_mib"),
+                cpus=s.get("cpus"),
+                cpu=CpuVariant(
+                    image=cpu["image"],
+                    models=_models(cpu.get("models")),
+                    env=_env(cpu.get("env")),
+                    command=tuple(cpu["command"]) if "command" in cpu else None,
+                    cpus=cpu.get("cpus"),
+                    memory_mib=cpu.get("memory_mib"),
+                )
+                if cpu
+                else None,
+            )
+        )
+    ref = data["reference"]
+    planner = data.get("planner") or {}
+    tiers = planner.get("instance_tiers")
+    gw = data.get("gateway") or {}
+    return Profile(
+        name=data["name"],
+        description=data["description"],
+        seed=data.get("seed", ""),
+        reference=Reference(
+            name=ref["name"],
+            gpus=tuple(RefGpu(**g) for g in ref["gpus"]),
+            driver_version=ref.get("driver_version"),
+            cuda_version=ref.get("cuda_version"),
+            nvlink=ref.get("nvlink", "none"),
+        ),
+        images=dict(data["images"]),
+        services=tuple(services),
+        headroom=float(planner.get("headroom", 0.10)),
+        spare_gpus=int(planner.get("spare_gpus", 0)),
+        instance_tiers=tuple(sorted(((t["min_mib"], t["instances"]) for t in tiers), reverse=True))
+        if tiers
+        else Profile.instance_tiers,
+        gateway=Gateway(**gw),
+        tunables=_env(data.get("tunables")),
+        volumes=tuple((data.get("volumes") or {}).keys()),
+        path=where,
+    )

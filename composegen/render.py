@@ -1,0 +1,408 @@
+"""Pure: Plan + Profile -> the files of a stack, as text.
+
+The compose files are built as data and dumped with PyYAML (quoting stays right: "on", "0",
+"$$"); nginx.conf, .env, STACK.md and the scripts come from the Jinja2 templates in templates/.
+The same inputs always give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from composegen import __version__
+from composegen.errors import BadInputError
+from composegen.files import OutFile
+from composegen.plan import Instance, Plan
+from composegen.profiles import Profile, Service
+
+_REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+API_KEY_VAR = "COMPOSEGEN_API_KEY"
+NGINX_DIR = "/etc/nginx/composegen"
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    bind: str = "127.0.0.1"
+    inventory_note: str = ""
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+def _interpolate(value: str, prof: Profile, where: str) -> str:
+    """`${VAR}` naming a tunable -> `${VAR:-default}`; every other `$` is escaped as `$$`."""
+    out = []
+    pos = 0
+    for m in _REF.finditer(value):
+        out.append(value[pos : m.start()].replace("$", "$$"))
+        name = m.group(1)
+        if name not in prof.tunables:
+            raise BadInputError(
+                f"{prof.path}: {where}: ${{{name}}} is not declared under tunables:",
+                f"add it to tunables with a default, or write $${{{name}}} for a literal",
+            )
+        out.append(f"${{{name}:-{prof.tunables[name]}}}")
+        pos = m.end()
+    out.append(value[pos:].replace("$", "$$"))
+    return "".join(out)
+
+
+def _fill(token: str, inst: Instance) -> str:
+    model = inst.models[0].name if inst.models else ""
+    return (
+        token.replace("{model}", model)
+        .replace("{port}", str(inst.port))
+        .replace("{tp}", str(inst.tensor_parallel))
+    )
+
+
+def health_test(svc: Service, inst: Instance) -> list[str]:
+    """A check that works inside the real image: the Ollama image has no curl or wget."""
+    if svc.kind == "ollama":
+        return ["CMD", "ollama", "list"]
+    path = svc.health.path or "/health"
+    probe = (
+        f"exec 3<>/dev/tcp/127.0.0.1/{inst.port} && "
+        f"printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && "
+        "head -n 1 <&3 | grep -q ' 200 '"
+    )
+    return ["CMD", "bash", "-c", probe]
+
+
+# --- compose ----------------------------------------------------------------------------------
+
+
+def _instance_volumes(svc: Service, inst: Instance) -> list[str]:
+    return [v.replace("{instance}", str(inst.replica)) for v in svc.volumes]
+
+
+def _service_block(prof: Profile, plan: Plan, inst: Instance, cpu_names: bool) -> dict[str, Any]:
+    svc = prof.service(inst.service)
+    where = f"services.{svc.name}"
+    on_cpu = inst.device == "cpu"
+    variant = svc.cpu if on_cpu else None
+    if on_cpu and variant is None:
+        raise BadInputError(f"{prof.path}: {where}: placed on CPU but has no cpu: variant")
+    image_key = variant.image if variant else svc.image
+    env: dict[str, str] = {}
+    if svc.kind == "ollama":
+        env["OLLAMA_HOST"] = f"0.0.0.0:{inst.port}"
+        if inst.max_concurrency and "OLLAMA_NUM_PARALLEL" not in svc.env:
+            env["OLLAMA_NUM_PARALLEL"] = str(inst.max_concurrency)
+    if len(inst.gpus) > 1:
+        # the container sees its GPUs renumbered from 0; keep CUDA's order equal to nvidia-smi's
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    for key, value in svc.env.items():
+        env[key] = _interpolate(value, prof, f"{where}.env.{key}")
+    if variant:
+        for key, value in variant.env.items():
+            env[key] = _interpolate(value, prof, f"{where}.cpu.env.{key}")
+    command = variant.command if variant and variant.command is not None else svc.command
+    block: dict[str, Any] = {"image": prof.images[image_key]}
+    if command:
+        block["command"] = [
+            _interpolate(_fill(tok, inst), prof, f"{where}.command") for tok in command
+        ]
+    if env:
+        block["environment"] = env
+    deps = [d for d in svc.depends_on]
+    if deps:
+        names = {
+            _name(i, cpu_names): {"condition": "service_healthy"}
+            for d in deps
+            for i in plan.of_service(d)
+        }
+        if names:
+            block["depends_on"] = dict(sorted(names.items()))
+    h = svc.health
+    block["healthcheck"] = {
+        "test": health_test(svc, inst),
+        "interval": h.interval,
+        "timeout": h.timeout,
+        "retries": h.retries,
+        "start_period": h.start_period,
+    }
+    block["labels"] = {
+        "io.composegen.profile": prof.name,
+        "io.composegen.service": svc.name,
+        "io.composegen.group": inst.group,
+        "io.composegen.mode": "cpu" if on_cpu else "gpu",
+        "io.composegen.gpus": ",".join(map(str, inst.gpus)),
+        "io.composegen.models": ",".join(m.name for m in inst.models),
+        "io.composegen.healthy-after": str(h.healthy_after),
+    }
+    block["networks"] = ["backend"]
+    block["restart"] = "unless-stopped"
+    block["security_opt"] = ["no-new-privileges:true"]
+    if svc.shm_size and not on_cpu:
+        block["shm_size"] = svc.shm_size
+    volumes = _instance_volumes(svc, inst)
+    if volumes:
+        block["volumes"] = volumes
+    block["stop_grace_period"] = "30s"
+    resources: dict[str, Any] = {}
+    memory = (variant.memory_mib if variant else None) or svc.memory_mib
+    cpus = (variant.cpus if variant else None) or svc.cpus
+    if memory or cpus:
+        limits: dict[str, Any] = {}
+        if cpus:
+            limits["cpus"] = f"{cpus:g}"
+        if memory:
+            limits["memory"] = f"{memory}M"
+        resources["limits"] = limits
+    if inst.device == "gpu":
+        resources["reservations"] = {
+            "devices": [
+                {
+                    "driver": "nvidia",
+                    "device_ids": list(inst.device_ids),
+                    "capabilities": ["gpu"],
+                }
+            ]
+        }
+    if resources:
+        block["deploy"] = {"resources": resources}
+    return block
+
+
+def _name(inst: Instance, cpu_names: bool) -> str:
+    return f"{inst.name}-cpu" if cpu_names and inst.device == "cpu" else inst.name
+
+
+def _volumes(prof: Profile, plan: Plan) -> dict[str, Any]:
+    names: set[str] = set()
+    for inst in plan.instances:
+        for v in _instance_volumes(prof.service(inst.service), inst):
+            names.add(v.split(":", 1)[0])
+    return {n: {"labels": {"io.composegen.profile": prof.name}} for n in sorted(names)}
+
+
+def compose_data(
+    prof: Profile,
+    plan: Plan,
+    opts: RenderOptions,
+    *,
+    with_gateway: bool = True,
+    cpu_names: bool = False,
+) -> dict[str, Any]:
+    services: dict[str, Any] = {}
+    if with_gateway:
+        gw = prof.gateway
+        services["gateway"] = {
+            "image": prof.images[gw.image],
+            # the directory, not the file: a re-render or a fallback replaces nginx.conf by
+            # rename, which a single-file bind mount would never see
+            "command": ["nginx", "-g", "daemon off;", "-c", f"{NGINX_DIR}/nginx.conf"],
+            "ports": [f"{opts.bind}:{gw.port}:{gw.port}"],
+            "volumes": [f"./nginx:{NGINX_DIR}:ro"],
+            "depends_on": {
+                _name(i, cpu_names): {"condition": "service_started"} for i in plan.instances
+            },
+            "healthcheck": {
+                "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{gw.port}/healthz"],
+                "interval": "10s",
+                "timeout": "3s",
+                "retries": 3,
+                "start_period": "5s",
+            },
+            "labels": {
+                "io.composegen.profile": prof.name,
+                "io.composegen.service": "gateway",
+                "io.composegen.mode": "gateway",
+            },
+            "networks": ["edge", "backend"],
+            "restart": "unless-stopped",
+            "security_opt": ["no-new-privileges:true"],
+            "stop_grace_period": "10s",
+        }
+    for inst in plan.instances:
+        services[_name(inst, cpu_names)] = _service_block(prof, plan, inst, cpu_names)
+    # No top-level `name:` (Compose v1 rejects it): .env sets COMPOSE_PROJECT_NAME instead.
+    data: dict[str, Any] = {"services": services}
+    networks: dict[str, Any] = {"backend": {"internal": True}}
+    if with_gateway:
+        networks["edge"] = {}
+    data["networks"] = networks
+    volumes = _volumes(prof, plan)
+    if volumes:
+        data["volumes"] = volumes
+    return data
+
+
+def dump_yaml(data: Mapping[str, Any], header: str) -> str:
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    body = yaml.dump(
+        dict(data),
+        Dumper=dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        width=100,
+        allow_unicode=True,
+    )
+    return header + body
+
+
+# --- the CPU variant (emergency fallback) -----------------------------------------------------
+
+
+def cpu_plan(prof: Profile, plan: Plan) -> Plan:
+    """Every instance on CPU where its service has a CPU variant; the others are dropped."""
+    moved: list[Instance] = []
+    dropped = list(plan.dropped)
+    seen: set[str] = set()
+    for inst in plan.instances:
+        svc = prof.service(inst.service)
+        if svc.cpu is None:
+            dropped.append((inst.name, "no CPU variant in the profile"))
+            continue
+        if inst.device == "gpu" and svc.gpu is not None and isinstance(svc.gpu.replicas, str):
+            # replicas exist to use GPUs; on CPU one instance of the group is enough
+            if svc.name in seen:
+                continue
+            seen.add(svc.name)
+        moved.append(
+            replace(
+                inst,
+                device="cpu",
+                gpus=(),
+                device_ids=(),
+                vram_mib=0,
+                models=svc.cpu.models or inst.models,
+                shared=False,
+                weight=1,
+            )
+        )
+    return replace(plan, instances=tuple(moved), dropped=tuple(dropped), spare_gpus=())
+
+
+# --- templates --------------------------------------------------------------------------------
+
+
+def _env() -> Any:
+    import jinja2
+
+    from composegen.resources import templates_dir
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def _groups(prof: Profile, plan: Plan, cpu_names: bool) -> list[dict[str, Any]]:
+    out = []
+    for group, insts in plan.groups.items():
+        svc = prof.service(insts[0].service)
+        out.append(
+            {
+                "name": group,
+                "route": svc.route,
+                "weighted": any(i.weight != 1 for i in insts),
+                "servers": [
+                    {"host": _name(i, cpu_names), "port": i.port, "weight": i.weight} for i in insts
+                ],
+            }
+        )
+    return out
+
+
+def _dropped_routes(prof: Profile, plan: Plan) -> list[dict[str, str]]:
+    live = {i.group for i in plan.instances}
+    out: dict[str, dict[str, str]] = {}
+    for name, reason in plan.dropped:
+        base = name
+        svc = next(
+            (s for s in prof.services if s.name == base or name.startswith(s.name + "-")), None
+        )
+        if svc is None or svc.route is None or svc.group in live:
+            continue
+        body = (
+            json.dumps({"error": "service unavailable", "service": svc.group, "reason": reason})
+            .replace("\\", "\\\\")
+            .replace("'", "\\'")
+        )
+        out[svc.route] = {"route": svc.route, "body": body}
+    return [out[k] for k in sorted(out)]
+
+
+def nginx_conf(prof: Profile, plan: Plan, cpu_names: bool = False) -> str:
+    return str(
+        _env()
+        .get_template("nginx.conf.j2")
+        .render(
+            version=__version__,
+            profile=prof,
+            gw=prof.gateway,
+            groups=_groups(prof, plan, cpu_names),
+            dropped=_dropped_routes(prof, plan),
+            mode="cpu-fallback" if cpu_names else "gpu",
+            nginx_dir=NGINX_DIR,
+        )
+    )
+
+
+def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> list[OutFile]:
+    header = (
+        f"# Rendered by composegen {__version__} from profile {prof.name} "
+        f"({plan.inventory_source}). Edit the profile and re-render, or pass --force.\n"
+    )
+    compose = compose_data(prof, plan, opts)
+    cplan = cpu_plan(prof, plan)
+    cpu_compose = compose_data(prof, cplan, opts, with_gateway=False, cpu_names=True)
+    env = _env()
+    ctx = {
+        "version": __version__,
+        "profile": prof,
+        "plan": plan,
+        "cpu_plan": cplan,
+        "opts": opts,
+        "gw": prof.gateway,
+        "api_key_var": API_KEY_VAR,
+        "groups": _groups(prof, plan, False),
+        "gpu_services": [i.name for i in plan.instances],
+        "cpu_services": [_name(i, True) for i in cplan.instances],
+    }
+    files = [
+        OutFile("docker-compose.yml", dump_yaml(compose, header)),
+        OutFile("nginx/nginx.conf", nginx_conf(prof, plan)),
+        OutFile(".env", env.get_template("env.j2").render(**ctx), 0o600),
+        OutFile(
+            "scripts/healthcheck.sh", env.get_template("healthcheck.sh.j2").render(**ctx), 0o755
+        ),
+        OutFile(
+            "scripts/emergency-fallback.sh",
+            env.get_template("emergency-fallback.sh.j2").render(**ctx),
+            0o755,
+        ),
+        OutFile("fallback/docker-compose.cpu.yml", dump_yaml(cpu_compose, header)),
+        OutFile("fallback/nginx.cpu.conf", nginx_conf(prof, cplan, cpu_names=True)),
+        OutFile("STACK.md", env.get_template("STACK.md.j2").render(**ctx)),
+    ]
+    if prof.gateway.api_key:
+        files.append(OutFile("nginx/auth.conf", auth_conf(prof.gateway.api_key), 0o600))
+    return files
+
+
+def auth_conf(key: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,256}", key):
+        raise BadInputError(
+            "gateway.api_key: must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -",
+            "generate one with: openssl rand -hex 32",
+        )
+    return (
+        "# The gateway's API key (mode 0600). Requests need: Authorization: Bearer <key>\n"
+        "map $http_authorization $composegen_authorized {\n"
+        "    default 0;\n"
+        f'    "Bearer {key}" 1;\n'
+        "}\n"
+    )
