@@ -186,9 +186,12 @@ class Profile:
 # --- loading ----------------------------------------------------------------------------------
 
 
+def _schema_text() -> str:
+    return (Path(__file__).with_name("schemas") / "profile.schema.json").read_text(encoding="utf-8")
+
+
 def _schema() -> dict[str, Any]:
-    path = Path(__file__).with_name("schemas") / "profile.schema.json"
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads(_schema_text())
     return data
 
 
@@ -233,6 +236,18 @@ def _say(error: Any) -> str:
 
 
 def validate(data: Any, where: str) -> None:
+    from composegen import cache
+
+    digest = cache.key(
+        _schema_text().encode(), json.dumps(data, sort_keys=True, default=str).encode()
+    )
+    if not cache.seen("valid-profile", digest):
+        _validate_schema(data, where)
+        cache.remember("valid-profile", digest)
+    _check_references(data, where)
+
+
+def _validate_schema(data: Any, where: str) -> None:
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(_schema())
@@ -242,7 +257,6 @@ def validate(data: Any, where: str) -> None:
     if errors:
         best = jsonschema.exceptions.best_match(errors) or errors[0]
         raise ProfileError(f"{where}: {_where(best.absolute_path)}: {_say(best)}")
-    _check_references(data, where)
 
 
 def _check_references(data: dict[str, Any], where: str) -> None:

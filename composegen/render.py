@@ -7,6 +7,7 @@ The same inputs always give byte-identical files.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -233,19 +234,49 @@ def compose_data(
     return data
 
 
+def _dumper() -> Any:
+    import yaml
+    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    base: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+    class Dumper(base):  # type: ignore[misc]
+        """SafeDumper output, built faster: our data is plain dicts, lists, str, int and bool,
+        so nodes are made directly (no per-object alias bookkeeping: never any &anchors)."""
+
+        def represent(self, data: Any) -> None:
+            self.serialize(self._node(data))
+
+        def _node(self, data: Any) -> Any:
+            if isinstance(data, str):
+                return ScalarNode("tag:yaml.org,2002:str", data)
+            if isinstance(data, bool):
+                return ScalarNode("tag:yaml.org,2002:bool", "true" if data else "false")
+            if isinstance(data, int):
+                return ScalarNode("tag:yaml.org,2002:int", str(data))
+            if isinstance(data, dict):
+                pairs = [(self._node(k), self._node(v)) for k, v in data.items()]
+                return MappingNode("tag:yaml.org,2002:map", pairs, flow_style=False)
+            if isinstance(data, (list, tuple)):
+                items = [self._node(v) for v in data]
+                return SequenceNode("tag:yaml.org,2002:seq", items, flow_style=False)
+            return self.represent_data(data)
+
+    return Dumper
+
+
 def dump_yaml(data: Mapping[str, Any], header: str) -> str:
     import yaml
 
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     body = yaml.dump(
         dict(data),
-        Dumper=dumper,
+        Dumper=_dumper(),
         sort_keys=False,
         default_flow_style=False,
         width=100,
         allow_unicode=True,
     )
-    return header + body
+    return header + str(body)
 
 
 # --- the CPU variant (emergency fallback) -----------------------------------------------------
@@ -284,13 +315,22 @@ def cpu_plan(prof: Profile, plan: Plan) -> Plan:
 # --- templates --------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def _env() -> Any:
     import jinja2
 
     from composegen.resources import templates_dir
 
+    from composegen.cache import cache_dir
+
+    base = cache_dir()
+    bytecode = None
+    if base is not None:
+        (base / "jinja").mkdir(exist_ok=True, mode=0o700)
+        bytecode = jinja2.FileSystemBytecodeCache(str(base / "jinja"))
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
+        bytecode_cache=bytecode,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -1,0 +1,148 @@
+"""`composegen profiles`, `plan` and `render` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.unit.test_cli_detect import run_cli
+
+
+def test_profiles_lists_all_with_fit(tmp_path: Path) -> None:
+    inv = tmp_path / "inv.json"
+    proc = run_cli("profiles", "--json", "--inventory",
+                   str(Path(__file__).resolve().parents[2].parent
+                       / "shared/fixtures/nvidia-smi/xml/telegraf__3090-v13.xml"))
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"rag-a100", "rma-shared", "zenglow-personas", "ollama-replicas",
+                         "ollama-pool"}
+    # one RTX 3090 (24 GB): the shared hub fits; rag-a100 can only degrade
+    assert rows["rma-shared"]["fits"] == "yes"
+    assert rows["rag-a100"]["fits"] == "degraded"
+    assert "on CPU" in rows["rag-a100"]["why"]
+    assert not inv.exists()
+
+
+def test_profiles_show_json_has_images() -> None:
+    proc = run_cli("profiles", "show", "ollama-replicas", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["images"]["ollama"].startswith("ollama/ollama:")
+    proc = run_cli("profiles", "show", "ollama-replicas", "--json", "--image", "ollama=local/x:1")
+    assert json.loads(proc.stdout)["images"]["ollama"] == "local/x:1"
+
+
+def test_plan_json_reference() -> None:
+    proc = run_cli("plan", "--profile", "rag-a100", "--reference", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert {s["name"]: s["gpus"] for s in data["services"]} == {
+        "whisper": [0], "embeddings": [1], "llm": [2, 3], "ocr": [4]}
+    assert data["spare_gpus"] == [5, 6, 7]
+
+
+def test_plan_table() -> None:
+    proc = run_cli("plan", "--profile", "zenglow-personas", "--reference")
+    assert proc.returncode == 0, proc.stderr
+    assert "leonardo" in proc.stdout and "jarvis" in proc.stdout
+    assert "spare GPUs: none" in proc.stdout
+
+
+def test_render_then_rerender_then_check(tmp_path: Path) -> None:
+    out = tmp_path / "stack"
+    first = run_cli("render", "--profile", "ollama-replicas", "--reference", "-o", str(out))
+    assert first.returncode == 0, first.stderr
+    assert "wrote 8 file(s)" in first.stdout
+    compose = yaml.safe_load((out / "docker-compose.yml").read_text())
+    assert compose["services"]["gateway"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert (out / ".env").stat().st_mode & 0o777 == 0o600
+    assert os.access(out / "scripts" / "emergency-fallback.sh", os.X_OK)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = run_cli("render", "--profile", "ollama-replicas", "--reference", "-o", str(out))
+    assert again.returncode == 0
+    assert "wrote 0 file(s), 8 unchanged" in again.stdout
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    ok = run_cli("render", "--profile", "ollama-replicas", "--reference", "-o", str(out), "--check")
+    assert ok.returncode == 0 and "up to date" in ok.stdout
+    changed = run_cli("render", "--profile", "ollama-replicas", "--reference", "-o", str(out),
+                      "--check", "--set", "tunables.OLLAMA_KEEP_ALIVE=1h")
+    assert changed.returncode == 1
+    assert "-OLLAMA_KEEP_ALIVE=24h" in changed.stdout and "+OLLAMA_KEEP_ALIVE=1h" in changed.stdout
+
+
+def test_hand_edit_is_kept_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "stack"
+    assert run_cli("render", "-p", "rma-shared", "--reference", "-o", str(out)).returncode == 0
+    compose = out / "docker-compose.yml"
+    edited = compose.read_text() + "# my note\n"
+    compose.write_text(edited)
+    refused = run_cli("render", "-p", "rma-shared", "--reference", "-o", str(out),
+                      "--set", "tunables.OLLAMA_KEEP_ALIVE=9m")
+    assert refused.returncode == 2
+    assert "edited by hand" in refused.stderr and "docker-compose.yml" in refused.stderr
+    assert compose.read_text() == edited
+    assert "OLLAMA_KEEP_ALIVE=2m" in (out / ".env").read_text()  # nothing else written either
+    forced = run_cli("render", "-p", "rma-shared", "--reference", "-o", str(out), "--force")
+    assert forced.returncode == 0
+    assert (out / "docker-compose.yml.bak").read_text() == edited
+    assert "# my note" not in compose.read_text()
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "stack"
+    proc = run_cli("render", "-p", "zenglow-personas", "--reference", "-o", str(out), "--dry-run")
+    assert proc.returncode == 0
+    assert "would write 8 file(s)" in proc.stdout
+    assert not out.exists()
+
+
+def test_bind_all_interfaces_warns(tmp_path: Path) -> None:
+    proc = run_cli("render", "-p", "zenglow-personas", "--reference", "-o", str(tmp_path),
+                   "--bind", "0.0.0.0")
+    assert proc.returncode == 0
+    assert "warning: --bind 0.0.0.0" in proc.stderr
+    compose = yaml.safe_load((tmp_path / "docker-compose.yml").read_text())
+    assert compose["services"]["gateway"]["ports"] == ["0.0.0.0:8080:8080"]
+
+
+def test_inventory_file_plans_that_host(tmp_path: Path) -> None:
+    xml = (Path(__file__).resolve().parents[2].parent
+           / "shared/fixtures/nvidia-smi/xml/telegraf__dual_a5000-v13.xml")
+    proc = run_cli("plan", "-p", "zenglow-personas", "--inventory", str(xml), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["pin_by"] == "uuid"
+    assert {s["name"]: s["device_ids"] for s in data["services"]} == {
+        "leonardo": ["GPU-12345678-aaaa-bbbb-cccc-0123456789ab"],
+        "jarvis": ["GPU-12345678-aaaa-bbbb-cccc-0123456789cd"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "nope", "--reference"], "unknown profile 'nope'"),
+        (["-p", "rag-a100", "--reference", "--set", "planner.headroom=x"],
+         "planner.headroom: must be a number"),
+        (["-p", "rag-a100", "--reference", "--image", "bogus=x:1"], "has no image key 'bogus'"),
+        (["-p", "rag-a100", "--reference", "--bind", "localhost"], "not an IP address"),
+        (["-p", "rag-a100", "--reference", "--inventory", "/nonexistent.json"],
+         "exclude each other"),
+        (["-p", "rag-a100", "--inventory", "/nonexistent.json"], "/nonexistent.json: no such file"),
+        (["-p", "rag-a100", "--reference", "--set", "services.ocr.gpu.on_short=refuse",
+          "--set", "services.ocr.gpu.count=9"], "service ocr needs"),
+    ],
+)
+def test_render_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "stack"
+    proc = run_cli("render", *args, "-o", str(out))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
