@@ -319,9 +319,8 @@ def cpu_plan(prof: Profile, plan: Plan) -> Plan:
 def _env() -> Any:
     import jinja2
 
-    from composegen.resources import templates_dir
-
     from composegen.cache import cache_dir
+    from composegen.resources import templates_dir
 
     base = cache_dir()
     bytecode = None

@@ -14,13 +14,24 @@ from tests.unit.test_cli_detect import run_cli
 
 def test_profiles_lists_all_with_fit(tmp_path: Path) -> None:
     inv = tmp_path / "inv.json"
-    proc = run_cli("profiles", "--json", "--inventory",
-                   str(Path(__file__).resolve().parents[2].parent
-                       / "shared/fixtures/nvidia-smi/xml/telegraf__3090-v13.xml"))
+    proc = run_cli(
+        "profiles",
+        "--json",
+        "--inventory",
+        str(
+            Path(__file__).resolve().parents[2].parent
+            / "shared/fixtures/nvidia-smi/xml/telegraf__3090-v13.xml"
+        ),
+    )
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
-    assert set(rows) == {"rag-a100", "rma-shared", "zenglow-personas", "ollama-replicas",
-                         "ollama-pool"}
+    assert set(rows) == {
+        "rag-a100",
+        "rma-shared",
+        "zenglow-personas",
+        "ollama-replicas",
+        "ollama-pool",
+    }
     # one RTX 3090 (24 GB): the shared hub fits; rag-a100 can only degrade
     assert rows["rma-shared"]["fits"] == "yes"
     assert rows["rag-a100"]["fits"] == "degraded"
@@ -42,7 +53,11 @@ def test_plan_json_reference() -> None:
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert {s["name"]: s["gpus"] for s in data["services"]} == {
-        "whisper": [0], "embeddings": [1], "llm": [2, 3], "ocr": [4]}
+        "whisper": [0],
+        "embeddings": [1],
+        "llm": [2, 3],
+        "ocr": [4],
+    }
     assert data["spare_gpus"] == [5, 6, 7]
 
 
@@ -69,8 +84,17 @@ def test_render_then_rerender_then_check(tmp_path: Path) -> None:
     assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     ok = run_cli("render", "--profile", "ollama-replicas", "--reference", "-o", str(out), "--check")
     assert ok.returncode == 0 and "up to date" in ok.stdout
-    changed = run_cli("render", "--profile", "ollama-replicas", "--reference", "-o", str(out),
-                      "--check", "--set", "tunables.OLLAMA_KEEP_ALIVE=1h")
+    changed = run_cli(
+        "render",
+        "--profile",
+        "ollama-replicas",
+        "--reference",
+        "-o",
+        str(out),
+        "--check",
+        "--set",
+        "tunables.OLLAMA_KEEP_ALIVE=1h",
+    )
     assert changed.returncode == 1
     assert "-OLLAMA_KEEP_ALIVE=24h" in changed.stdout and "+OLLAMA_KEEP_ALIVE=1h" in changed.stdout
 
@@ -81,8 +105,16 @@ def test_hand_edit_is_kept_without_force(tmp_path: Path) -> None:
     compose = out / "docker-compose.yml"
     edited = compose.read_text() + "# my note\n"
     compose.write_text(edited)
-    refused = run_cli("render", "-p", "rma-shared", "--reference", "-o", str(out),
-                      "--set", "tunables.OLLAMA_KEEP_ALIVE=9m")
+    refused = run_cli(
+        "render",
+        "-p",
+        "rma-shared",
+        "--reference",
+        "-o",
+        str(out),
+        "--set",
+        "tunables.OLLAMA_KEEP_ALIVE=9m",
+    )
     assert refused.returncode == 2
     assert "edited by hand" in refused.stderr and "docker-compose.yml" in refused.stderr
     assert compose.read_text() == edited
@@ -102,8 +134,9 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_bind_all_interfaces_warns(tmp_path: Path) -> None:
-    proc = run_cli("render", "-p", "zenglow-personas", "--reference", "-o", str(tmp_path),
-                   "--bind", "0.0.0.0")
+    proc = run_cli(
+        "render", "-p", "zenglow-personas", "--reference", "-o", str(tmp_path), "--bind", "0.0.0.0"
+    )
     assert proc.returncode == 0
     assert "warning: --bind 0.0.0.0" in proc.stderr
     compose = yaml.safe_load((tmp_path / "docker-compose.yml").read_text())
@@ -111,8 +144,10 @@ def test_bind_all_interfaces_warns(tmp_path: Path) -> None:
 
 
 def test_inventory_file_plans_that_host(tmp_path: Path) -> None:
-    xml = (Path(__file__).resolve().parents[2].parent
-           / "shared/fixtures/nvidia-smi/xml/telegraf__dual_a5000-v13.xml")
+    xml = (
+        Path(__file__).resolve().parents[2].parent
+        / "shared/fixtures/nvidia-smi/xml/telegraf__dual_a5000-v13.xml"
+    )
     proc = run_cli("plan", "-p", "zenglow-personas", "--inventory", str(xml), "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -127,15 +162,29 @@ def test_inventory_file_plans_that_host(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["-p", "nope", "--reference"], "unknown profile 'nope'"),
-        (["-p", "rag-a100", "--reference", "--set", "planner.headroom=x"],
-         "planner.headroom: must be a number"),
+        (
+            ["-p", "rag-a100", "--reference", "--set", "planner.headroom=x"],
+            "planner.headroom: must be a number",
+        ),
         (["-p", "rag-a100", "--reference", "--image", "bogus=x:1"], "has no image key 'bogus'"),
         (["-p", "rag-a100", "--reference", "--bind", "localhost"], "not an IP address"),
-        (["-p", "rag-a100", "--reference", "--inventory", "/nonexistent.json"],
-         "exclude each other"),
+        (
+            ["-p", "rag-a100", "--reference", "--inventory", "/nonexistent.json"],
+            "exclude each other",
+        ),
         (["-p", "rag-a100", "--inventory", "/nonexistent.json"], "/nonexistent.json: no such file"),
-        (["-p", "rag-a100", "--reference", "--set", "services.ocr.gpu.on_short=refuse",
-          "--set", "services.ocr.gpu.count=9"], "service ocr needs"),
+        (
+            [
+                "-p",
+                "rag-a100",
+                "--reference",
+                "--set",
+                "services.ocr.gpu.on_short=refuse",
+                "--set",
+                "services.ocr.gpu.count=9",
+            ],
+            "service ocr needs",
+        ),
     ],
 )
 def test_render_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:

@@ -17,8 +17,13 @@ def gpus(*mems: int, nvlink: dict[int, tuple[int, ...]] | None = None) -> Invent
     return Inventory(
         source="test",
         gpus=tuple(
-            Gpu(index=i, name=f"GPU{i}", uuid=f"GPU-{i:08d}-aaaa-bbbb-cccc-000000000000",
-                memory_total_mib=m, nvlink_peers=links.get(i, ()))
+            Gpu(
+                index=i,
+                name=f"GPU{i}",
+                uuid=f"GPU-{i:08d}-aaaa-bbbb-cccc-000000000000",
+                memory_total_mib=m,
+                nvlink_peers=links.get(i, ()),
+            )
             for i, m in enumerate(mems)
         ),
     )
@@ -151,8 +156,13 @@ def test_headroom_is_configurable() -> None:
 
 
 def test_refusal_names_service_vram_and_fix() -> None:
-    prof = load("rag-a100", "services.ocr.gpu.on_short=refuse", "services.whisper.gpu.on_short=drop",
-                "services.embeddings.gpu.on_short=drop", "services.llm.gpu.on_short=drop")
+    prof = load(
+        "rag-a100",
+        "services.ocr.gpu.on_short=refuse",
+        "services.whisper.gpu.on_short=drop",
+        "services.embeddings.gpu.on_short=drop",
+        "services.llm.gpu.on_short=drop",
+    )
     with pytest.raises(PlanError) as err:
         make_plan(gpus(8192), prof)
     msg = err.value.one_line()
@@ -165,7 +175,10 @@ def test_no_gpu_at_all_goes_to_cpu_by_the_rules() -> None:
     prof = load("rag-a100")
     plan = make_plan(Inventory(source="empty"), prof)
     assert {i.name: i.device for i in plan.instances} == {
-        "whisper": "cpu", "embeddings": "cpu", "llm": "cpu"}
+        "whisper": "cpu",
+        "embeddings": "cpu",
+        "llm": "cpu",
+    }
     assert [n for n, _ in plan.dropped] == ["ocr"]
 
 
@@ -209,7 +222,13 @@ def test_fast_yaml_dumper_matches_pyyaml_safe_dump() -> None:
     built = app.build("ollama-pool", reference=True)
     data = compose_data(built.profile, built.plan, RenderOptions())
     data["x-odd"] = {"on": "on", "zero": "0", "dollar": "$$HOME", "n": 3, "t": True, "f": 0.5}
-    expected = yaml.dump(data, Dumper=yaml.SafeDumper, sort_keys=False,
-                         default_flow_style=False, width=100, allow_unicode=True)
+    expected = yaml.dump(
+        data,
+        Dumper=yaml.SafeDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        width=100,
+        allow_unicode=True,
+    )
     assert dump_yaml(data, "") == expected
     assert yaml.safe_load(expected)["x-odd"]["on"] == "on"

@@ -28,8 +28,13 @@ def test_shipped_profile_loads_and_pins_real_images(name: str) -> None:
         assert svc.image in prof.images
         assert svc.health.interval and svc.health.retries >= 1
         for key in svc.env:
-            assert key not in {"OLLAMA_GPU_LAYERS", "OLLAMA_MAX_VRAM_USAGE", "OLLAMA_PHI3_GPU",
-                               "OLLAMA_MAX_VRAM", "CUDA_VISIBLE_DEVICES"}
+            assert key not in {
+                "OLLAMA_GPU_LAYERS",
+                "OLLAMA_MAX_VRAM_USAGE",
+                "OLLAMA_PHI3_GPU",
+                "OLLAMA_MAX_VRAM",
+                "CUDA_VISIBLE_DEVICES",
+            }
 
 
 def test_every_shipped_profile_is_listed() -> None:
@@ -51,25 +56,43 @@ def _base() -> dict[str, object]:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d["services"]["leonardo"]["gpu"].update(count=0),
-         "services.leonardo.gpu.count: must be >= 1"),
-        (lambda d: d["services"]["jarvis"].update(port="eleven"),
-         "services.jarvis.port: must be an integer"),
-        (lambda d: d["services"]["jarvis"].update(colour="blue"),
-         "services.jarvis: unknown key 'colour'"),
+        (
+            lambda d: d["services"]["leonardo"]["gpu"].update(count=0),
+            "services.leonardo.gpu.count: must be >= 1",
+        ),
+        (
+            lambda d: d["services"]["jarvis"].update(port="eleven"),
+            "services.jarvis.port: must be an integer",
+        ),
+        (
+            lambda d: d["services"]["jarvis"].update(colour="blue"),
+            "services.jarvis: unknown key 'colour'",
+        ),
         (lambda d: d.pop("reference"), "reference' is required"),
-        (lambda d: d["services"]["jarvis"]["gpu"].update(prefer="biggest"),
-         "services.jarvis.gpu.prefer: must be one of first, largest"),
-        (lambda d: d["services"]["jarvis"].update(image="nope"),
-         "services.jarvis.image: unknown image key 'nope'"),
-        (lambda d: d["services"]["jarvis"].update(route="/leonardo/"),
-         "services.jarvis.route: /leonardo/ is already the route of services.leonardo"),
-        (lambda d: d["services"]["jarvis"].update(depends_on=["ghost"]),
-         "services.jarvis.depends_on: no service 'ghost'"),
-        (lambda d: d["services"]["jarvis"].update(volumes=["undeclared:/data"]),
-         "services.jarvis.volumes[0]: volume 'undeclared' is not declared"),
-        (lambda d: d["images"].update(ollama="Not An Image!"),
-         "images.ollama: 'Not An Image!' does not match"),
+        (
+            lambda d: d["services"]["jarvis"]["gpu"].update(prefer="biggest"),
+            "services.jarvis.gpu.prefer: must be one of first, largest",
+        ),
+        (
+            lambda d: d["services"]["jarvis"].update(image="nope"),
+            "services.jarvis.image: unknown image key 'nope'",
+        ),
+        (
+            lambda d: d["services"]["jarvis"].update(route="/leonardo/"),
+            "services.jarvis.route: /leonardo/ is already the route of services.leonardo",
+        ),
+        (
+            lambda d: d["services"]["jarvis"].update(depends_on=["ghost"]),
+            "services.jarvis.depends_on: no service 'ghost'",
+        ),
+        (
+            lambda d: d["services"]["jarvis"].update(volumes=["undeclared:/data"]),
+            "services.jarvis.volumes[0]: volume 'undeclared' is not declared",
+        ),
+        (
+            lambda d: d["images"].update(ollama="Not An Image!"),
+            "images.ollama: 'Not An Image!' does not match",
+        ),
     ],
 )
 def test_bad_profile_names_file_and_path(tmp_path: Path, edit: object, message: str) -> None:
@@ -141,7 +164,10 @@ def test_set_values_and_image_overrides(tmp_path: Path) -> None:
         (Overrides(sets=("planner.headroom",)), "expected KEY=VALUE"),
         (Overrides(sets=("planner..headroom=1",)), "empty part in key"),
         (Overrides(sets=("planner.headroom=2",)), "planner.headroom: must be <= 0.9"),
-        (Overrides(sets=("services.jarvis.gpu.count=-1",)), "services.jarvis.gpu.count: must be >= 1"),
+        (
+            Overrides(sets=("services.jarvis.gpu.count=-1",)),
+            "services.jarvis.gpu.count: must be >= 1",
+        ),
         (Overrides(sets=("name.x=1",)), "name is a str, not a mapping"),
         (Overrides(images=("ollama",)), "expected KEY=IMAGE"),
         (Overrides(images=("whisper=x/y:1",)), "has no image key 'whisper'"),
