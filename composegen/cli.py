@@ -444,6 +444,218 @@ def render(
     )
 
 
+PROJECT_OPTS = [
+    click.option(
+        "-C",
+        "--directory",
+        "directory",
+        metavar="DIR",
+        default=None,
+        help="Directory holding docker-compose.yml (default: the current one).",
+    ),
+    click.option(
+        "-f",
+        "--file",
+        "file",
+        metavar="FILE",
+        default=None,
+        help="The compose file (default: DIR/docker-compose.yml).",
+    ),
+    click.option(
+        "-p",
+        "--project-name",
+        "project_name",
+        metavar="NAME",
+        default=None,
+        help="Project name (default: COMPOSE_PROJECT_NAME from .env, else the directory).",
+    ),
+]
+
+
+def _project_opts(func: Any) -> Any:
+    for opt in reversed(PROJECT_OPTS):
+        func = opt(func)
+    return func
+
+
+def _load_project(directory: str | None, file: str | None, project_name: str | None) -> Any:
+    from pathlib import Path
+
+    from composegen.engine.compose import load_project
+
+    if file and directory:
+        raise BadInputError("-C and -f exclude each other", "pass only one")
+    path = Path(file) if file else Path(directory or ".") / "docker-compose.yml"
+    return load_project(path, project_name)
+
+
+@cli.command(context_settings=CONTEXT)
+@_project_opts
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up when the stack is not healthy after this long.",
+)
+@click.option("--no-wait", is_flag=True, help="Start the containers and return; do not wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
+def up(
+    directory: str | None,
+    file: str | None,
+    project_name: str | None,
+    wait_timeout: float,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Start the stack of a compose file through the Docker engine and wait until it is healthy.
+
+    Reads the file on disk (hand edits count) with .env interpolated as Compose does. Creates
+    the project's networks and volumes, then each service in depends_on order, in parallel
+    where possible. Unchanged services are left alone, changed ones recreated, removed ones
+    removed. Readiness is probed actively with each service's own healthcheck, then the gateway
+    is probed over HTTP. Every container's GPUs are checked against the file.
+    """
+    from composegen.engine import docker as eng
+    from composegen.engine import up as engine_up
+    from composegen.engine.progress import Progress
+    from composegen.engine.state import project_lock, read_mode, write_mode
+
+    project = _load_project(directory, file, project_name)
+    client = eng.connect()
+    with project_lock(project.directory, project.name, "up"):
+        with Progress(
+            [s.name for s in project.services], as_json, f"composegen up {project.name}"
+        ) as prog:
+            try:
+                result = engine_up.up(
+                    client,
+                    project,
+                    wait=not no_wait,
+                    wait_timeout_s=wait_timeout,
+                    report=prog.event,
+                )
+            except engine_up.UpFailed as exc:
+                prog.emit({"event": "failed", "error": exc.message, "details": exc.details})
+                if not as_json and exc.details:
+                    click.echo(exc.details, err=True)
+                raise
+        if read_mode(project.directory, project.name).get("mode") != "gpu":
+            write_mode(project.directory, project.name, "gpu", "composegen up")
+    if as_json:
+        prog.emit(
+            {
+                "event": "done",
+                "project": project.name,
+                "actions": result.actions,
+                "removed": result.removed,
+                "gpus": result.gpu_map,
+                "gateway": result.gateway,
+                "seconds": round(result.seconds, 3),
+            }
+        )
+        return
+    changed = sum(1 for a in result.actions.values() if a != "keep")
+    click.echo(
+        f"{project.name}: {len(result.actions)} service(s), {changed} changed, "
+        f"{result.removed} removed, "
+        + ("healthy" if not no_wait else "started")
+        + f" in {result.seconds:.1f}s"
+    )
+    for svc, ids in result.gpu_map.items():
+        click.echo(f"  GPU {','.join(ids)} -> {svc}")
+    if result.gateway:
+        click.echo(f"  gateway answers at {result.gateway}")
+
+
+@cli.command(context_settings=CONTEXT)
+@_project_opts
+@click.option("--volumes", is_flag=True, help="Also remove the project's named volumes (data!).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def down(
+    directory: str | None, file: str | None, project_name: str | None, volumes: bool, as_json: bool
+) -> None:
+    """Remove the project's containers and networks; named volumes stay unless --volumes."""
+    from composegen.engine import docker as eng
+    from composegen.engine import up as engine_up
+    from composegen.engine.state import project_lock
+
+    project = _load_project(directory, file, project_name)
+    client = eng.connect()
+    with project_lock(project.directory, project.name, "down"):
+        n, nets, vols = engine_up.down(client, project.name, volumes)
+    if as_json:
+        click.echo(
+            _json({"project": project.name, "containers": n, "networks": nets, "volumes": vols}),
+            nl=False,
+        )
+        return
+    click.echo(
+        f"{project.name}: removed {n} container(s), {nets} network(s)"
+        + (f", {vols} volume(s)" if volumes else "; named volumes kept")
+    )
+
+
+@cli.command(context_settings=CONTEXT)
+@_project_opts
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(
+    directory: str | None, file: str | None, project_name: str | None, as_json: bool
+) -> None:
+    """Services of the stack: state, health, GPUs, ports, and the mode (gpu / cpu-fallback)."""
+    from composegen.engine import docker as eng
+    from composegen.engine import up as engine_up
+    from composegen.engine.state import read_mode
+
+    project = _load_project(directory, file, project_name)
+    client = eng.connect()
+    rows = engine_up.status(client, project.name)
+    mode = read_mode(project.directory, project.name)
+    if as_json:
+        click.echo(
+            _json(
+                {
+                    "project": project.name,
+                    "mode": mode,
+                    "services": [
+                        {
+                            "service": r.service,
+                            "container": r.container,
+                            "state": r.state,
+                            "health": r.health,
+                            "gpus": list(r.gpus),
+                            "ports": list(r.ports),
+                            "mode": r.mode,
+                        }
+                        for r in rows
+                    ],
+                }
+            ),
+            nl=False,
+        )
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"{project.name}: mode {mode.get('mode')}"
+        + (f" since {mode['since']} ({mode.get('why')})" if mode.get("since") else "")
+    )
+    for col in ("service", "state", "health", "GPUs", "ports"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.service, r.state, r.health, ",".join(r.gpus) or "-", " ".join(r.ports) or "-"
+        )
+    if not rows:
+        click.echo(f"{project.name}: no containers (run composegen up)")
+        return
+    _console().print(table)
+
+
+cli.add_command(status, name="ps")
+
+
 def _pin(value: str | None) -> PinBy | None:
     return "uuid" if value == "uuid" else ("index" if value == "index" else None)
 

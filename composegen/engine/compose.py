@@ -1,0 +1,595 @@
+"""Read a compose file from disk the way Compose does, into plain values `up` can apply.
+
+Hand edits are honoured because this reads the file, not the plan. `.env` beside the file is
+interpolated like Compose: `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}`,
+`$VAR`, and `$$` for a literal `$`; the process environment wins over `.env`. A key this loader
+does not support is an error naming the key and the service: it is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from composegen.errors import BadInputError
+
+SUPPORTED_SERVICE_KEYS = frozenset(
+    {
+        "image",
+        "command",
+        "entrypoint",
+        "environment",
+        "ports",
+        "volumes",
+        "networks",
+        "healthcheck",
+        "restart",
+        "shm_size",
+        "ulimits",
+        "labels",
+        "deploy",
+        "security_opt",
+        "depends_on",
+        "stop_grace_period",
+        "working_dir",
+        "user",
+        "read_only",
+        "tmpfs",
+        "pids_limit",
+        "cap_add",
+        "cap_drop",
+        "hostname",
+        "init",
+        "stop_signal",
+    }
+)
+SUPPORTED_TOP_KEYS = frozenset({"services", "networks", "volumes", "name", "version"})
+
+_VAR = re.compile(
+    r"\$(?:(?P<esc>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<named>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+class ComposeFileError(BadInputError):
+    pass
+
+
+@dataclass(frozen=True)
+class Port:
+    host_ip: str
+    host_port: int | None
+    container_port: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # a volume name (unprefixed) or an absolute host path
+    target: str
+    read_only: bool
+    bind: bool
+
+
+@dataclass(frozen=True)
+class Gpu:
+    driver: str
+    device_ids: tuple[str, ...] | None
+    count: int | None  # -1: all
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    test: tuple[str, ...]
+    interval_s: float = 30.0
+    timeout_s: float = 30.0
+    retries: int = 3
+    start_period_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    image: str
+    command: tuple[str, ...] | None
+    entrypoint: tuple[str, ...] | None
+    environment: Mapping[str, str]
+    ports: tuple[Port, ...]
+    mounts: tuple[Mount, ...]
+    networks: tuple[str, ...]
+    healthcheck: Healthcheck | None
+    restart: str
+    labels: Mapping[str, str]
+    depends_on: Mapping[str, str]  # service -> condition
+    gpus: tuple[Gpu, ...]
+    shm_size: str | None = None
+    mem_limit: str | None = None
+    nano_cpus: int | None = None
+    security_opt: tuple[str, ...] = ()
+    ulimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    stop_grace_s: float = 10.0
+    extra: Mapping[str, Any] = field(default_factory=dict)  # working_dir, user, read_only...
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def config_hash(self) -> str:
+        """What Compose calls the config hash: any change to the service recreates it."""
+        text = json.dumps(self.raw, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    internal: bool = False
+    driver: str = "bridge"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    directory: Path
+    file: Path
+    services: tuple[Service, ...]
+    networks: tuple[Network, ...]
+    volumes: tuple[Volume, ...]
+
+    def service(self, name: str) -> Service:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+# --- .env and interpolation -----------------------------------------------------------------------
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    except OSError as exc:
+        raise ComposeFileError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
+            raise ComposeFileError(f"{path}:{n}: expected KEY=VALUE, got {line[:40]!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        out[key] = value
+    return out
+
+
+def interpolate(value: str, env: Mapping[str, str], where: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m.group("esc"):
+            return "$"
+        name = m.group("braced") or m.group("named")
+        op, arg = m.group("op"), m.group("arg") or ""
+        current = env.get(name)
+        if op in (":-", "-"):
+            unset = current is None or (op == ":-" and current == "")
+            return interpolate(arg, env, where) if unset else str(current)
+        if op in (":?", "?"):
+            unset = current is None or (op == ":?" and current == "")
+            if unset:
+                raise ComposeFileError(f"{where}: required variable {name} is missing: {arg}")
+        return "" if current is None else str(current)
+
+    if "$" not in value:
+        return value
+    try:
+        return _VAR.sub(sub, value)
+    except ComposeFileError:
+        raise
+    except re.error as exc:  # pragma: no cover
+        raise ComposeFileError(f"{where}: bad variable syntax: {exc}") from None
+
+
+def _interp_tree(node: Any, env: Mapping[str, str], where: str) -> Any:
+    if isinstance(node, str):
+        if re.search(r"\$\{[^}]*$", node) or re.search(r"\$\{\}", node):
+            raise ComposeFileError(f"{where}: invalid interpolation format in {node!r}")
+        return interpolate(node, env, where)
+    if isinstance(node, dict):
+        return {k: _interp_tree(v, env, f"{where}.{k}") for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interp_tree(v, env, f"{where}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+# --- parsing helpers ----------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
+
+
+def duration_s(value: Any, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str) or not value:
+        raise ComposeFileError(f"{where}: expected a duration like 30s, got {value!r}")
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(value):
+        if m.start() != pos:
+            break
+        total += (
+            float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+        )
+        pos = m.end()
+    if pos != len(value):
+        raise ComposeFileError(f"{where}: expected a duration like 30s or 1m30s, got {value!r}")
+    return total
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise ComposeFileError(f"{where}: {exc}") from None
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return tuple(str(v) for v in value)
+    raise ComposeFileError(f"{where}: expected a string or a list of strings")
+
+
+def _mapping(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if isinstance(v, (dict, list)):
+                raise ComposeFileError(f"{where}.{k}: expected a single value")
+            out[str(k)] = (
+                "" if v is None else ("true" if v is True else "false" if v is False else str(v))
+            )
+        return out
+    if isinstance(value, list):
+        out = {}
+        for item in value:
+            k, _, v = str(item).partition("=")
+            out[k] = v
+        return out
+    raise ComposeFileError(f"{where}: expected a mapping or a list of KEY=VALUE")
+
+
+def _port(value: Any, where: str) -> Port:
+    if isinstance(value, int):
+        return Port("", None, value)
+    if isinstance(value, dict):
+        try:
+            return Port(
+                str(value.get("host_ip", "")),
+                int(value["published"]) if value.get("published") else None,
+                int(value["target"]),
+                str(value.get("protocol", "tcp")),
+            )
+        except (KeyError, ValueError):
+            raise ComposeFileError(f"{where}: needs target (and published) ports") from None
+    text = str(value)
+    proto = "tcp"
+    if "/" in text:
+        text, proto = text.rsplit("/", 1)
+    parts = text.rsplit(":", 2) if not text.startswith("[") else re.split(r"(?<=\]):", text)
+    try:
+        if len(parts) == 1:
+            return Port("", None, int(parts[0]), proto)
+        if len(parts) == 2:
+            return Port("", int(parts[0]) if parts[0] else None, int(parts[1]), proto)
+        return Port(parts[0].strip("[]"), int(parts[1]) if parts[1] else None, int(parts[2]), proto)
+    except ValueError:
+        raise ComposeFileError(
+            f"{where}: cannot read port {value!r} (ranges are not supported)"
+        ) from None
+
+
+def _mount(value: Any, directory: Path, where: str) -> Mount:
+    if isinstance(value, dict):
+        kind = value.get("type", "volume")
+        if kind not in ("volume", "bind"):
+            raise ComposeFileError(f"{where}: mount type {kind!r} is not supported")
+        source, target = str(value.get("source", "")), str(value.get("target", ""))
+        ro = bool(value.get("read_only", False))
+    else:
+        parts = str(value).split(":")
+        if len(parts) == 1:
+            raise ComposeFileError(f"{where}: anonymous volumes are not supported ({value!r})")
+        source, target = parts[0], parts[1]
+        opts = parts[2].split(",") if len(parts) > 2 else []
+        ro = "ro" in opts
+        kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+    if not target.startswith("/"):
+        raise ComposeFileError(f"{where}: target {target!r} must be an absolute path")
+    if kind == "bind":
+        path = Path(os.path.expanduser(source))
+        source = str(path if path.is_absolute() else (directory / path).resolve())
+    return Mount(source, target, ro, kind == "bind")
+
+
+def _gpus(deploy: Any, where: str) -> tuple[tuple[Gpu, ...], str | None, int | None]:
+    if deploy is None:
+        return (), None, None
+    if not isinstance(deploy, dict):
+        raise ComposeFileError(f"{where}: expected a mapping")
+    for key in deploy:
+        if key not in ("resources", "restart_policy"):
+            raise ComposeFileError(f"{where}.{key}: not supported by composegen up")
+    res = deploy.get("resources") or {}
+    for key in res:
+        if key not in ("limits", "reservations"):
+            raise ComposeFileError(f"{where}.resources.{key}: not supported by composegen up")
+    limits = res.get("limits") or {}
+    for key in limits:
+        if key not in ("memory", "cpus", "pids"):
+            raise ComposeFileError(f"{where}.resources.limits.{key}: not supported")
+    mem = str(limits["memory"]) if "memory" in limits else None
+    cpus = int(float(limits["cpus"]) * 1e9) if "cpus" in limits else None
+    gpus = []
+    reservations = res.get("reservations") or {}
+    for key in reservations:
+        if key != "devices":
+            raise ComposeFileError(f"{where}.resources.reservations.{key}: not supported")
+    for i, dev in enumerate(reservations.get("devices") or []):
+        at = f"{where}.resources.reservations.devices[{i}]"
+        if "count" in dev and "device_ids" in dev:
+            raise ComposeFileError(f"{at}: count and device_ids exclude each other")
+        count = dev.get("count")
+        gpus.append(
+            Gpu(
+                driver=str(dev.get("driver", "nvidia")),
+                device_ids=tuple(str(d) for d in dev["device_ids"])
+                if "device_ids" in dev
+                else None,
+                count=-1 if count == "all" else (int(count) if count is not None else None),
+                capabilities=tuple(str(c) for c in dev.get("capabilities", ["gpu"])),
+            )
+        )
+    return tuple(gpus), mem, cpus
+
+
+def _healthcheck(value: Any, where: str) -> Healthcheck | None:
+    if value is None:
+        return None
+    if value.get("disable"):
+        return None
+    test = value.get("test")
+    if test is None:
+        return None
+    if isinstance(test, str):
+        test = ["CMD-SHELL", test]
+    if not isinstance(test, list) or not test:
+        raise ComposeFileError(f"{where}.test: expected a list")
+    if test[0] == "NONE":
+        return None
+    if test[0] not in ("CMD", "CMD-SHELL"):
+        raise ComposeFileError(f"{where}.test: must start with CMD, CMD-SHELL or NONE")
+    return Healthcheck(
+        test=tuple(str(t) for t in test),
+        interval_s=duration_s(value.get("interval", "30s"), f"{where}.interval"),
+        timeout_s=duration_s(value.get("timeout", "30s"), f"{where}.timeout"),
+        retries=int(value.get("retries", 3)),
+        start_period_s=duration_s(value.get("start_period", "0s"), f"{where}.start_period"),
+    )
+
+
+def _depends(value: Any, names: set[str], where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    deps = (
+        {d: "service_started" for d in value}
+        if isinstance(value, list)
+        else {d: str((v or {}).get("condition", "service_started")) for d, v in value.items()}
+    )
+    for dep, cond in deps.items():
+        if dep not in names:
+            raise ComposeFileError(f"{where}: depends on unknown service {dep!r}")
+        if cond not in ("service_started", "service_healthy", "service_completed_successfully"):
+            raise ComposeFileError(f"{where}.{dep}.condition: unknown condition {cond!r}")
+    return deps
+
+
+def _service(
+    name: str, raw: dict[str, Any], directory: Path, names: set[str], nets: set[str]
+) -> Service:
+    where = f"services.{name}"
+    if not isinstance(raw, dict):
+        raise ComposeFileError(f"{where}: expected a mapping")
+    unknown = sorted(k for k in raw if k not in SUPPORTED_SERVICE_KEYS and not k.startswith("x-"))
+    if unknown:
+        raise ComposeFileError(
+            f"{where}.{unknown[0]}: this compose key is not supported by composegen up",
+            "remove it, or start this file with docker compose",
+        )
+    if "image" not in raw:
+        raise ComposeFileError(f"{where}: no image (building is not supported by composegen up)")
+    gpus, mem, cpus = _gpus(raw.get("deploy"), f"{where}.deploy")
+    networks_raw = raw.get("networks") or ["default"]
+    networks = tuple(networks_raw if isinstance(networks_raw, list) else networks_raw.keys())
+    for n in networks:
+        if n not in nets:
+            raise ComposeFileError(f"{where}.networks: network {n!r} is not declared")
+    ulimits: dict[str, tuple[int, int]] = {}
+    for key, val in (raw.get("ulimits") or {}).items():
+        if isinstance(val, dict):
+            ulimits[key] = (int(val["soft"]), int(val["hard"]))
+        else:
+            ulimits[key] = (int(val), int(val))
+    extra: dict[str, Any] = {
+        k: raw[k]
+        for k in (
+            "working_dir",
+            "user",
+            "read_only",
+            "tmpfs",
+            "pids_limit",
+            "cap_add",
+            "cap_drop",
+            "hostname",
+            "init",
+            "stop_signal",
+        )
+        if k in raw
+    }
+    return Service(
+        name=name,
+        image=str(raw["image"]),
+        command=_strings(raw["command"], f"{where}.command") if "command" in raw else None,
+        entrypoint=_strings(raw["entrypoint"], f"{where}.entrypoint")
+        if "entrypoint" in raw
+        else None,
+        environment=_mapping(raw.get("environment"), f"{where}.environment"),
+        ports=tuple(_port(p, f"{where}.ports[{i}]") for i, p in enumerate(raw.get("ports", []))),
+        mounts=tuple(
+            _mount(v, directory, f"{where}.volumes[{i}]")
+            for i, v in enumerate(raw.get("volumes", []))
+        ),
+        networks=networks,
+        healthcheck=_healthcheck(raw.get("healthcheck"), f"{where}.healthcheck"),
+        restart=str(raw.get("restart", "no")),
+        labels=_mapping(raw.get("labels"), f"{where}.labels"),
+        depends_on=_depends(raw.get("depends_on"), names, f"{where}.depends_on"),
+        gpus=gpus,
+        shm_size=str(raw["shm_size"]) if "shm_size" in raw else None,
+        mem_limit=mem,
+        nano_cpus=cpus,
+        security_opt=tuple(str(s) for s in raw.get("security_opt", [])),
+        ulimits=ulimits,
+        stop_grace_s=duration_s(raw.get("stop_grace_period", "10s"), f"{where}.stop_grace_period"),
+        extra=extra,
+        raw=raw,
+    )
+
+
+def project_name(
+    explicit: str | None, env: Mapping[str, str], data: Mapping[str, Any], directory: Path
+) -> str:
+    name = explicit or env.get("COMPOSE_PROJECT_NAME") or data.get("name") or directory.name
+    norm = re.sub(r"[^a-z0-9_-]", "", str(name).lower())
+    if not norm or not norm[0].isalnum():
+        raise ComposeFileError(f"project name {name!r} is not usable", "pass -p NAME")
+    return norm
+
+
+def load_project(file: Path, name: str | None = None) -> Project:
+    import yaml
+
+    if file.is_dir():
+        file = file / "docker-compose.yml"
+    directory = file.parent.resolve()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ComposeFileError(
+            f"{file}: no such file", "render one with `composegen render`, or pass -f FILE"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ComposeFileError(f"{file}: cannot read it: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ComposeFileError(
+            f"{file}: invalid YAML{at}: {getattr(exc, 'problem', None) or exc}"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
+        raise ComposeFileError(f"{file}: no services: mapping")
+    for key in data:
+        if key not in SUPPORTED_TOP_KEYS and not str(key).startswith("x-"):
+            raise ComposeFileError(
+                f"{file}: top-level key {key!r} is not supported by composegen up"
+            )
+    env = {**read_dotenv(directory / ".env"), **os.environ}
+    data = _interp_tree(data, env, str(file))
+    pname = project_name(name, env, data, directory)
+    nets_raw = data.get("networks") or {}
+    networks = [Network("default")] if "default" not in nets_raw else []
+    for nname, spec in nets_raw.items():
+        spec = spec or {}
+        for key in spec:
+            if key not in ("internal", "driver", "labels"):
+                raise ComposeFileError(f"{file}: networks.{nname}.{key}: not supported")
+        networks.append(
+            Network(
+                nname,
+                bool(spec.get("internal", False)),
+                str(spec.get("driver", "bridge")),
+                _mapping(spec.get("labels"), f"networks.{nname}.labels"),
+            )
+        )
+    vols_raw = data.get("volumes") or {}
+    volumes = []
+    for vname, spec in vols_raw.items():
+        spec = spec or {}
+        for key in spec:
+            if key != "labels":
+                raise ComposeFileError(f"{file}: volumes.{vname}.{key}: not supported")
+        volumes.append(Volume(vname, _mapping(spec.get("labels"), f"volumes.{vname}.labels")))
+    names = set(data["services"])
+    netnames = {n.name for n in networks}
+    services = tuple(
+        _service(n, s, directory, names, netnames) for n, s in data["services"].items()
+    )
+    declared = {v.name for v in volumes}
+    used_default = any("default" in s.networks for s in services)
+    for s in services:
+        for m in s.mounts:
+            if not m.bind and m.source not in declared:
+                raise ComposeFileError(
+                    f"services.{s.name}.volumes: volume {m.source!r} is not "
+                    "declared under top-level volumes:"
+                )
+    if not used_default:
+        networks = [n for n in networks if n.name != "default" or "default" in nets_raw]
+    _check_cycles(services)
+    return Project(pname, directory, file, services, tuple(networks), tuple(volumes))
+
+
+def _check_cycles(services: tuple[Service, ...]) -> None:
+    deps = {s.name: set(s.depends_on) for s in services}
+    seen: set[str] = set()
+    while deps:
+        ready = [n for n, d in deps.items() if d <= seen]
+        if not ready:
+            raise ComposeFileError(f"depends_on has a cycle among: {', '.join(sorted(deps))}")
+        for n in ready:
+            seen.add(n)
+            del deps[n]
+
+
+def levels(project: Project) -> list[list[Service]]:
+    """Start order: each level depends only on earlier ones; a level starts in parallel."""
+    done: set[str] = set()
+    left = list(project.services)
+    out: list[list[Service]] = []
+    while left:
+        level = [s for s in left if set(s.depends_on) <= done]
+        out.append(level)
+        done |= {s.name for s in level}
+        left = [s for s in left if s.name not in done]
+    return out
