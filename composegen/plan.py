@@ -7,7 +7,8 @@ It decides which GPU runs which container. Rules, in order:
 - fixed services are placed in profile order: `prefer: first` takes the lowest free index,
   `prefer: largest` the GPU with the most usable VRAM; a tensor-parallel group stays on GPUs
   joined by NVLink where the topology is known; a GPU is never given to two services unless
-  both declare sharing (`share`, or `share_when_short` once no free GPU is left);
+  both declare sharing (`share`, or `share_when_short` once no free GPU is left); the
+  instances of one `replicas: tiers` service share their GPU by design;
 - `replicas: per-gpu` puts one instance on every remaining GPU, `replicas: tiers` a number of
   instances per GPU from its VRAM tier, weighted by capacity;
 - what does not fit tries the service's smaller `alternatives`, then its `on_short` rule: run on

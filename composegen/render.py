@@ -359,9 +359,13 @@ def _dropped_routes(prof: Profile, plan: Plan) -> list[dict[str, str]]:
     live = {i.group for i in plan.instances}
     out: dict[str, dict[str, str]] = {}
     for name, reason in plan.dropped:
-        base = name
         svc = next(
-            (s for s in prof.services if s.name == base or name.startswith(s.name + "-")), None
+            (
+                s
+                for s in prof.services
+                if s.name == name or re.fullmatch(rf"{re.escape(s.name)}-\d+", name)
+            ),
+            None,
         )
         if svc is None or svc.route is None or svc.group in live:
             continue

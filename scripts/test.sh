@@ -29,6 +29,34 @@ step "mypy --strict composegen"
 
 started_engine=0
 if [ "${CI:-}" = "true" ] || [ "${COMPOSEGEN_ENGINE:-}" = "1" ]; then
+    # tests/unit/test_render.py checks every rendered stack with Debian's Compose v1
+    # (`docker-compose config -q`) and `nginx -t` in a private mount namespace (unshare).
+    step "checkers for the rendered stacks: docker-compose, nginx, unshare"
+    missing=()
+    [ -x /usr/bin/docker-compose ] || missing+=(docker-compose)
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "installing ${missing[*]} from Debian"
+        # keep the packages' init scripts from starting nginx (port 80) during the install
+        added_policy=0
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+            chmod 0755 /usr/sbin/policy-rc.d
+            added_policy=1
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        rc=0
+        { apt-get update -qq &&
+            apt-get install -y -qq --no-install-recommends "${missing[@]}"; } || rc=$?
+        if [ "$added_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+        if [ "$rc" != 0 ]; then
+            echo "could not install ${missing[*]} (apt-get exit $rc)" >&2
+            exit "$rc"
+        fi
+    fi
+    export COMPOSEGEN_REQUIRE_TOOLS=1   # the render checkers must run, not skip
+
     step "Docker engine for the engine tests"
     bash scripts/engine.sh start
     started_engine=1

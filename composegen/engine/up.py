@@ -316,6 +316,23 @@ def verify_gpus(project: Project, tracks: dict[str, _Track]) -> dict[str, tuple[
     return out
 
 
+def reload_gateway(
+    project: Project, actions: dict[str, Action], tracks: dict[str, _Track], report: Report
+) -> None:
+    """nginx resolves upstream names when it starts or reloads: after a backend got a new
+    container (and so a new address), a gateway that was kept must reload."""
+    changed = [n for n, a in actions.items() if a in ("create", "recreate")]
+    for svc in project.services:
+        if svc.labels.get("io.composegen.service") != "gateway" or actions[svc.name] != "keep":
+            continue
+        if not [n for n in changed if n != svc.name]:
+            continue
+        code = eng.exec_with_timeout(tracks[svc.name].container, ["nginx", "-s", "reload"], 10)
+        if code != 0:
+            raise UpFailed(f"service {svc.name}: nginx -s reload failed (exit {code})")
+        report(svc.name, "reloaded", "backends changed")
+
+
 def probe_gateway(project: Project, deadline: float) -> str | None:
     """End to end over HTTP on 127.0.0.1: the gateway's /healthz, or any answer on a port."""
     import httpx
@@ -416,6 +433,7 @@ def up(
             raise first
         raise UpFailed(f"up failed: {first}")
     gpu_map = verify_gpus(project, tracks)
+    reload_gateway(project, conv.actions, tracks, rep)
     gateway = probe_gateway(project, deadline) if wait else None
     return UpResult(conv.actions, removed, gpu_map, gateway, time.monotonic() - t0)
 
