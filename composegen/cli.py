@@ -500,6 +500,13 @@ def _load_project(directory: str | None, file: str | None, project_name: str | N
     help="Give up when the stack is not healthy after this long.",
 )
 @click.option("--no-wait", is_flag=True, help="Start the containers and return; do not wait.")
+@click.option(
+    "--pull",
+    type=click.Choice(["missing", "never"]),
+    default="missing",
+    show_default=True,
+    help="Pull images that are not on the engine, or never pull.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
 def up(
     directory: str | None,
@@ -507,6 +514,7 @@ def up(
     project_name: str | None,
     wait_timeout: float,
     no_wait: bool,
+    pull: str,
     as_json: bool,
 ) -> None:
     """Start the stack of a compose file through the Docker engine and wait until it is healthy.
@@ -535,11 +543,13 @@ def up(
                     wait=not no_wait,
                     wait_timeout_s=wait_timeout,
                     report=prog.event,
+                    pull=pull,
                 )
-            except engine_up.UpFailed as exc:
-                prog.emit({"event": "failed", "error": exc.message, "details": exc.details})
-                if not as_json and exc.details:
-                    click.echo(exc.details, err=True)
+            except ComposegenError as exc:
+                details = getattr(exc, "details", "")
+                prog.emit({"event": "failed", "error": exc.one_line(), "details": details})
+                if not as_json and details:
+                    click.echo(details, err=True)
                 raise
         if read_mode(project.directory, project.name).get("mode") != "gpu":
             write_mode(project.directory, project.name, "gpu", "composegen up")

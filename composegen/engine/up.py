@@ -205,6 +205,32 @@ def wait_ready(svc: Service, container: Any, deadline: float, cancel: threading.
         time.sleep(0.25)
 
 
+def ensure_image(client: Any, svc: Service, pull: str) -> None:
+    from docker.errors import APIError, ImageNotFound
+
+    try:
+        client.images.get(svc.image)
+        return
+    except ImageNotFound:
+        pass
+    how = (
+        f"docker pull {svc.image} (or build it), or render with --image KEY=IMAGE to use "
+        "another image"
+    )
+    if pull == "never":
+        raise eng.ImageMissingError(
+            f"service {svc.name}: image {svc.image} is not on this engine (--pull never)", how
+        )
+    try:
+        client.images.pull(svc.image)
+    except (APIError, ImageNotFound) as exc:
+        raise eng.ImageMissingError(
+            f"service {svc.name}: image {svc.image} is not on this engine and could not be "
+            f"pulled: {getattr(exc, 'explanation', None) or exc}",
+            how,
+        ) from None
+
+
 def _dep_ok(cond: str, track: _Track) -> bool:
     return track.ready.is_set() if cond == "service_healthy" else track.started.is_set()
 
@@ -215,6 +241,7 @@ def _run_service(
     svc: Service,
     action: Action,
     existing_id: str | None,
+    pull: str,
     tracks: dict[str, _Track],
     deadline: float,
     wait: bool,
@@ -239,6 +266,7 @@ def _run_service(
                 old.stop(timeout=int(svc.stop_grace_s))
                 old.remove(force=True)
             if action in ("create", "recreate"):
+                ensure_image(client, svc, pull)
                 report(svc.name, "creating", svc.image)
                 created = eng.create_container(client, project, svc, svc.config_hash())
                 container = client.containers.get(created.id)
@@ -372,6 +400,7 @@ def up(
     wait: bool = True,
     wait_timeout_s: float = 600.0,
     report: Report | None = None,
+    pull: str = "missing",
 ) -> UpResult:
     rep: Report = report or (lambda s, st, d: None)
     t0 = time.monotonic()
@@ -397,6 +426,7 @@ def up(
                 s,
                 conv.actions[s.name],
                 conv.existing.get(s.name),
+                pull,
                 tracks,
                 deadline,
                 wait,

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Build the local TEST-ONLY images that stand in for the real ones in end-to-end tests
+# (see ../shared/design/TEST-ENGINE.md: no registry, no network but the Debian mirror).
+#
+#   scripts/images.sh          build what is missing or out of date, one line per image
+#   scripts/images.sh --list   print the four tags, one per line
+#
+#   composegen-test/debian:bookworm   debootstrap minbase + python3, nginx-light, curl, bash
+#   composegen-test/model-stub:1      vLLM / TEI / speaches / Open WebUI stand-in (stubs/)
+#   composegen-test/ollama-stub:1     Ollama stand-in, with an `ollama` CLI for healthchecks
+#   composegen-test/nginx:1           nginx-light run like the official nginx image
+#
+# Each image carries the label io.composegen.test.inputs=<sha256 of its build inputs> and is
+# rebuilt only when that changes. The debootstrapped rootfs is cached as a tarball under
+# .ci-work/images/ keyed by the package list, so a fresh engine does not redo debootstrap.
+# Needs a running engine (scripts/engine.sh start); installs debootstrap with apt if missing.
+# COMPOSEGEN_DEBIAN_MIRROR overrides the mirror read from the machine's apt sources.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HERE="$ROOT/scripts/images"
+WORK="${COMPOSEGEN_WORK:-$ROOT/.ci-work}/images"
+LABEL=io.composegen.test.inputs
+
+BASE=composegen-test/debian:bookworm
+MODEL=composegen-test/model-stub:1
+OLLAMA=composegen-test/ollama-stub:1
+NGINX=composegen-test/nginx:1
+
+SUITE=bookworm
+VARIANT=minbase
+PACKAGES=python3,nginx-light,curl,ca-certificates,bash
+ROOTFS_RECIPE=1 # bump when strip_rootfs changes
+
+if [ "${1:-}" = "--list" ]; then
+    printf '%s\n' "$BASE" "$MODEL" "$OLLAMA" "$NGINX"
+    exit 0
+elif [ $# -gt 0 ]; then
+    echo "usage: $0 [--list]" >&2
+    exit 2
+fi
+
+say() { printf 'images: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+T0=$(now_ms)
+
+timeout 10 docker version >/dev/null 2>&1 ||
+    die "no Docker engine answers: start one with 'bash scripts/engine.sh start'"
+
+mkdir -p "$WORK"
+exec 9>"$WORK/.lock"
+flock -w 600 9 || die "another images.sh holds $WORK/.lock"
+
+label_of() { docker image inspect -f "{{index .Config.Labels \"$LABEL\"}}" "$1" 2>/dev/null || true; }
+sha() { sha256sum | cut -d' ' -f1; }
+
+# ---- the Debian base ----------------------------------------------------------------------------
+
+# The first http(s)/file archive the machine's apt sources use for "$SUITE" itself (not -updates
+# or -security), one-line or deb822 format.
+apt_mirror() {
+    local files=()
+    [ -f /etc/apt/sources.list ] && files+=(/etc/apt/sources.list)
+    for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] && files+=("$f")
+    done
+    [ "${#files[@]}" = 0 ] && return 0
+    awk -v suite="$SUITE" '
+        function ok(u) { return u ~ /^(https?|file):/ }
+        function flush() {
+            if (deb && enabled && !found)
+                for (s in suites) if (suites[s] == suite)
+                    for (u in uris) if (ok(uris[u])) { print uris[u]; found = 1; exit }
+            deb = 0; enabled = 1; delete suites; delete uris
+        }
+        FNR == 1 { flush() }
+        /^[ \t]*#/ { next }
+        FILENAME ~ /\.sources$/ {
+            if ($0 ~ /^[ \t]*$/) { flush(); next }
+            key = tolower($1)
+            if (key == "types:") for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1
+            if (key == "uris:") for (i = 2; i <= NF; i++) uris[i] = $i
+            if (key == "suites:") for (i = 2; i <= NF; i++) suites[i] = $i
+            if (key == "enabled:" && tolower($2) == "no") enabled = 0
+            next
+        }
+        $1 == "deb" {
+            i = 2
+            if ($i ~ /^\[/) while ($i !~ /\]$/ && i < NF) i++
+            if ($i ~ /^\[/ || $i ~ /\]$/) i++
+            if ($(i + 1) == suite && ok($i)) { print $i; found = 1; exit }
+        }
+        END { flush() }
+    ' "${files[@]}" | head -n 1
+}
+
+need_debootstrap() {
+    command -v debootstrap >/dev/null 2>&1 && [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] && return
+    [ "$(id -u)" = 0 ] || die "debootstrap is missing and installing it needs root"
+    say "installing debootstrap from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    local apt=(apt-get -y -qq --no-install-recommends -o DPkg::Lock::Timeout=120)
+    "${apt[@]}" install debootstrap debian-archive-keyring >/dev/null 2>&1 || {
+        apt-get -qq -o DPkg::Lock::Timeout=120 update >/dev/null
+        "${apt[@]}" install debootstrap debian-archive-keyring >/dev/null
+    }
+}
+
+# Keep the rootfs small: no apt lists, docs, man pages, translations or logs.
+strip_rootfs() {
+    local d="$1"
+    rm -rf "$d"/var/lib/apt/lists/* "$d"/var/cache/apt/*.bin "$d"/var/cache/apt/archives/*.deb \
+        "$d"/usr/share/doc/* "$d"/usr/share/man/* "$d"/usr/share/info/* "$d"/usr/share/locale/* \
+        "$d"/usr/share/lintian "$d"/var/cache/debconf/*-old "$d"/var/lib/dpkg/*-old "$d"/tmp/*
+    find "$d"/var/log -type f -delete
+    : >"$d"/etc/machine-id
+}
+
+ROOTFS_DIR=""
+cleanup() {
+    [ -n "$ROOTFS_DIR" ] && [ -d "$ROOTFS_DIR" ] || return 0
+    for m in dev/pts dev proc sys; do umount -l "$ROOTFS_DIR/$m" 2>/dev/null || true; done
+    rm -rf --one-file-system "$ROOTFS_DIR"
+}
+trap cleanup EXIT
+
+# Sets TARBALL: the rootfs tarball for the current package list, from the cache or made with
+# debootstrap (not in a subshell, so that the EXIT trap cleans up after a failed debootstrap).
+rootfs_tarball() {
+    local tarball="$WORK/rootfs-$SUITE-${1:0:16}.tar"
+    TARBALL="$tarball"
+    [ -s "$tarball" ] && return
+    [ "$(id -u)" = 0 ] || die "debootstrap needs root"
+    need_debootstrap
+    local mirror="${COMPOSEGEN_DEBIAN_MIRROR:-$(apt_mirror)}"
+    if [ -z "$mirror" ]; then
+        mirror=http://deb.debian.org/debian
+        say "no $SUITE archive in the apt sources; using $mirror"
+    fi
+    local proxy
+    proxy="$(apt-config shell P Acquire::http::Proxy 2>/dev/null | sed -n "s/^P='\(.*\)'$/\1/p")"
+    [ -n "$proxy" ] && [ -z "${http_proxy:-}" ] && export http_proxy="$proxy"
+    ROOTFS_DIR="$(mktemp -d "$WORK/rootfs.XXXXXX")"
+    say "debootstrap $SUITE ($VARIANT + $PACKAGES) from $mirror"
+    if ! debootstrap --variant="$VARIANT" --include="$PACKAGES" "$SUITE" "$ROOTFS_DIR" "$mirror" \
+        >"$WORK/debootstrap.log" 2>&1; then
+        tail -n 20 "$WORK/debootstrap.log" >&2
+        die "debootstrap failed (log: $WORK/debootstrap.log)"
+    fi
+    strip_rootfs "$ROOTFS_DIR"
+    tar -C "$ROOTFS_DIR" --numeric-owner -cf "$tarball.tmp" .
+    mv "$tarball.tmp" "$tarball"
+    find "$WORK" -maxdepth 1 -name "rootfs-$SUITE-*.tar" ! -path "$tarball" -delete
+    cleanup
+    ROOTFS_DIR=""
+}
+
+build_base() {
+    local inputs
+    inputs="$(printf '%s\n' "$SUITE" "$VARIANT" "$PACKAGES" "recipe=$ROOTFS_RECIPE" | sha)"
+    if [ "$(label_of "$BASE")" = "$inputs" ]; then
+        echo "$BASE: up to date"
+        return
+    fi
+    rootfs_tarball "$inputs"
+    docker import \
+        --change "LABEL $LABEL=$inputs" \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
+        --change 'CMD ["bash"]' \
+        - "$BASE" <"$TARBALL" >/dev/null
+    BUILT=1
+    echo "$BASE: built"
+}
+
+# ---- images built from Dockerfiles on the base ---------------------------------------------------
+
+# build TAG DOCKERFILE FILES...: inputs are the base image id, the Dockerfile and the files (with
+# their modes) it copies.
+build_on_base() {
+    local tag="$1" dockerfile="$2" inputs
+    shift 2
+    inputs="$(
+        cd "$HERE"
+        docker image inspect -f '{{.Id}}' "$BASE"
+        for f in "$dockerfile" "$@"; do
+            printf '%s %s %s\n' "$f" "$(stat -c %a "$f")" "$(sha256sum <"$f" | cut -d' ' -f1)"
+        done
+    )"
+    inputs="$(printf '%s\n' "$inputs" | sha)"
+    if [ "$(label_of "$tag")" = "$inputs" ]; then
+        echo "$tag: up to date"
+        return
+    fi
+    if ! DOCKER_BUILDKIT=0 docker build -q --label "$LABEL=$inputs" -t "$tag" \
+        -f "$HERE/$dockerfile" "$HERE" >"$WORK/build.log" 2>&1; then
+        cat "$WORK/build.log" >&2
+        die "docker build of $tag failed"
+    fi
+    BUILT=1
+    echo "$tag: built"
+}
+
+BUILT=0
+build_base
+build_on_base "$MODEL" Dockerfile.model-stub stubs/stubkit.py stubs/model_stub.py
+build_on_base "$OLLAMA" Dockerfile.ollama-stub stubs/stubkit.py stubs/ollama_stub.py
+build_on_base "$NGINX" Dockerfile.nginx
+# images replaced by a rebuild stay behind untagged: drop ours
+[ "$BUILT" = 0 ] || docker image prune -f --filter "label=$LABEL" >/dev/null 2>&1 || true
+
+T1=$(now_ms)
+printf 'images: total %d.%03d s\n' $(((T1 - T0) / 1000)) $(((T1 - T0) % 1000))

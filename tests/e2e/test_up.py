@@ -1,0 +1,357 @@
+"""`composegen up / down / status` on a real engine, for each of the five profiles.
+
+Each profile is rendered on a fake inventory with its images swapped for the local stand-ins
+through `render --image`, then started with `composegen up`. Checked: every service healthy;
+NVIDIA_VISIBLE_DEVICES inside every GPU container equals the plan; a request through the
+gateway reaches every replica of every upstream; a second `up` changes nothing; `down` keeps
+named volumes. Everything is created under test project names and removed by their labels.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from composegen import app
+from composegen.profiles import Overrides
+from tests.conftest import ROOT
+from tests.e2e.images import ensure_images
+from tests.stack_checks import inventory_file
+
+CASES = {
+    "rag-a100": "a100_8x80",
+    "ollama-replicas": "a100_4x64",
+    "zenglow-personas": "consumer_pair",
+    "rma-shared": "single_8gb",
+    "ollama-pool": "reference",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "composegen", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class Stack:
+    profile: str
+    project: str
+    directory: Path
+    port: int
+    built: app.Rendered
+
+
+def image_overrides(name: str, tags: dict[str, str]) -> tuple[str, ...]:
+    from composegen import profiles
+
+    prof = profiles.load(name)
+    out = []
+    for key, image in prof.images.items():
+        if image.startswith("ollama/"):
+            out.append(f"{key}={tags['ollama']}")
+        elif image.startswith("nginx"):
+            out.append(f"{key}={tags['nginx']}")
+        else:
+            out.append(f"{key}={tags['model']}")
+    return tuple(out)
+
+
+def render_stack(name: str, tmp: Path, tags: dict[str, str], *sets: str) -> Stack:
+    scenario = CASES[name]
+    port = free_port()
+    images = image_overrides(name, tags)
+    inv = None if scenario == "reference" else inventory_file(tmp, scenario)
+    all_sets = (f"gateway.port={port}", *sets)
+    args = ["render", "-p", name, "-o", str(tmp / name)]
+    args += ["--reference"] if inv is None else ["--inventory", inv]
+    for i in images:
+        args += ["--image", i]
+    for s in all_sets:
+        args += ["--set", s]
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    built = app.build(
+        name,
+        inventory=inv,
+        reference=inv is None,
+        overrides=Overrides(sets=all_sets, images=images),
+    )
+    return Stack(name, f"cg-e2e-{name}", tmp / name, port, built)
+
+
+def containers(client: Any, project: str) -> dict[str, Any]:
+    return {
+        c.labels["com.docker.compose.service"]: c
+        for c in client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={project}"}
+        )
+    }
+
+
+def _cleanup(client: Any, project: str) -> None:
+    from docker.errors import APIError
+
+    label = {"label": f"com.docker.compose.project={project}"}
+    for kind in ("containers", "networks", "volumes"):
+        coll = getattr(client, kind)
+        items = (
+            coll.list(all=True, filters=label) if kind == "containers" else coll.list(filters=label)
+        )
+        for item in items:
+            try:
+                item.remove(force=True) if kind != "networks" else item.remove()
+            except APIError as exc:  # already gone, or being removed
+                if exc.status_code not in (404, 409):
+                    raise
+
+
+@pytest.fixture(scope="module")
+def tags(docker_client: Any) -> dict[str, str]:
+    return ensure_images()
+
+
+@pytest.fixture
+def stack_factory(docker_client: Any, tags: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    made: list[str] = []
+
+    def make(name: str, *sets: str) -> Stack:
+        st = render_stack(name, tmp_path, tags, *sets)
+        _cleanup(docker_client, st.project)
+        made.append(st.project)
+        return st
+
+    yield make
+    for project in made:
+        _cleanup(docker_client, project)
+
+
+def up(st: Stack, *extra: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    done = cli(
+        "up", "-C", str(st.directory), "-p", st.project, "--json", "--wait-timeout", "240", *extra
+    )
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return done, events
+
+
+def env_of(container: Any) -> dict[str, str]:
+    """The environment of the container's main process: the engine adds NVIDIA_VISIBLE_DEVICES
+    to the runtime spec at start, so it is in /proc/1/environ, not in Config.Env."""
+    res = container.exec_run(["cat", "/proc/1/environ"])
+    assert res.exit_code == 0, res.output
+    return dict(e.split("=", 1) for e in res.output.decode().split("\0") if "=" in e)
+
+
+def probe_path(st: Stack, group: str) -> tuple[str, dict[str, Any] | None]:
+    svc = st.built.profile.service(st.built.plan.groups[group][0].service)
+    if svc.kind == "ollama":
+        return "api/generate", {"model": svc.models[0].name, "prompt": "hi", "stream": False}
+    return "v1/models", None
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_up_all_healthy_gpus_routes_idempotent_down(
+    docker_client: Any, stack_factory: Any, name: str
+) -> None:
+    st = stack_factory(name)
+    done, events = up(st)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    final = events[-1]
+    assert final["event"] == "done"
+    plan = st.built.plan
+    expected = {i.name for i in plan.instances} | {"gateway"}
+    assert set(final["actions"]) == expected
+    assert set(final["actions"].values()) == {"create"}
+
+    # every service running and passing its own healthcheck
+    found = containers(docker_client, st.project)
+    assert set(found) == expected
+    for svc, c in found.items():
+        c.reload()
+        assert c.status == "running", svc
+        check = c.attrs["Config"]["Healthcheck"]["Test"]
+        code = c.exec_run(check[1:] if check[0] == "CMD" else ["sh", "-c", check[1]]).exit_code
+        assert code == 0, f"{svc}: its healthcheck {check} fails"
+
+    # the GPUs each container was given are exactly the plan's
+    for inst in plan.instances:
+        env = env_of(found[inst.name])
+        if inst.device == "gpu":
+            assert env.get("NVIDIA_VISIBLE_DEVICES") == ",".join(inst.device_ids), inst.name
+            assert final["gpus"][inst.name] == list(inst.device_ids)
+        else:
+            assert "NVIDIA_VISIBLE_DEVICES" not in env, inst.name
+
+    # through the gateway, every replica of every upstream answers
+    base = f"http://127.0.0.1:{st.port}"
+    assert httpx.get(f"{base}/healthz", timeout=5).json()["status"] == "ok"
+    for group, insts in plan.groups.items():
+        route = st.built.profile.service(insts[0].service).route
+        if route is None:
+            continue
+        path, body = probe_path(st, group)
+        want = {found[i.name].attrs["Config"]["Hostname"] for i in insts}
+        seen: set[str] = set()
+        for _ in range(6 * len(insts) + 4):
+            r = (
+                httpx.post(f"{base}{route}{path}", json=body, timeout=10)
+                if body is not None
+                else httpx.get(f"{base}{route}{path}", timeout=10)
+            )
+            assert r.status_code == 200, f"{group}: {r.status_code} {r.text[:200]}"
+            seen.add(r.json()["served_by"])
+            if seen == want:
+                break
+        assert seen == want, f"{group}: replicas reached {seen}, expected {want}"
+
+    # a second up changes nothing
+    ids = {s: c.id for s, c in found.items()}
+    again, events2 = up(st)
+    assert again.returncode == 0, again.stderr
+    assert set(events2[-1]["actions"].values()) == {"keep"}
+    assert {s: c.id for s, c in containers(docker_client, st.project).items()} == ids
+
+    # docker-compose (v1) sees the stack through the labels
+    ps = subprocess.run(
+        ["docker-compose", "-p", st.project, "ps", "--services"],
+        cwd=st.directory,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if ps.returncode == 0:
+        assert set(ps.stdout.split()) == expected
+
+    # status
+    stat = cli("status", "-C", str(st.directory), "-p", st.project, "--json")
+    assert stat.returncode == 0, stat.stderr
+    assert {r["service"] for r in json.loads(stat.stdout)["services"]} == expected
+
+    # down keeps the named volumes
+    vols = {
+        v.name
+        for v in docker_client.volumes.list(
+            filters={"label": f"com.docker.compose.project={st.project}"}
+        )
+    }
+    assert vols, "the stack declared named volumes"
+    gone = cli("down", "-C", str(st.directory), "-p", st.project)
+    assert gone.returncode == 0, gone.stderr
+    assert containers(docker_client, st.project) == {}
+    assert {
+        v.name
+        for v in docker_client.volumes.list(
+            filters={"label": f"com.docker.compose.project={st.project}"}
+        )
+    } == vols
+
+
+def test_changed_service_is_recreated_and_removed_one_removed(
+    docker_client: Any, stack_factory: Any
+) -> None:
+    st = stack_factory("zenglow-personas")
+    done, _ = up(st)
+    assert done.returncode == 0, done.stderr
+    before = {s: c.id for s, c in containers(docker_client, st.project).items()}
+    compose = st.directory / "docker-compose.yml"
+    text = compose.read_text()
+    # a hand edit: jarvis gets another keep-alive; leonardo is untouched
+    compose.write_text(
+        text.replace("OLLAMA_KEEP_ALIVE: ${OLLAMA_KEEP_ALIVE:-30m}", "OLLAMA_KEEP_ALIVE: 45m", 1)
+    )
+    again, events = up(st)
+    assert again.returncode == 0, again.stderr
+    actions = events[-1]["actions"]
+    changed = [s for s, a in actions.items() if a == "recreate"]
+    assert len(changed) == 1
+    after = {s: c.id for s, c in containers(docker_client, st.project).items()}
+    assert after[changed[0]] != before[changed[0]]
+    assert all(after[s] == before[s] for s in after if s != changed[0])
+    assert "45m" in env_of(containers(docker_client, st.project)[changed[0]])["OLLAMA_KEEP_ALIVE"]
+
+
+def test_unsupported_key_is_named(stack_factory: Any) -> None:
+    st = stack_factory("zenglow-personas")
+    compose = st.directory / "docker-compose.yml"
+    compose.write_text(
+        compose.read_text().replace(
+            "    restart: unless-stopped\n",
+            "    restart: unless-stopped\n    privileged: true\n",
+            1,
+        )
+    )
+    done, _ = up(st)
+    assert done.returncode == 2
+    assert "privileged: this compose key is not supported" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unhealthy_service_ends_wait_with_health_log(
+    docker_client: Any, stack_factory: Any
+) -> None:
+    st = stack_factory("rag-a100")
+    compose = st.directory / "docker-compose.yml"
+    compose.write_text(
+        compose.read_text().replace(
+            "      UVICORN_PORT: '8004'\n", "      UVICORN_PORT: '8004'\n      STUB_FAIL: '1'\n", 1
+        )
+    )
+    done, events = up(st, "--wait-timeout", "20")
+    assert done.returncode == 1
+    failed = [e for e in events if e.get("event") == "failed"]
+    assert failed and "service whisper" in failed[0]["error"]
+    assert "last 30 log lines of whisper" in failed[0]["details"]
+
+
+def test_exited_service_ends_wait_at_once(docker_client: Any, stack_factory: Any) -> None:
+    st = stack_factory("zenglow-personas")
+    compose = st.directory / "docker-compose.yml"
+    text = compose.read_text()
+    compose.write_text(
+        text.replace(
+            "      OLLAMA_MODELS: /models\n",
+            "      OLLAMA_MODELS: /models\n      STUB_EXIT_AFTER_S: '1'\n"
+            "      STUB_STARTUP_DELAY_S: '30'\n",
+            1,
+        )
+    )
+    done, events = up(st, "--wait-timeout", "200")
+    assert done.returncode == 1
+    failed = [e for e in events if e.get("event") == "failed"]
+    assert failed and "exited" in failed[0]["error"]
+    # it did not sit out the deadline
+    assert events[-1]["t"] < 60 if "t" in events[-1] else True
+
+
+def test_missing_image_names_it(stack_factory: Any) -> None:
+    st = stack_factory("zenglow-personas")
+    compose = st.directory / "docker-compose.yml"
+    compose.write_text(
+        compose.read_text().replace(
+            "image: composegen-test/ollama-stub:1", "image: composegen-test/not-built:9", 1
+        )
+    )
+    done, _ = up(st, "--pull", "never")
+    assert done.returncode == 1
+    assert "composegen-test/not-built:9" in done.stderr
+    assert "docker pull" in done.stderr or "--image" in done.stderr
