@@ -691,7 +691,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail(exc)
     except click.exceptions.Abort:
-        click.echo("composegen: interrupted", err=True)
+        click.echo(
+            "composegen: interrupted (run the command again: it converges from where it stopped)",
+            err=True,
+        )
         sys.exit(130)
     except click.exceptions.ClickException as exc:
         exc.show()
@@ -699,7 +702,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("composegen: interrupted", err=True)
+        click.echo(
+            "composegen: interrupted (run the command again: it converges from where it stopped)",
+            err=True,
+        )
         sys.exit(130)
     except Exception as exc:
         if debug:

@@ -52,11 +52,6 @@ SUPPORTED_SERVICE_KEYS = frozenset(
 )
 SUPPORTED_TOP_KEYS = frozenset({"services", "networks", "volumes", "name", "version"})
 
-_VAR = re.compile(
-    r"\$(?:(?P<esc>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
-    r"|(?P<named>[A-Za-z_][A-Za-z0-9_]*))"
-)
-
 
 class ComposeFileError(BadInputError):
     pass
@@ -186,35 +181,60 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 
 def interpolate(value: str, env: Mapping[str, str], where: str) -> str:
-    def sub(m: re.Match[str]) -> str:
-        if m.group("esc"):
-            return "$"
-        name = m.group("braced") or m.group("named")
-        op, arg = m.group("op"), m.group("arg") or ""
-        current = env.get(name)
-        if op in (":-", "-"):
-            unset = current is None or (op == ":-" and current == "")
-            return interpolate(arg, env, where) if unset else str(current)
-        if op in (":?", "?"):
-            unset = current is None or (op == ":?" and current == "")
-            if unset:
-                raise ComposeFileError(f"{where}: required variable {name} is missing: {arg}")
-        return "" if current is None else str(current)
+    """Compose's variable substitution, nested defaults included (`${A:-${B}}`)."""
+    out: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        ch = value[i]
+        if ch != "$":
+            out.append(ch)
+            i += 1
+            continue
+        nxt = value[i + 1] if i + 1 < n else ""
+        if nxt == "$":
+            out.append("$")
+            i += 2
+        elif nxt == "{":
+            depth, j = 1, i + 2
+            while j < n and depth:
+                if value[j] == "{":
+                    depth += 1
+                elif value[j] == "}":
+                    depth -= 1
+                j += 1
+            if depth:
+                raise ComposeFileError(f"{where}: invalid interpolation format in {value!r}")
+            out.append(_braced(value[i + 2 : j - 1], env, where, value))
+            i = j
+        else:
+            m = re.match(r"[A-Za-z_][A-Za-z0-9_]*", value[i + 1 :])
+            if m is None:
+                out.append("$")
+                i += 1
+                continue
+            out.append(str(env.get(m.group(0), "")))
+            i += 1 + m.end()
+    return "".join(out)
 
-    if "$" not in value:
-        return value
-    try:
-        return _VAR.sub(sub, value)
-    except ComposeFileError:
-        raise
-    except re.error as exc:  # pragma: no cover
-        raise ComposeFileError(f"{where}: bad variable syntax: {exc}") from None
+
+def _braced(expr: str, env: Mapping[str, str], where: str, whole: str) -> str:
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])(.*))?\Z", expr, re.S)
+    if m is None:
+        raise ComposeFileError(f"{where}: invalid interpolation format in {whole!r}")
+    name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+    current = env.get(name)
+    if op in (":-", "-"):
+        unset = current is None or (op == ":-" and current == "")
+        return interpolate(arg, env, where) if unset else str(current)
+    if op in (":?", "?"):
+        unset = current is None or (op == ":?" and current == "")
+        if unset:
+            raise ComposeFileError(f"{where}: required variable {name} is missing: {arg}")
+    return "" if current is None else str(current)
 
 
 def _interp_tree(node: Any, env: Mapping[str, str], where: str) -> Any:
     if isinstance(node, str):
-        if re.search(r"\$\{[^}]*$", node) or re.search(r"\$\{\}", node):
-            raise ComposeFileError(f"{where}: invalid interpolation format in {node!r}")
         return interpolate(node, env, where)
     if isinstance(node, dict):
         return {k: _interp_tree(v, env, f"{where}.{k}") for k, v in node.items()}

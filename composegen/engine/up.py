@@ -202,7 +202,7 @@ def wait_ready(svc: Service, container: Any, deadline: float, cancel: threading.
             return
         if time.monotonic() > deadline:
             raise _failure(svc, container, "did not become healthy before the deadline")
-        time.sleep(0.25)
+        time.sleep(0.05)
 
 
 def ensure_image(client: Any, svc: Service, pull: str) -> None:
@@ -313,7 +313,8 @@ def verify_gpus(project: Project, tracks: dict[str, _Track]) -> dict[str, tuple[
         c = tracks[svc.name].container
         if c is None:
             continue
-        c.reload()
+        if not tracks[svc.name].ready.is_set():
+            c.reload()  # (a ready container was just reloaded by its readiness probe)
         got = eng.device_requests(c.attrs)
         want = [
             {
@@ -405,6 +406,8 @@ def up(
     rep: Report = report or (lambda s, st, d: None)
     t0 = time.monotonic()
     deadline = t0 + wait_timeout_s
+    if wait:  # the HTTP client is needed only at the end: load it while containers start
+        threading.Thread(target=lambda: __import__("httpx"), daemon=True).start()
     ensure_resources(client, project)
     conv = converge(project, list_existing(client, project.name))
     removed = 0

@@ -52,8 +52,10 @@ def main() -> None:
         timed(cmd, 2)
     results = {name: timed(cmd, args.runs) for name, cmd in cases.items()}
     floor = statistics.median(results["python -c pass (floor)"])
-    print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()} ({platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}), {args.runs} runs each")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} on {platform.node()} ({platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}), {args.runs} runs each"
+    )
     print(f"{'case':40} {'median ms':>10} {'best ms':>8} {'x floor':>8}")
     for name, times in results.items():
         med = statistics.median(times)

@@ -66,16 +66,22 @@ def latency(runs: int) -> None:
     r, c = statistics.median(times), statistics.median(config)
     print(f"{'render rag-a100 --reference (fresh dir)':44} {r * 1000:8.1f} ms")
     print(f"{'docker-compose config -q (same file)':44} {c * 1000:8.1f} ms")
-    print(f"ratio render / compose config: {r / c:.2f}  (target <= 0.50: "
-          f"{'met' if r / c <= 0.5 else 'MISSED'})")
+    print(
+        f"ratio render / compose config: {r / c:.2f}  (target <= 0.50: "
+        f"{'met' if r / c <= 0.5 else 'MISSED'})"
+    )
 
 
 def synthetic(n: int) -> Inventory:
     return Inventory(
         source=f"synthetic-{n}",
         gpus=tuple(
-            Gpu(index=i, name="NVIDIA GeForce RTX 3090",
-                uuid=f"GPU-{i:08x}-0000-4000-8000-000000000000", memory_total_mib=24576)
+            Gpu(
+                index=i,
+                name="NVIDIA GeForce RTX 3090",
+                uuid=f"GPU-{i:08x}-0000-4000-8000-000000000000",
+                memory_total_mib=24576,
+            )
             for i in range(n)
         ),
     )
@@ -98,11 +104,15 @@ def scale(runs: int) -> None:
         size = sum(len(f.text) for f in files)
         rows.append((n, statistics.median(times), peak, size))
     base = rows[0][1] / (8 * math.log2(8))
-    print(f"{'GPUs':>6} {'instances':>9} {'plan+render ms':>15} {'peak MiB':>9} {'output KiB':>10}"
-          f" {'t/(n log n) vs n=8':>19}")
+    print(
+        f"{'GPUs':>6} {'instances':>9} {'plan+render ms':>15} {'peak MiB':>9} {'output KiB':>10}"
+        f" {'t/(n log n) vs n=8':>19}"
+    )
     for n, t, peak, size in rows:
-        print(f"{n:6} {n * 3:9} {t * 1000:15.1f} {peak / 2**20:9.1f} {size / 1024:10.0f}"
-              f" {t / (n * math.log2(n)) / base:19.2f}")
+        print(
+            f"{n:6} {n * 3:9} {t * 1000:15.1f} {peak / 2**20:9.1f} {size / 1024:10.0f}"
+            f" {t / (n * math.log2(n)) / base:19.2f}"
+        )
     t512 = rows[-1][1]
     print(f"512 GPUs: {t512:.3f} s (target < 1 s: {'met' if t512 < 1 else 'MISSED'})")
 
@@ -111,8 +121,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
-    print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()} ({platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}), median of {args.runs}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} on {platform.node()} ({platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}), median of {args.runs}"
+    )
     latency(args.runs)
     scale(args.runs)
 

@@ -355,3 +355,57 @@ def test_missing_image_names_it(stack_factory: Any) -> None:
     assert done.returncode == 1
     assert "composegen-test/not-built:9" in done.stderr
     assert "docker pull" in done.stderr or "--image" in done.stderr
+
+
+def test_two_ups_at_once_do_not_interleave(stack_factory: Any) -> None:
+    from composegen.engine.state import project_lock
+
+    st = stack_factory("zenglow-personas")
+    with project_lock(st.directory, st.project, "up"):
+        done, _ = up(st)
+    assert done.returncode == 1
+    assert f"project {st.project} is busy: composegen up (pid" in done.stderr
+
+
+def test_sigint_during_up_then_up_converges(docker_client: Any, stack_factory: Any) -> None:
+    import signal
+    import time
+
+    st = stack_factory("zenglow-personas")
+    compose = st.directory / "docker-compose.yml"
+    compose.write_text(
+        compose.read_text().replace(
+            "      OLLAMA_MODELS: /models\n",
+            "      OLLAMA_MODELS: /models\n      STUB_STARTUP_DELAY_S: '4'\n",
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "composegen", "up", "-C", str(st.directory), "-p", st.project],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not containers(docker_client, st.project):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    done, events = up(st)
+    assert done.returncode == 0, done.stderr
+    assert all(c.status == "running" for c in containers(docker_client, st.project).values())
+
+
+def test_engine_that_cannot_honour_the_gpu_request(stack_factory: Any) -> None:
+    st = stack_factory("zenglow-personas")
+    compose = st.directory / "docker-compose.yml"
+    # the engine answers a driver it has no plugin for exactly as an engine without the NVIDIA
+    # toolkit answers "nvidia": could not select device driver
+    compose.write_text(compose.read_text().replace("driver: nvidia", "driver: nvidia-absent"))
+    done, _ = up(st)
+    assert done.returncode == 1
+    assert "cannot honour NVIDIA GPU requests" in done.stderr
+    assert "composegen fallback --cpu" in done.stderr
