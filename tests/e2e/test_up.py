@@ -394,7 +394,7 @@ def test_sigint_during_up_then_up_converges(docker_client: Any, stack_factory: A
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    done, events = up(st)
+    done, _ = up(st)
     assert done.returncode == 0, done.stderr
     assert all(c.status == "running" for c in containers(docker_client, st.project).values())
 
