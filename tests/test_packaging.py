@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import venv
@@ -30,6 +31,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     assert "composegen/py.typed" in names
     for shipped in sorted((ROOT / "profiles").glob("*.yaml")):
         assert f"composegen/_profiles/{shipped.name}" in names
+    for template in sorted((ROOT / "templates").glob("*.j2")):
+        assert f"composegen/_templates/{template.name}" in names
+    assert "composegen/schemas/profile.schema.json" in names
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
@@ -54,6 +58,17 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     assert inv["schema"] == "composegen/inventory/v1"
     assert [g["name"] for g in inv["gpus"]] == ["NVIDIA RTX A5000", "NVIDIA RTX A5000"]
     assert inv["driver_version"] == "590.44.01"
+
+    # the README's main job, from the installed package's profiles and templates
+    stack = outside / "stack"
+    env = {**os.environ, "COMPOSEGEN_CACHE_DIR": str(tmp_path / "cache")}
+    rendered = subprocess.run(
+        [str(exe), "render", "--profile", "rag-a100", "-o", str(stack)],
+        cwd=outside, capture_output=True, text=True, timeout=120, check=False, env=env,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    assert (stack / "docker-compose.yml").is_file() and (stack / "STACK.md").is_file()
+    assert "whisper" in rendered.stdout
 
     # the module form works too, and the data comes from the installed package, not ROOT
     where = _run(
