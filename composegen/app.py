@@ -97,6 +97,7 @@ class Rendered:
     plan: Plan
     target: Target
     files: list[OutFile]
+    inputs: RenderInputs | None = None
 
 
 def build(
@@ -113,7 +114,19 @@ def build(
     target = choose_inventory(prof, inventory, reference)
     plan = make_plan(target.inventory, prof, PlanOptions(pin_by=pin_by))
     files = render(prof, plan, RenderOptions(bind=bind, inventory_note=target.note))
-    return Rendered(prof, plan, target, files)
+    inputs = RenderInputs(
+        profile=name if not Path(name).suffix else str(Path(name).resolve()),
+        profiles_dirs=tuple(str(Path(d).resolve()) for d in extra_dirs),
+        overrides=Overrides(
+            (overrides or Overrides()).sets,
+            tuple(str(Path(v).resolve()) for v in (overrides or Overrides()).values_files),
+            (overrides or Overrides()).images,
+        ),
+        inventory=target.inventory,
+        pin_by=pin_by,
+        bind=bind,
+    )
+    return Rendered(prof, plan, target, files, inputs)
 
 
 def write(out_dir: Path, files: list[OutFile], force: bool, dry_run: bool) -> WriteResult:
@@ -122,3 +135,112 @@ def write(out_dir: Path, files: list[OutFile], force: bool, dry_run: bool) -> Wr
 
 def check(out_dir: Path, files: list[OutFile]) -> list[str]:
     return check_tree(out_dir, files)
+
+
+# --- what a render was made from, so that fallback can re-plan it -----------------------------
+
+STATE_FILE = ".composegen/render.json"
+
+
+@dataclass(frozen=True)
+class RenderInputs:
+    profile: str
+    profiles_dirs: tuple[str, ...]
+    overrides: Overrides
+    inventory: Inventory
+    pin_by: PinBy | None
+    bind: str
+    failed: tuple[tuple[int, ...], ...] = ()  # failover history, oldest first
+
+    def to_json(self) -> str:
+        import json
+
+        return (
+            json.dumps(
+                {
+                    "schema": "composegen/render-inputs/v1",
+                    "profile": self.profile,
+                    "profiles_dirs": list(self.profiles_dirs),
+                    "sets": list(self.overrides.sets),
+                    "values_files": list(self.overrides.values_files),
+                    "images": list(self.overrides.images),
+                    "inventory": self.inventory.to_dict(),
+                    "pin_by": self.pin_by,
+                    "bind": self.bind,
+                    "failed": [list(f) for f in self.failed],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+
+
+def save_inputs(out_dir: Path, inputs: RenderInputs) -> None:
+    from composegen.files import write_atomic
+
+    (out_dir / ".composegen").mkdir(parents=True, exist_ok=True)
+    path = out_dir / STATE_FILE
+    text = inputs.to_json()
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return  # an unchanged re-render touches nothing
+    except OSError:
+        pass
+    write_atomic(path, text)
+
+
+def load_inputs(out_dir: Path) -> RenderInputs:
+    import json
+
+    path = out_dir / STATE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        pin = data["pin_by"]
+        return RenderInputs(
+            profile=str(data["profile"]),
+            profiles_dirs=tuple(data["profiles_dirs"]),
+            overrides=Overrides(
+                tuple(data["sets"]), tuple(data["values_files"]), tuple(data["images"])
+            ),
+            inventory=Inventory.from_dict(data["inventory"], where=str(path)),
+            pin_by="uuid" if pin == "uuid" else ("index" if pin == "index" else None),
+            bind=str(data["bind"]),
+            failed=tuple(tuple(int(i) for i in f) for f in data.get("failed", [])),
+        )
+    except FileNotFoundError:
+        raise BadInputError(
+            f"{path}: not found: this directory was not rendered by composegen",
+            "render it with `composegen render --profile NAME -o DIR` first",
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInputError(f"{path}: unreadable ({exc})", "render the stack again") from None
+
+
+def _mark_failed(inv: Inventory, failed: tuple[int, ...]) -> Inventory:
+    from dataclasses import replace
+
+    return replace(
+        inv,
+        gpus=tuple(
+            replace(g, health="lost", health_reason="marked failed by composegen fallback")
+            if g.index in failed
+            else g
+            for g in inv.gpus
+        ),
+    )
+
+
+def rebuild(inputs: RenderInputs) -> Rendered:
+    """The stack as the inputs say: the original plan, then each failover step on top of it."""
+    prof = profiles.load(inputs.profile, inputs.profiles_dirs, inputs.overrides)
+    plan = make_plan(inputs.inventory, prof, PlanOptions(pin_by=inputs.pin_by))
+    failed: tuple[int, ...] = ()
+    for step in inputs.failed:
+        failed = tuple(sorted(set(failed) | set(step)))
+        plan = make_plan(
+            _mark_failed(inputs.inventory, failed),
+            prof,
+            PlanOptions(pin_by=plan.pin_by, previous=plan),
+        )
+    files = render(prof, plan, RenderOptions(bind=inputs.bind))
+    return Rendered(prof, plan, Target(inputs.inventory, "recorded inventory"), files)

@@ -18,7 +18,7 @@ It decides which GPU runs which container. Rules, in order:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from composegen.errors import BadInputError
@@ -36,6 +36,9 @@ class PlanError(BadInputError):
 @dataclass(frozen=True)
 class PlanOptions:
     pin_by: PinBy | None = None  # None: UUIDs when every GPU has a unique one, else indices
+    # Failover: the plan in force. What still fits keeps its GPUs (and name); only what lost
+    # its GPU moves, to a spare first; replicas on a lost GPU are dropped, not moved.
+    previous: Plan | None = None
 
 
 @dataclass(frozen=True)
@@ -200,13 +203,38 @@ class _Run:
         self.topology_known = any(s.gpu.nvlink_peers for s in self.slots.values())
         self.instances: list[Instance] = []
         self.dropped: list[tuple[str, str]] = []
+        self.failover = False  # spares may take what lost its GPU, spares first
+
+    def mark_spares(self, indices: Sequence[int]) -> None:
+        for i in indices:
+            if i in self.slots:
+                self.slots[i].spare = True
+
+    def keep(self, svc: Service, prev: Instance) -> bool:
+        """Failover: the instance keeps its GPUs when they are all still there and it fits."""
+        if prev.device != "gpu" or not prev.gpus:
+            return False
+        slots = [self.slots.get(i) for i in prev.gpus]
+        need = svc.gpu or GpuNeed()
+        may_share = need.share or need.share_when_short or need.replicas == "tiers"
+        for slot in slots:
+            if slot is None or slot.free < prev.vram_mib:
+                return False
+            if not slot.empty and not (may_share and slot.shareable()):
+                return False
+        picked = [s for s in slots if s is not None]
+        for s in picked:
+            s.spare = False
+        self._take(picked, prev.name, prev.vram_mib, may_share)
+        self.instances.append(replace(prev, device_ids=()))
+        return True
 
     # -- choosing GPUs
 
     def _candidates(self, vram: int, exclusive: bool, share: bool) -> list[_Slot]:
         out = []
         for s in self.slots.values():
-            if s.spare or s.free < vram:
+            if (s.spare and not self.failover) or s.free < vram:
                 continue
             if s.empty or (not exclusive and share and s.shareable()):
                 out.append(s)
@@ -222,9 +250,9 @@ class _Run:
         for exclusive, share in pools:
             cands = self._candidates(vram, exclusive, share)
             if need.prefer == "largest":
-                cands.sort(key=lambda s: (-s.free, s.gpu.index))
+                cands.sort(key=lambda s: (not s.spare, -s.free, s.gpu.index))
             else:
-                cands.sort(key=lambda s: s.gpu.index)
+                cands.sort(key=lambda s: (not s.spare, s.gpu.index))
             chosen = self._group(cands, count, need.nvlink)
             if chosen:
                 return chosen
@@ -252,6 +280,7 @@ class _Run:
     def _take(self, slots: list[_Slot], name: str, vram: int, may_share: bool) -> bool:
         shared = any(not s.empty for s in slots)
         for s in slots:
+            s.spare = False
             s.used += vram
             s.holders.append((name, may_share))
         return shared
@@ -362,6 +391,17 @@ class _Run:
             shared=shared,
         )
 
+    def keep_replicas(self, svc: Service, previous: Sequence[Instance]) -> None:
+        """Failover of per-GPU replicas or a pool: survivors stay, the lost GPU's go."""
+        kept = 0
+        for prev in previous:
+            if self.keep(svc, prev):
+                kept += 1
+            else:
+                self.notes.append(f"{prev.name} removed: its GPU {list(prev.gpus)} is gone")
+        if not kept:
+            self._short(svc, f"{svc.name}-0", 0, svc.vram_per_gpu(), 1)
+
     def place_per_gpu(self, svc: Service) -> None:
         vram = svc.vram_per_gpu()
         slots = [
@@ -438,7 +478,13 @@ def _pin_by(inv: Inventory, requested: PinBy | None, notes: list[str]) -> PinBy:
 
 def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) -> Plan:
     run = _Run(inv, prof)
-    run.reserve_spares(_exclusive_need(prof))
+    prev = {i.name: i for i in opts.previous.instances} if opts.previous else {}
+    if opts.previous is not None:
+        run.failover = True
+        run.mark_spares(opts.previous.spare_gpus)
+    else:
+        run.reserve_spares(_exclusive_need(prof))
+    pending: list[tuple[Service, int, str]] = []
     for svc in prof.enabled_services:
         if svc.gpu is None:
             run.instances.append(
@@ -460,11 +506,22 @@ def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) 
         else:
             for r in range(svc.gpu.replicas):
                 name = svc.name if svc.gpu.replicas == 1 else f"{svc.name}-{r}"
-                run.place_fixed(svc, r, name)
+                if name in prev and run.keep(svc, prev[name]):
+                    continue
+                pending.append((svc, r, name))
+    for svc, r, name in pending:  # new, or lost its GPU: placed after every survivor
+        run.place_fixed(svc, r, name)
     for svc in prof.enabled_services:  # replicas fill what the fixed services left
-        if svc.gpu is not None and svc.gpu.replicas == "per-gpu":
+        if svc.gpu is None or not isinstance(svc.gpu.replicas, str):
+            continue
+        before = [
+            i for i in (opts.previous.instances if opts.previous else ()) if i.service == svc.name
+        ]
+        if before:
+            run.keep_replicas(svc, before)
+        elif svc.gpu.replicas == "per-gpu":
             run.place_per_gpu(svc)
-        elif svc.gpu is not None and svc.gpu.replicas == "tiers":
+        else:
             run.place_tiers(svc)
 
     notes = run.notes
@@ -475,8 +532,6 @@ def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) 
         if pin_by == "uuid":
             return tuple(str(by_index[i].uuid) for i in gpus)
         return tuple(str(i) for i in gpus)
-
-    from dataclasses import replace
 
     order = {s.name: n for n, s in enumerate(prof.services)}
     instances = tuple(

@@ -81,7 +81,9 @@ def _instance_volumes(svc: Service, inst: Instance) -> list[str]:
     return [v.replace("{instance}", str(inst.replica)) for v in svc.volumes]
 
 
-def _service_block(prof: Profile, plan: Plan, inst: Instance, cpu_names: bool) -> dict[str, Any]:
+def _service_block(
+    prof: Profile, plan: Plan, inst: Instance, cpu_names: bool, in_file: frozenset[str]
+) -> dict[str, Any]:
     svc = prof.service(inst.service)
     where = f"services.{svc.name}"
     on_cpu = inst.device == "cpu"
@@ -116,6 +118,7 @@ def _service_block(prof: Profile, plan: Plan, inst: Instance, cpu_names: bool) -
             _name(i, cpu_names): {"condition": "service_healthy"}
             for d in deps
             for i in plan.of_service(d)
+            if i.name in in_file
         }
         if names:
             block["depends_on"] = dict(sorted(names.items()))
@@ -136,7 +139,12 @@ def _service_block(prof: Profile, plan: Plan, inst: Instance, cpu_names: bool) -
         "io.composegen.models": ",".join(m.name for m in inst.models),
         "io.composegen.healthy-after": str(h.healthy_after),
     }
-    block["networks"] = ["backend"]
+    if cpu_names and inst.name.endswith("-cpu"):
+        # the CPU variant answers to the GPU service's name too, so other services that call
+        # it by name (OLLAMA_BASE_URL=http://ollama:11434) keep working after the switch
+        block["networks"] = {"backend": {"aliases": [inst.name.removesuffix("-cpu")]}}
+    else:
+        block["networks"] = ["backend"]
     block["restart"] = "unless-stopped"
     block["security_opt"] = ["no-new-privileges:true"]
     if svc.shm_size and not on_cpu:
@@ -171,7 +179,8 @@ def _service_block(prof: Profile, plan: Plan, inst: Instance, cpu_names: bool) -
 
 
 def _name(inst: Instance, cpu_names: bool) -> str:
-    return f"{inst.name}-cpu" if cpu_names and inst.device == "cpu" else inst.name
+    del cpu_names  # the CPU variant's instances carry their own names (see cpu_plan)
+    return inst.name
 
 
 def _volumes(prof: Profile, plan: Plan) -> dict[str, Any]:
@@ -189,8 +198,10 @@ def compose_data(
     *,
     with_gateway: bool = True,
     cpu_names: bool = False,
+    skip: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     services: dict[str, Any] = {}
+    in_file = frozenset(i.name for i in plan.instances if i.name not in skip)
     if with_gateway:
         gw = prof.gateway
         services["gateway"] = {
@@ -201,7 +212,9 @@ def compose_data(
             "ports": [f"{opts.bind}:{gw.port}:{gw.port}"],
             "volumes": [f"./nginx:{NGINX_DIR}:ro"],
             "depends_on": {
-                _name(i, cpu_names): {"condition": "service_started"} for i in plan.instances
+                _name(i, cpu_names): {"condition": "service_started"}
+                for i in plan.instances
+                if i.name in in_file
             },
             "healthcheck": {
                 "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{gw.port}/healthz"],
@@ -221,7 +234,8 @@ def compose_data(
             "stop_grace_period": "10s",
         }
     for inst in plan.instances:
-        services[_name(inst, cpu_names)] = _service_block(prof, plan, inst, cpu_names)
+        if inst.name in in_file:
+            services[_name(inst, cpu_names)] = _service_block(prof, plan, inst, cpu_names, in_file)
     # No top-level `name:` (Compose v1 rejects it): .env sets COMPOSE_PROJECT_NAME instead.
     data: dict[str, Any] = {"services": services}
     networks: dict[str, Any] = {"backend": {"internal": True}}
@@ -283,12 +297,17 @@ def dump_yaml(data: Mapping[str, Any], header: str) -> str:
 
 
 def cpu_plan(prof: Profile, plan: Plan) -> Plan:
-    """Every instance on CPU where its service has a CPU variant; the others are dropped."""
+    """Every instance on CPU where its service has a CPU variant; the others are dropped.
+    A GPU instance's CPU variant is named NAME-cpu, so both can run side by side during the
+    switch (make before break); an instance already on CPU stays as it is."""
     moved: list[Instance] = []
     dropped = list(plan.dropped)
     seen: set[str] = set()
     for inst in plan.instances:
         svc = prof.service(inst.service)
+        if inst.device == "cpu":
+            moved.append(inst)
+            continue
         if svc.cpu is None:
             dropped.append((inst.name, "no CPU variant in the profile"))
             continue
@@ -300,6 +319,7 @@ def cpu_plan(prof: Profile, plan: Plan) -> Plan:
         moved.append(
             replace(
                 inst,
+                name=f"{inst.name}-cpu",
                 device="cpu",
                 gpus=(),
                 device_ids=(),
@@ -401,7 +421,10 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
     )
     compose = compose_data(prof, plan, opts)
     cplan = cpu_plan(prof, plan)
-    cpu_compose = compose_data(prof, cplan, opts, with_gateway=False, cpu_names=True)
+    already_cpu = frozenset(i.name for i in plan.instances if i.device == "cpu")
+    cpu_compose = compose_data(
+        prof, cplan, opts, with_gateway=False, cpu_names=True, skip=already_cpu
+    )
     env = _env()
     ctx = {
         "version": __version__,
@@ -412,8 +435,8 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
         "gw": prof.gateway,
         "api_key_var": API_KEY_VAR,
         "groups": _groups(prof, plan, False),
-        "gpu_services": [i.name for i in plan.instances],
-        "cpu_services": [_name(i, True) for i in cplan.instances],
+        "gpu_services": [i.name for i in plan.instances if i.device == "gpu"],
+        "cpu_services": [i.name for i in cplan.instances if i.name.endswith("-cpu")],
     }
     files = [
         OutFile("docker-compose.yml", dump_yaml(compose, header)),

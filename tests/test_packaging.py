@@ -64,7 +64,12 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     env = {**os.environ, "COMPOSEGEN_CACHE_DIR": str(tmp_path / "cache")}
     rendered = subprocess.run(
         [str(exe), "render", "--profile", "rag-a100", "-o", str(stack)],
-        cwd=outside, capture_output=True, text=True, timeout=120, check=False, env=env,
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
     )
     assert rendered.returncode == 0, rendered.stderr
     assert (stack / "docker-compose.yml").is_file() and (stack / "STACK.md").is_file()

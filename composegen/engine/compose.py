@@ -112,11 +112,15 @@ class Service:
     ulimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     stop_grace_s: float = 10.0
     extra: Mapping[str, Any] = field(default_factory=dict)  # working_dir, user, read_only...
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # network -> names
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     def config_hash(self) -> str:
-        """What Compose calls the config hash: any change to the service recreates it."""
-        text = json.dumps(self.raw, sort_keys=True, separators=(",", ":"), default=str)
+        """What Compose calls the config hash: a change to the service recreates it. depends_on
+        is left out: it orders start-up and changes nothing in the container (the gateway must
+        not be recreated, its port closed, because a backend it waits for was removed)."""
+        raw = {k: v for k, v in self.raw.items() if k != "depends_on"}
+        text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -450,6 +454,14 @@ def _service(
     gpus, mem, cpus = _gpus(raw.get("deploy"), f"{where}.deploy")
     networks_raw = raw.get("networks") or ["default"]
     networks = tuple(networks_raw if isinstance(networks_raw, list) else networks_raw.keys())
+    aliases: dict[str, tuple[str, ...]] = {}
+    if isinstance(networks_raw, dict):
+        for net, spec in networks_raw.items():
+            spec = spec or {}
+            for key in spec:
+                if key != "aliases":
+                    raise ComposeFileError(f"{where}.networks.{net}.{key}: not supported")
+            aliases[net] = tuple(str(a) for a in spec.get("aliases", []))
     for n in networks:
         if n not in nets:
             raise ComposeFileError(f"{where}.networks: network {n!r} is not declared")
@@ -501,6 +513,7 @@ def _service(
         ulimits=ulimits,
         stop_grace_s=duration_s(raw.get("stop_grace_period", "10s"), f"{where}.stop_grace_period"),
         extra=extra,
+        aliases=aliases,
         raw=raw,
     )
 
@@ -515,7 +528,7 @@ def project_name(
     return norm
 
 
-def load_project(file: Path, name: str | None = None) -> Project:
+def load_project(file: Path, name: str | None = None, env_dir: Path | None = None) -> Project:
     import yaml
 
     if file.is_dir():
@@ -544,7 +557,7 @@ def load_project(file: Path, name: str | None = None) -> Project:
             raise ComposeFileError(
                 f"{file}: top-level key {key!r} is not supported by composegen up"
             )
-    env = {**read_dotenv(directory / ".env"), **os.environ}
+    env = {**read_dotenv((env_dir or directory) / ".env"), **os.environ}
     data = _interp_tree(data, env, str(file))
     pname = project_name(name, env, data, directory)
     nets_raw = data.get("networks") or {}

@@ -184,8 +184,12 @@ def create_container(client: Any, project: Project, svc: Service, config_hash: s
             "retries": h.retries,
             "start_period": int(h.start_period_s * 1e9),
         }
+
+    def names(net: str) -> list[str]:
+        return [svc.name, *svc.aliases.get(net, ())]
+
     networking = api.create_networking_config(
-        {networks[0]: api.create_endpoint_config(aliases=[svc.name])}
+        {networks[0]: api.create_endpoint_config(aliases=names(svc.networks[0]))}
     )
     name = container_name(project, svc)
     with mapped_errors(f"service {svc.name}"):
@@ -207,8 +211,8 @@ def create_container(client: Any, project: Project, svc: Service, config_hash: s
             stop_timeout=int(svc.stop_grace_s),
         )
         cid = str(result["Id"])
-        for net in networks[1:]:
-            api.connect_container_to_network(cid, net, aliases=[svc.name])
+        for short, net in zip(svc.networks[1:], networks[1:], strict=True):
+            api.connect_container_to_network(cid, net, aliases=names(short))
     return Created(cid, name)
 
 

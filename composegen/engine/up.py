@@ -346,7 +346,11 @@ def verify_gpus(project: Project, tracks: dict[str, _Track]) -> dict[str, tuple[
 
 
 def reload_gateway(
-    project: Project, actions: dict[str, Action], tracks: dict[str, _Track], report: Report
+    project: Project,
+    actions: dict[str, Action],
+    tracks: dict[str, _Track],
+    report: Report,
+    removed: int = 0,
 ) -> None:
     """nginx resolves upstream names when it starts or reloads: after a backend got a new
     container (and so a new address), a gateway that was kept must reload."""
@@ -354,7 +358,7 @@ def reload_gateway(
     for svc in project.services:
         if svc.labels.get("io.composegen.service") != "gateway" or actions[svc.name] != "keep":
             continue
-        if not [n for n in changed if n != svc.name]:
+        if not [n for n in changed if n != svc.name] and not removed:
             continue
         code = eng.exec_with_timeout(tracks[svc.name].container, ["nginx", "-s", "reload"], 10)
         if code != 0:
@@ -402,6 +406,7 @@ def up(
     wait_timeout_s: float = 600.0,
     report: Report | None = None,
     pull: str = "missing",
+    remove_orphans: bool = True,
 ) -> UpResult:
     rep: Report = report or (lambda s, st, d: None)
     t0 = time.monotonic()
@@ -410,6 +415,19 @@ def up(
         threading.Thread(target=lambda: __import__("httpx"), daemon=True).start()
     ensure_resources(client, project)
     conv = converge(project, list_existing(client, project.name))
+    if not remove_orphans:  # a second file of the same project (the CPU variant) adds to it
+        wanted = {s.name for s in project.services}
+        conv = Convergence(
+            conv.actions,
+            tuple(
+                cid
+                for cid in conv.remove
+                if any(
+                    e.id == cid and e.service in wanted for e in list_existing(client, project.name)
+                )
+            ),
+            conv.existing,
+        )
     removed = 0
     with eng.mapped_errors(f"project {project.name}"):
         for cid in conv.remove:
@@ -466,7 +484,7 @@ def up(
             raise first
         raise UpFailed(f"up failed: {first}")
     gpu_map = verify_gpus(project, tracks)
-    reload_gateway(project, conv.actions, tracks, rep)
+    reload_gateway(project, conv.actions, tracks, rep, removed)
     gateway = probe_gateway(project, deadline) if wait else None
     return UpResult(conv.actions, removed, gpu_map, gateway, time.monotonic() - t0)
 

@@ -62,3 +62,28 @@ def busybox_image(docker_client: Any) -> str:
         buf.getvalue(), repository=BUSYBOX_IMAGE.split(":")[0], tag=BUSYBOX_IMAGE.split(":")[1]
     )
     return BUSYBOX_IMAGE
+
+
+@pytest.fixture(scope="session")
+def tags(docker_client: Any) -> dict[str, str]:
+    from tests.e2e.images import ensure_images
+
+    return ensure_images()
+
+
+@pytest.fixture
+def stack_factory(docker_client: Any, tags: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Render a profile with the local stand-in images, under a test project; removed after."""
+    from tests.e2e.test_up import _cleanup, render_stack
+
+    made: list[str] = []
+
+    def make(name: str, *sets: str) -> Any:
+        st = render_stack(name, tmp_path, tags, *sets)
+        _cleanup(docker_client, st.project)
+        made.append(st.project)
+        return st
+
+    yield make
+    for project in made:
+        _cleanup(docker_client, project)

@@ -13,7 +13,6 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ import pytest
 from composegen import app
 from composegen.profiles import Overrides
 from tests.conftest import ROOT
-from tests.e2e.images import ensure_images
 from tests.stack_checks import inventory_file
 
 CASES = {
@@ -124,26 +122,6 @@ def _cleanup(client: Any, project: str) -> None:
             except APIError as exc:  # already gone, or being removed
                 if exc.status_code not in (404, 409):
                     raise
-
-
-@pytest.fixture(scope="module")
-def tags(docker_client: Any) -> dict[str, str]:
-    return ensure_images()
-
-
-@pytest.fixture
-def stack_factory(docker_client: Any, tags: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    made: list[str] = []
-
-    def make(name: str, *sets: str) -> Stack:
-        st = render_stack(name, tmp_path, tags, *sets)
-        _cleanup(docker_client, st.project)
-        made.append(st.project)
-        return st
-
-    yield make
-    for project in made:
-        _cleanup(docker_client, project)
 
 
 def up(st: Stack, *extra: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:

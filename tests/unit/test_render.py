@@ -23,6 +23,7 @@ import stat
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,14 @@ def cpu_plan(stack: Stack) -> Plan:
 
 
 def cpu_name(inst: Instance) -> str:
-    return f"{inst.name}-cpu"
+    """The CPU variant's instances are named by render.cpu_plan: NAME-cpu for what moved off a
+    GPU, the same name for what already ran on CPU."""
+    return inst.name
+
+
+def moved_only(plan: Plan) -> Plan:
+    """The CPU compose file holds only what moves off a GPU; what already ran on CPU stays."""
+    return replace(plan, instances=tuple(i for i in plan.instances if i.name.endswith("-cpu")))
 
 
 def gpus_of(stack: Stack, block: dict[str, Any]) -> list[int]:
@@ -168,7 +176,7 @@ def both_files(stack: Stack) -> list[tuple[str, dict[str, Any], Plan, bool]]:
     """(path, compose data, plan, is_cpu) for the main and the CPU fallback compose file."""
     return [
         (COMPOSE, stack.compose, stack.rendered.plan, False),
-        (CPU_COMPOSE, stack.cpu_compose, cpu_plan(stack), True),
+        (CPU_COMPOSE, stack.cpu_compose, moved_only(cpu_plan(stack)), True),
     ]
 
 
@@ -184,7 +192,12 @@ def test_renders_every_file(stacks: StackCache, profile: str, inv: str) -> None:
     assert names, f"{stack.key.label}: nothing placed (dropped: {plan.dropped})"
     assert len(set(names)) == len(names), f"{stack.key.label}: duplicate instances {names}"
     assert set(services(stack.compose)) == {"gateway", *names}
-    assert set(services(stack.cpu_compose)) == {cpu_name(i) for i in cpu_plan(stack).instances}
+    assert set(services(stack.cpu_compose)) == {
+        i.name for i in moved_only(cpu_plan(stack)).instances
+    }
+    for inst in stack.rendered.plan.instances:
+        if inst.device == "cpu":  # unchanged by the switch: not in the CPU file, still routed
+            assert inst.name in {i.name for i in cpu_plan(stack).instances}
 
 
 # --- 1. the official Compose schema -------------------------------------------------------------
@@ -490,6 +503,8 @@ def _check_gateway(stack: Stack, path: str, plan: Plan, is_cpu: bool) -> Directi
     assert resolver.args[:1] == ["127.0.0.11"], f"{label}: resolver {resolver.args}"
     compose = stack.cpu_compose if is_cpu else stack.compose
     backends = {n for n, b in services(compose).items() if n != "gateway"}
+    if is_cpu:  # what already ran on CPU keeps running and stays routed
+        backends |= {i.name for i in stack.rendered.plan.instances if i.device == "cpu"}
 
     upstreams = http.find("upstream")
     names = [u.args[0] for u in upstreams]
