@@ -42,7 +42,7 @@ def tags() -> dict[str, str]:
     return dict(zip(("debian", "model", "ollama", "nginx"), out, strict=True))
 
 
-def render(directory: Path, exe: str) -> None:
+def render(directory: Path, exe: str, extra: tuple[str, ...] = ()) -> None:
     t = tags()
     port = socket.socket()
     port.bind(("127.0.0.1", 0))
@@ -65,6 +65,8 @@ def render(directory: Path, exe: str) -> None:
         args += ["--image", f"{key}={t['model']}"]
     for svc in ("whisper", "embeddings", "llm", "ocr"):
         args += ["--set", f"services.{svc}.env.STUB_STARTUP_DELAY_S={DELAY_S:g}"]
+    for s in extra:
+        args += ["--set", s]
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(done.stderr)

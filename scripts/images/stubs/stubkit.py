@@ -13,7 +13,9 @@ Switches (environment):
   STUB_FAIL=1           never ready: every request is answered 503 with {"status": "failing"}
   STUB_EXIT_AFTER_S     exit with status 1 after that many seconds (a crash)
   STUB_CHUNK_DELAY_S    pause between streamed chunks (default 0.05)
-SIGTERM/SIGINT end the process at once with status 0. One line per request goes to stdout.
+  STUB_STOP_DELAY_S     on SIGTERM, keep serving this long before exiting (default 0), as a
+                        real GPU server takes seconds to drain and free its GPU memory
+SIGTERM/SIGINT end the process with status 0. One line per request goes to stdout.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ STARTUP_DELAY_S = env_float("STUB_STARTUP_DELAY_S", 0.0)
 FAIL = os.environ.get("STUB_FAIL", "") == "1"
 EXIT_AFTER_S = env_float("STUB_EXIT_AFTER_S", 0.0)
 CHUNK_DELAY_S = env_float("STUB_CHUNK_DELAY_S", 0.05)
+STOP_DELAY_S = env_float("STUB_STOP_DELAY_S", 0.0)
 
 
 def state() -> str:
@@ -174,6 +177,9 @@ def serve(handler: type[StubHandler], host: str, port: int, name: str) -> None:
 
     def stop(signum: int, _frame: Any) -> None:
         log(f"{name}: {signal.Signals(signum).name} received, exiting")
+        if STOP_DELAY_S > 0 and signum == signal.SIGTERM:
+            threading.Timer(STOP_DELAY_S, lambda: os._exit(0)).start()
+            return
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
