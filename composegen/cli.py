@@ -148,6 +148,20 @@ INVENTORY = click.option(
     metavar="FILE",
     help="Plan for the host described by FILE (anything `detect --from` reads), not this one.",
 )
+PROFILE = click.option(
+    "--profile",
+    "-p",
+    "profile_name",
+    required=True,
+    metavar="NAME",
+    help="Profile name (see `composegen profiles`) or a path to a profile YAML.",
+)
+PIN_BY = click.option(
+    "--pin-by",
+    type=click.Choice(["uuid", "index"]),
+    default=None,
+    help="Pin GPUs by UUID (default when the inventory has unique UUIDs) or index.",
+)
 REFERENCE = click.option(
     "--reference",
     is_flag=True,
@@ -264,23 +278,11 @@ def profiles_show(
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option(
-    "--profile",
-    "-p",
-    "profile_name",
-    required=True,
-    metavar="NAME",
-    help="Profile name (see `composegen profiles`) or a path to a profile YAML.",
-)
+@PROFILE
 @INVENTORY
 @REFERENCE
 @PROFILES_DIR
-@click.option(
-    "--pin-by",
-    type=click.Choice(["uuid", "index"]),
-    default=None,
-    help="Pin GPUs by UUID (default when the inventory has unique UUIDs) or index.",
-)
+@PIN_BY
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @_overrides
 def plan(
@@ -317,14 +319,7 @@ def plan(
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option(
-    "--profile",
-    "-p",
-    "profile_name",
-    required=True,
-    metavar="NAME",
-    help="Profile name (see `composegen profiles`) or a path to a profile YAML.",
-)
+@PROFILE
 @click.option(
     "-o",
     "--output",
@@ -339,12 +334,7 @@ def plan(
 @REFERENCE
 @PROFILES_DIR
 @_overrides
-@click.option(
-    "--pin-by",
-    type=click.Choice(["uuid", "index"]),
-    default=None,
-    help="Pin GPUs by UUID (default when the inventory has unique UUIDs) or index.",
-)
+@PIN_BY
 @click.option(
     "--bind",
     default="127.0.0.1",
