@@ -42,6 +42,7 @@ class FakeGpu:
     nvlink_to: list[str] = field(default_factory=list)  # bus ids
     lost: bool = False  # every query answers NVML_ERROR_GPU_IS_LOST
     lost_after_name: bool = False  # handle and name work, memory info says lost
+    ecc_uncorrected: int | None = None  # None: ECC not supported (GeForce)
 
 
 @dataclass
@@ -186,6 +187,14 @@ class FakeNvml:
     def nvmlDeviceGetEnforcedPowerLimit(self, h: tuple[Any, ...]) -> int:
         return self._gpu(h).limit_mw
 
+    def nvmlDeviceGetTotalEccErrors(self, h: tuple[Any, ...], kind: int, counter: int) -> int:
+        g = self._gpu(h)
+        assert kind == pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+        assert counter == pynvml.NVML_VOLATILE_ECC
+        if g.ecc_uncorrected is None:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return g.ecc_uncorrected
+
     def nvmlDeviceGetNvLinkState(self, h: tuple[Any, ...], link: int) -> int:
         g = self._gpu(h)
         if not g.nvlink_to:
@@ -277,6 +286,14 @@ def lost_gpu() -> Scenario:
     return s
 
 
+def ecc_errors() -> Scenario:
+    s = a100_8x80()
+    for g in s.gpus:
+        g.ecc_uncorrected = 0
+    s.gpus[6].ecc_uncorrected = 2
+    return s
+
+
 def mig_enabled() -> Scenario:
     s = a100_8x80()
     s.gpus = s.gpus[:2]
@@ -312,6 +329,7 @@ SCENARIOS = {
     "single_8gb": single_8gb,
     "lost_gpu": lost_gpu,
     "mig_enabled": mig_enabled,
+    "ecc_errors": ecc_errors,
     "no_driver": no_driver,
     "no_library": no_library,
     "no_devices": no_devices,

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -241,6 +242,22 @@ def _read_gpu(r: _Reader, index: int) -> tuple[Gpu, set[str]]:
         power_draw_w=_watts(r.opt(lambda: nv.nvmlDeviceGetPowerUsage(handle))),
         power_limit_w=_watts(r.opt(lambda: nv.nvmlDeviceGetEnforcedPowerLimit(handle))),
     )
+    ecc = r.opt(
+        lambda: int(
+            nv.nvmlDeviceGetTotalEccErrors(
+                handle, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_VOLATILE_ECC
+            )
+        )
+    )
+    if ecc:
+        # uncorrectable ECC errors are what Xid 48/94/95 report: the GPU needs draining and
+        # a reset before it can be trusted again
+        gpu = replace(
+            gpu,
+            health="error",
+            health_reason=f"{ecc} uncorrectable ECC error(s) since the driver loaded "
+            "(Xid 48/94/95): drain and reset the GPU",
+        )
     return gpu, _nvlink_remote_buses(r, handle)
 
 
@@ -293,6 +310,5 @@ def read_inventory(timeout_s: float = DEFAULT_INIT_TIMEOUT_S) -> Inventory:
 def _with_peers(gpu: Gpu, peers: list[int]) -> Gpu:
     if not peers:
         return gpu
-    from dataclasses import replace
 
     return replace(gpu, nvlink_peers=tuple(peers))

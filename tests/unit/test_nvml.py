@@ -81,6 +81,14 @@ def test_lost_gpu_is_reported_and_others_still_are(nvml_scenario: Install) -> No
     assert [g.index for g in inv.healthy_gpus] == [0, 1]
 
 
+def test_uncorrectable_ecc_errors_make_a_gpu_unhealthy(nvml_scenario: Install) -> None:
+    nvml_scenario("ecc_errors")
+    inv = _detect()
+    assert [g.health for g in inv.gpus] == ["ok"] * 6 + ["error", "ok"]
+    assert "uncorrectable ECC" in (inv.gpus[6].health_reason or "")
+    assert inv.gpus[6].memory_total_mib == 81920  # still fully reported
+
+
 def test_mig_devices_listed_and_gpu_memory_kept(nvml_scenario: Install) -> None:
     nvml_scenario("mig_enabled")
     inv = _detect()
