@@ -205,4 +205,6 @@ def apply_rerender(
     project = load_project(directory / "docker-compose.yml", name)
     new_conf = (directory / "nginx" / "nginx.conf").read_text(encoding="utf-8")
     reload_nginx(client, project.name, directory, new_conf)
-    return engine_up.up(client, project, report=report)
+    # the gateway already serves the new configuration: reload again only if a backend got a
+    # new container (and address), not merely because the failed one is removed
+    return engine_up.up(client, project, report=report, reload_on_removal=False)

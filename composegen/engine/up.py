@@ -407,6 +407,7 @@ def up(
     report: Report | None = None,
     pull: str = "missing",
     remove_orphans: bool = True,
+    reload_on_removal: bool = True,
 ) -> UpResult:
     rep: Report = report or (lambda s, st, d: None)
     t0 = time.monotonic()
@@ -484,7 +485,7 @@ def up(
             raise first
         raise UpFailed(f"up failed: {first}")
     gpu_map = verify_gpus(project, tracks)
-    reload_gateway(project, conv.actions, tracks, rep, removed)
+    reload_gateway(project, conv.actions, tracks, rep, removed if reload_on_removal else 0)
     gateway = probe_gateway(project, deadline) if wait else None
     return UpResult(conv.actions, removed, gpu_map, gateway, time.monotonic() - t0)
 
