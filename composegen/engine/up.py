@@ -306,6 +306,14 @@ class UpResult:
     seconds: float
 
 
+def _engine_alive(client: Any) -> bool:
+    try:
+        client.ping()
+        return True
+    except Exception:  # any failure to answer means: not there
+        return False
+
+
 def verify_gpus(project: Project, tracks: dict[str, _Track]) -> dict[str, tuple[str, ...]]:
     """Each container's DeviceRequests must be what the compose file asks: no more, no less."""
     out: dict[str, tuple[str, ...]] = {}
@@ -470,6 +478,12 @@ def up(
     except KeyboardInterrupt:
         cancel.set()
         raise
+    if errors and not _engine_alive(client):
+        raise eng.NoEngineError(
+            "the Docker engine went away while up was waiting "
+            f"({str(errors[0]).splitlines()[0][:160]})",
+            "start it again, then run `composegen up`: it converges",
+        )
     if errors:
         first = next(
             (
