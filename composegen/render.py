@@ -139,6 +139,14 @@ def _service_block(
         "io.composegen.models": ",".join(m.name for m in inst.models),
         "io.composegen.healthy-after": str(h.healthy_after),
     }
+    need = svc.gpu
+    if (
+        not on_cpu
+        and need is not None
+        and (need.share or need.share_when_short or need.replicas == "tiers")
+    ):
+        # the profile declares that this service may share its GPU (`composegen lint` reads it)
+        block["labels"]["io.composegen.gpu-shared"] = "true"
     if cpu_names and inst.name.endswith("-cpu"):
         # the CPU variant answers to the GPU service's name too, so other services that call
         # it by name (OLLAMA_BASE_URL=http://ollama:11434) keep working after the switch
