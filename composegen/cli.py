@@ -928,6 +928,64 @@ def _restore(
     say(f"{main.name}: back on its GPU plan")
 
 
+@cli.command("lint", context_settings=CONTEXT)
+@click.option(
+    "-f",
+    "--file",
+    "file",
+    default="docker-compose.yml",
+    show_default=True,
+    metavar="FILE",
+    help="The compose file to check (any compose file, not only composegen's).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the findings as a JSON list of {file, line, rule, level, service, message, fix}.",
+)
+def lint_command(file: str, as_json: bool) -> None:
+    """Check a compose file for GPU pinning, exposure and Ollama mistakes.
+
+    \b
+    CG001 error    count and device_ids in one GPU request
+    CG002 error    the same GPU pinned to two services that do not both declare sharing
+                   (label io.composegen.gpu-shared: "true" on both)
+    CG003 error    GPUs reserved by count in several services: all get GPU 0..N-1
+    CG004 error    CUDA_VISIBLE_DEVICES with host indices in a pinned container
+    CG005 error    Ollama / vLLM port published on every interface
+    CG006 error    Docker socket mounted
+    CG007 error    privileged: true
+    CG008 warning  network_mode: host
+    CG009 warning  ipc: host (use shm_size)
+    CG010 warning  GPU service without a healthcheck
+    CG011 error    OLLAMA_* variable Ollama ignores (warning when merely unknown)
+    CG012 warning  GPU service without a restart policy
+
+    Exit codes: 0 no errors (warnings allowed), 1 errors found, 2 bad input.
+    """
+    from composegen import lint as linter
+
+    try:
+        with open(file, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise BadInputError(f"{file}: no such file", "pass the compose file with -f FILE") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{file}: not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise BadInputError(f"{file}: cannot read it: {exc.strerror or exc}") from None
+    findings = linter.lint(text, file)
+    if as_json:
+        click.echo(_json([f.to_dict() for f in findings]), nl=False)
+    else:
+        for finding in findings:
+            click.echo(finding.human())
+        click.echo(linter.summary(file, findings))
+    if any(f.level == "error" for f in findings):
+        sys.exit(1)
+
+
 def _pin(value: str | None) -> PinBy | None:
     return "uuid" if value == "uuid" else ("index" if value == "index" else None)
 
