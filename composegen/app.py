@@ -196,6 +196,11 @@ def load_inputs(out_dir: Path) -> RenderInputs:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         pin = data["pin_by"]
+        for key in ("profiles_dirs", "sets", "values_files", "images"):
+            if not isinstance(data[key], list) or not all(isinstance(v, str) for v in data[key]):
+                raise TypeError(f"{key} must be a list of strings")
+        if not isinstance(data["profile"], str) or not isinstance(data["bind"], str):
+            raise TypeError("profile and bind must be strings")
         return RenderInputs(
             profile=str(data["profile"]),
             profiles_dirs=tuple(data["profiles_dirs"]),
@@ -212,8 +217,11 @@ def load_inputs(out_dir: Path) -> RenderInputs:
             f"{path}: not found: this directory was not rendered by composegen",
             "render it with `composegen render --profile NAME -o DIR` first",
         ) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BadInputError(f"{path}: unreadable ({exc})", "render the stack again") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise BadInputError(
+            f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:120]})",
+            "render the stack again",
+        ) from None
 
 
 def _mark_failed(inv: Inventory, failed: tuple[int, ...]) -> Inventory:

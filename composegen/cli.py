@@ -327,7 +327,6 @@ def plan(
     default=".",
     show_default=True,
     metavar="DIR",
-    type=click.Path(file_okay=False),
     help="Directory to write the stack into.",
 )
 @INVENTORY
@@ -403,6 +402,8 @@ def render(
         bind=str(addr),
     )
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: is a file, not a directory", "choose another -o DIR")
     if check:
         diffs = app.check(out, built.files)
         if diffs:
@@ -996,8 +997,13 @@ def _json(data: Any) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
+def _one_line(text: str) -> str:
+    """Control characters from user input (a path with a newline) must not split the line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _fail(exc: ComposegenError) -> NoReturn:
-    click.echo(f"composegen: error: {exc.one_line()}", err=True)
+    click.echo(f"composegen: error: {_one_line(exc.one_line())}", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -1016,8 +1022,20 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(130)
+    except click.exceptions.UsageError as exc:
+        # one line, like every other error: what is wrong, and where to read more
+        where = (
+            f"composegen {exc.ctx.command_path.split(' ', 1)[1]}"
+            if exc.ctx and " " in (exc.ctx.command_path)
+            else "composegen"
+        )
+        click.echo(
+            f"composegen: error: {_one_line(exc.format_message())} (see `{where} --help`)",
+            err=True,
+        )
+        sys.exit(exc.exit_code)
     except click.exceptions.ClickException as exc:
-        exc.show()
+        click.echo(f"composegen: error: {_one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

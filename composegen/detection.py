@@ -124,7 +124,10 @@ def load_inventory(path: str) -> Inventory:
         size = p.stat().st_size
         if size > MAX_INVENTORY_BYTES:
             raise InventoryFileError(path, f"is {size} bytes, too large for an inventory")
-        data = p.read_bytes()
+        with p.open("rb") as fh:  # bounded: a device (/dev/zero) has no size and no end
+            data = fh.read(MAX_INVENTORY_BYTES + 1)
+        if len(data) > MAX_INVENTORY_BYTES:
+            raise InventoryFileError(path, "is too large for an inventory (no end in sight)")
     except FileNotFoundError:
         raise InventoryFileError(path, "no such file") from None
     except PermissionError:
@@ -149,9 +152,9 @@ def load_inventory(path: str) -> Inventory:
         except InventoryFileError:
             raise
         except BadInputError as exc:
-            raise InventoryFileError(
-                path, exc.message.removeprefix(f"{path}: "), exc.hint
-            ) from None
+            # from_json names the path inside the file after the file: "FILE.gpus[0].index: ..."
+            problem = exc.message.removeprefix(f"{path}: ").removeprefix(f"{path}.")
+            raise InventoryFileError(path, problem, exc.hint) from None
         return inv
     inv = nvidia_smi.parse_any(text, path)
     return inv

@@ -37,9 +37,16 @@ def write_bytes_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
+        if parent.exists():
+            raise BadInputError(f"{target}: {parent} is not a directory")
         raise BadInputError(f"{target}: directory {parent} does not exist")
     if target.is_dir():
         raise BadInputError(f"{target}: is a directory")
+    if target.exists() and not target.is_file():
+        # A device, FIFO or socket (/dev/stdout, /dev/full): write into it as a shell redirect
+        # would. Renaming a temp file over it would replace the device node itself.
+        _write_in_place(target, data)
+        return
     fd = -1
     tmp = ""
     try:
@@ -63,6 +70,21 @@ def write_bytes_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     _fsync_dir(parent)
+
+
+def _write_in_place(target: Path, data: bytes) -> None:
+    try:
+        fd = os.open(target, os.O_WRONLY)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except PermissionError:
+        raise BadInputError(f"{target}: permission denied", "choose a writable path") from None
+    except OSError as exc:
+        raise ComposegenError(f"{target}: cannot write it: {exc.strerror or exc}") from None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -9,6 +9,7 @@ and `to_json(from_json(text)) == text` for any text that `to_json` wrote.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, TypeVar, get_args
 
@@ -148,6 +149,10 @@ class Inventory:
             raise BadInputError(
                 f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
             ) from None
+        except RecursionError:
+            raise BadInputError(f"{where}: not an inventory (JSON nested too deeply)") from None
+        except ValueError as exc:  # e.g. an integer with more digits than Python converts
+            raise BadInputError(f"{where}: not valid JSON ({exc})") from None
         return cls.from_dict(data, where)
 
 
@@ -197,7 +202,37 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+# Counts, sizes and indices: a negative value is nonsense, never a reading.
+_NON_NEGATIVE = frozenset(
+    {
+        "index",
+        "memory_total_mib",
+        "memory_used_mib",
+        "memory_free_mib",
+        "minor_number",
+        "utilization_gpu_pct",
+        "power_draw_w",
+        "power_limit_w",
+        "nvlink_peers",
+        "gpu_instance_id",
+        "compute_instance_id",
+        "cpu_cores",
+        "ram_total_mib",
+        "ram_available_mib",
+    }
+)
+
+
 def _check_scalar(name: str, annotation: str, value: Any, where: str) -> Any:
+    checked = _check_type(name, annotation, value, where)
+    if isinstance(checked, float) and not math.isfinite(checked):
+        raise BadInputError(f"{where}: expected a finite number, got {value!r}")
+    if name in _NON_NEGATIVE and isinstance(checked, (int, float)) and checked < 0:
+        raise BadInputError(f"{where}: must not be negative, got {value!r}")
+    return checked
+
+
+def _check_type(name: str, annotation: str, value: Any, where: str) -> Any:
     optional = "None" in annotation
     if value is None:
         if optional:

@@ -21,6 +21,7 @@ from composegen.inventory import Gpu, Inventory
 from composegen.resources import profiles_dir
 
 SCHEMA_ID = "composegen/profile/v1"
+MAX_YAML_BYTES = 8 * 1024 * 1024
 ENV_PATH = "COMPOSEGEN_PROFILES_PATH"
 
 Kind = Literal["ollama", "vllm", "http"]
@@ -235,11 +236,30 @@ def _say(error: Any) -> str:
     return str(error.message)
 
 
+# Salts the validation cache key: bump it when _validate_schema changes what it accepts.
+_VALIDATOR_VERSION = b"strict-integers"
+
+
+def _check_keys(node: Any, where: str, path: tuple[Any, ...] = ()) -> None:
+    """YAML allows keys that are numbers, null or booleans; a profile's keys are all strings."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                raise ProfileError(f"{where}: {_where(path)}: key {k!r} must be a string")
+            _check_keys(v, where, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_keys(v, where, (*path, i))
+
+
 def validate(data: Any, where: str) -> None:
     from composegen import cache
 
+    _check_keys(data, where)
     digest = cache.key(
-        _schema_text().encode(), json.dumps(data, sort_keys=True, default=str).encode()
+        _schema_text().encode(),
+        _VALIDATOR_VERSION,
+        json.dumps(data, sort_keys=True, default=str).encode(),
     )
     if not cache.seen("valid-profile", digest):
         _validate_schema(data, where)
@@ -250,7 +270,13 @@ def validate(data: Any, where: str) -> None:
 def _validate_schema(data: Any, where: str) -> None:
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(_schema())
+    # JSON Schema counts 2.0 as an integer; the planner needs real ints (range(), indices).
+    base = jsonschema.Draft202012Validator
+    strict = base.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    strict_validator = jsonschema.validators.extend(base, type_checker=strict)  # type: ignore[no-untyped-call]
+    validator = strict_validator(_schema())
     errors = sorted(
         validator.iter_errors(data), key=lambda e: (len(e.path), list(map(str, e.path)))
     )
@@ -378,7 +404,7 @@ def apply_overrides(data: dict[str, Any], ov: Overrides, where: str) -> dict[str
         deep_merge(out, extra)
     for text in ov.sets:
         parts, value = parse_assignment(text, "--set")
-        apply_set(out, parts, value, f"--set {text}")
+        apply_set(out, parts, value, f"--set {text!r}")
     images = out.get("images")
     for text in ov.images:
         key, sep, image = text.partition("=")
@@ -402,7 +428,11 @@ def _read_yaml(path: str) -> Any:
     import yaml
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as fh:  # bounded: a device (/dev/zero) has no end
+            raw = fh.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise BadInputError(f"{path}: larger than {MAX_YAML_BYTES} bytes")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise BadInputError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -418,6 +448,8 @@ def _read_yaml(path: str) -> Any:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise BadInputError(f"{path}: invalid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise BadInputError(f"{path}: invalid YAML: nested too deeply") from None
 
 
 def search_dirs(extra: Iterable[str] = ()) -> list[Path]:

@@ -8,6 +8,7 @@ GPU index is NVML order: the position of the GPU in XML and `-q` output, the `in
 from __future__ import annotations
 
 import csv
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
@@ -103,7 +104,10 @@ def _number(raw: str | None) -> float | None:
     match = _NUMBER.fullmatch(value)
     if match is None:
         raise ValueError(value)
-    return float(match[1]) * _SCALE.get(match[2].lower(), 1.0)
+    number = float(match[1]) * _SCALE.get(match[2].lower(), 1.0)
+    if not math.isfinite(number):  # hundreds of digits: float() gives inf, int() would raise
+        raise ValueError(value)
+    return number
 
 
 def _pick(values: Iterable[str | None]) -> str | None:
@@ -117,6 +121,8 @@ def _int(raw: str | None, where: str, what: str) -> int | None:
         number = _number(raw)
     except ValueError:
         raise InventoryFileError(where, f"{what} is {raw!r}, not a number") from None
+    if number is not None and number < 0:
+        raise InventoryFileError(where, f"{what} is {raw!r}, a negative number")
     return None if number is None else int(number)
 
 
@@ -138,6 +144,8 @@ def _gpu(
     for key in ("temperature.gpu", "utilization.gpu", "power.draw", "power.limit"):
         try:
             tele[key] = _number(raw.get(key))
+            if key != "temperature.gpu" and (tele[key] or 0) < 0:
+                raise ValueError(raw.get(key))
         except ValueError:
             tele[key] = None
             warnings.append(f"{ctx}: ignored unreadable {key} {raw.get(key)!r}")

@@ -8,12 +8,13 @@ does not support is an error naming the key and the service: it is never silentl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ SUPPORTED_SERVICE_KEYS = frozenset(
     }
 )
 SUPPORTED_TOP_KEYS = frozenset({"services", "networks", "volumes", "name", "version"})
+MAX_COMPOSE_BYTES = 8 * 1024 * 1024
 
 
 class ComposeFileError(BadInputError):
@@ -241,7 +243,9 @@ def _interp_tree(node: Any, env: Mapping[str, str], where: str) -> Any:
     if isinstance(node, str):
         return interpolate(node, env, where)
     if isinstance(node, dict):
-        return {k: _interp_tree(v, env, f"{where}.{k}") for k, v in node.items()}
+        return {
+            k: _interp_tree(v, env, f"{where}.{k}" if where else str(k)) for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_interp_tree(v, env, f"{where}[{i}]") for i, v in enumerate(node)]
     return node
@@ -302,6 +306,43 @@ def _mapping(value: Any, where: str) -> dict[str, str]:
     raise ComposeFileError(f"{where}: expected a mapping or a list of KEY=VALUE")
 
 
+def _dict(value: Any, where: str) -> dict[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ComposeFileError(f"{where}: expected a mapping")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ComposeFileError(f"{where}: expected a list")
+    return value
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise ComposeFileError(f"{where}: expected a number, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ComposeFileError(f"{where}: expected a number, got {value!r}") from None
+
+
+def _check_keys(node: Any, where: str) -> None:
+    """Every key in a compose file is a string (YAML also allows numbers, booleans, null)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                raise ComposeFileError(f"{where or '(top level)'}: key {k!r} must be a string")
+            _check_keys(v, f"{where}.{k}" if where else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_keys(v, f"{where}[{i}]")
+
+
 def _port(value: Any, where: str) -> Port:
     if isinstance(value, int):
         return Port("", None, value)
@@ -313,7 +354,7 @@ def _port(value: Any, where: str) -> Port:
                 int(value["target"]),
                 str(value.get("protocol", "tcp")),
             )
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError, OverflowError):
             raise ComposeFileError(f"{where}: needs target (and published) ports") from None
     text = str(value)
     proto = "tcp"
@@ -363,26 +404,41 @@ def _gpus(deploy: Any, where: str) -> tuple[tuple[Gpu, ...], str | None, int | N
     for key in deploy:
         if key not in ("resources", "restart_policy"):
             raise ComposeFileError(f"{where}.{key}: not supported by composegen up")
-    res = deploy.get("resources") or {}
+    res = _dict(deploy.get("resources"), f"{where}.resources")
     for key in res:
         if key not in ("limits", "reservations"):
             raise ComposeFileError(f"{where}.resources.{key}: not supported by composegen up")
-    limits = res.get("limits") or {}
+    limits = _dict(res.get("limits"), f"{where}.resources.limits")
     for key in limits:
         if key not in ("memory", "cpus", "pids"):
             raise ComposeFileError(f"{where}.resources.limits.{key}: not supported")
     mem = str(limits["memory"]) if "memory" in limits else None
-    cpus = int(float(limits["cpus"]) * 1e9) if "cpus" in limits else None
+    cpus = None
+    if "cpus" in limits:
+        try:
+            cpus = int(float(limits["cpus"]) * 1e9)
+        except (TypeError, ValueError, OverflowError):
+            raise ComposeFileError(
+                f"{where}.resources.limits.cpus: expected a number, got {limits['cpus']!r}"
+            ) from None
     gpus = []
-    reservations = res.get("reservations") or {}
+    reservations = _dict(res.get("reservations"), f"{where}.resources.reservations")
     for key in reservations:
         if key != "devices":
             raise ComposeFileError(f"{where}.resources.reservations.{key}: not supported")
-    for i, dev in enumerate(reservations.get("devices") or []):
+    devices = _list(reservations.get("devices"), f"{where}.resources.reservations.devices")
+    for i, dev in enumerate(devices):
         at = f"{where}.resources.reservations.devices[{i}]"
+        if not isinstance(dev, dict):
+            raise ComposeFileError(f"{at}: expected a mapping")
         if "count" in dev and "device_ids" in dev:
             raise ComposeFileError(f"{at}: count and device_ids exclude each other")
         count = dev.get("count")
+        if not (count in (None, "all") or (isinstance(count, int) and not isinstance(count, bool))):
+            raise ComposeFileError(f"{at}.count: expected a number or 'all', got {count!r}")
+        for key in ("device_ids", "capabilities"):
+            if key in dev and not isinstance(dev[key], list):
+                raise ComposeFileError(f"{at}.{key}: expected a list")
         gpus.append(
             Gpu(
                 driver=str(dev.get("driver", "nvidia")),
@@ -399,6 +455,8 @@ def _gpus(deploy: Any, where: str) -> tuple[tuple[Gpu, ...], str | None, int | N
 def _healthcheck(value: Any, where: str) -> Healthcheck | None:
     if value is None:
         return None
+    if not isinstance(value, dict):
+        raise ComposeFileError(f"{where}: expected a mapping")
     if value.get("disable"):
         return None
     test = value.get("test")
@@ -416,7 +474,7 @@ def _healthcheck(value: Any, where: str) -> Healthcheck | None:
         test=tuple(str(t) for t in test),
         interval_s=duration_s(value.get("interval", "30s"), f"{where}.interval"),
         timeout_s=duration_s(value.get("timeout", "30s"), f"{where}.timeout"),
-        retries=int(value.get("retries", 3)),
+        retries=_int(value.get("retries", 3), f"{where}.retries"),
         start_period_s=duration_s(value.get("start_period", "0s"), f"{where}.start_period"),
     )
 
@@ -424,11 +482,12 @@ def _healthcheck(value: Any, where: str) -> Healthcheck | None:
 def _depends(value: Any, names: set[str], where: str) -> dict[str, str]:
     if value is None:
         return {}
-    deps = (
-        {d: "service_started" for d in value}
-        if isinstance(value, list)
-        else {d: str((v or {}).get("condition", "service_started")) for d, v in value.items()}
-    )
+    if isinstance(value, list) and all(isinstance(d, str) for d in value):
+        deps = {d: "service_started" for d in value}
+    elif isinstance(value, dict) and all(isinstance(v, dict) or v is None for v in value.values()):
+        deps = {d: str((v or {}).get("condition", "service_started")) for d, v in value.items()}
+    else:
+        raise ComposeFileError(f"{where}: expected a list of services or a mapping")
     for dep, cond in deps.items():
         if dep not in names:
             raise ComposeFileError(f"{where}: depends on unknown service {dep!r}")
@@ -453,24 +512,33 @@ def _service(
         raise ComposeFileError(f"{where}: no image (building is not supported by composegen up)")
     gpus, mem, cpus = _gpus(raw.get("deploy"), f"{where}.deploy")
     networks_raw = raw.get("networks") or ["default"]
+    if not isinstance(networks_raw, (list, dict)) or not all(
+        isinstance(n, str) for n in networks_raw
+    ):
+        raise ComposeFileError(f"{where}.networks: expected a list of networks or a mapping")
     networks = tuple(networks_raw if isinstance(networks_raw, list) else networks_raw.keys())
     aliases: dict[str, tuple[str, ...]] = {}
     if isinstance(networks_raw, dict):
         for net, spec in networks_raw.items():
-            spec = spec or {}
+            spec = _dict(spec, f"{where}.networks.{net}")
             for key in spec:
                 if key != "aliases":
                     raise ComposeFileError(f"{where}.networks.{net}.{key}: not supported")
-            aliases[net] = tuple(str(a) for a in spec.get("aliases", []))
+            aliases[net] = tuple(
+                str(a) for a in _list(spec.get("aliases"), f"{where}.networks.{net}.aliases")
+            )
     for n in networks:
         if n not in nets:
             raise ComposeFileError(f"{where}.networks: network {n!r} is not declared")
     ulimits: dict[str, tuple[int, int]] = {}
-    for key, val in (raw.get("ulimits") or {}).items():
+    for key, val in _dict(raw.get("ulimits"), f"{where}.ulimits").items():
+        at = f"{where}.ulimits.{key}"
         if isinstance(val, dict):
-            ulimits[key] = (int(val["soft"]), int(val["hard"]))
+            if not {"soft", "hard"} <= set(val):
+                raise ComposeFileError(f"{at}: needs soft and hard")
+            ulimits[key] = (_int(val["soft"], f"{at}.soft"), _int(val["hard"], f"{at}.hard"))
         else:
-            ulimits[key] = (int(val), int(val))
+            ulimits[key] = (_int(val, at), _int(val, at))
     extra: dict[str, Any] = {
         k: raw[k]
         for k in (
@@ -495,10 +563,13 @@ def _service(
         if "entrypoint" in raw
         else None,
         environment=_mapping(raw.get("environment"), f"{where}.environment"),
-        ports=tuple(_port(p, f"{where}.ports[{i}]") for i, p in enumerate(raw.get("ports", []))),
+        ports=tuple(
+            _port(p, f"{where}.ports[{i}]")
+            for i, p in enumerate(_list(raw.get("ports"), f"{where}.ports"))
+        ),
         mounts=tuple(
             _mount(v, directory, f"{where}.volumes[{i}]")
-            for i, v in enumerate(raw.get("volumes", []))
+            for i, v in enumerate(_list(raw.get("volumes"), f"{where}.volumes"))
         ),
         networks=networks,
         healthcheck=_healthcheck(raw.get("healthcheck"), f"{where}.healthcheck"),
@@ -509,7 +580,7 @@ def _service(
         shm_size=str(raw["shm_size"]) if "shm_size" in raw else None,
         mem_limit=mem,
         nano_cpus=cpus,
-        security_opt=tuple(str(s) for s in raw.get("security_opt", [])),
+        security_opt=tuple(str(s) for s in _list(raw.get("security_opt"), f"{where}.security_opt")),
         ulimits=ulimits,
         stop_grace_s=duration_s(raw.get("stop_grace_period", "10s"), f"{where}.stop_grace_period"),
         extra=extra,
@@ -535,7 +606,11 @@ def load_project(file: Path, name: str | None = None, env_dir: Path | None = Non
         file = file / "docker-compose.yml"
     directory = file.parent.resolve()
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as fh:  # bounded: a device (/dev/zero) has no end
+            raw = fh.read(MAX_COMPOSE_BYTES + 1)
+        if len(raw) > MAX_COMPOSE_BYTES:
+            raise ComposeFileError(f"{file}: larger than {MAX_COMPOSE_BYTES} bytes")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ComposeFileError(
             f"{file}: no such file", "render one with `composegen render`, or pass -f FILE"
@@ -547,9 +622,10 @@ def load_project(file: Path, name: str | None = None, env_dir: Path | None = Non
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise ComposeFileError(
-            f"{file}: invalid YAML{at}: {getattr(exc, 'problem', None) or exc}"
-        ) from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ComposeFileError(f"{file}: invalid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ComposeFileError(f"{file}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
         raise ComposeFileError(f"{file}: no services: mapping")
     for key in data:
@@ -558,12 +634,31 @@ def load_project(file: Path, name: str | None = None, env_dir: Path | None = Non
                 f"{file}: top-level key {key!r} is not supported by composegen up"
             )
     env = {**read_dotenv((env_dir or directory) / ".env"), **os.environ}
-    data = _interp_tree(data, env, str(file))
+    with _in_file(file):
+        _check_keys(data, "")
+        data = _interp_tree(data, env, "")
     pname = project_name(name, env, data, directory)
-    nets_raw = data.get("networks") or {}
+    with _in_file(file):
+        return _project(file, directory, pname, data)
+
+
+@contextlib.contextmanager
+def _in_file(file: Path) -> Iterator[None]:
+    """An error found inside the file names the file first: FILE: services.a.key: problem."""
+    try:
+        yield
+    except ComposeFileError as exc:
+        message = exc.message if exc.message.startswith(f"{file}:") else f"{file}: {exc.message}"
+        # Paths are built from the file's own keys, which may hold a newline: keep one line.
+        printable = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        raise ComposeFileError(printable, exc.hint) from None
+
+
+def _project(file: Path, directory: Path, pname: str, data: dict[str, Any]) -> Project:
+    nets_raw = _dict(data.get("networks"), "networks")
     networks = [Network("default")] if "default" not in nets_raw else []
     for nname, spec in nets_raw.items():
-        spec = spec or {}
+        spec = _dict(spec, f"networks.{nname}")
         for key in spec:
             if key not in ("internal", "driver", "labels"):
                 raise ComposeFileError(f"{file}: networks.{nname}.{key}: not supported")
@@ -575,10 +670,10 @@ def load_project(file: Path, name: str | None = None, env_dir: Path | None = Non
                 _mapping(spec.get("labels"), f"networks.{nname}.labels"),
             )
         )
-    vols_raw = data.get("volumes") or {}
+    vols_raw = _dict(data.get("volumes"), "volumes")
     volumes = []
     for vname, spec in vols_raw.items():
-        spec = spec or {}
+        spec = _dict(spec, f"volumes.{vname}")
         for key in spec:
             if key != "labels":
                 raise ComposeFileError(f"{file}: volumes.{vname}.{key}: not supported")
