@@ -99,12 +99,20 @@ def render_stack(name: str, tmp: Path, tags: dict[str, str], *sets: str) -> Stac
 
 
 def containers(client: Any, project: str) -> dict[str, Any]:
-    return {
-        c.labels["com.docker.compose.service"]: c
-        for c in client.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={project}"}
-        )
-    }
+    """The project's containers by service. Listed first, then inspected one by one: one that
+    goes away in between (up is still working) is simply not there yet."""
+    from docker.errors import NotFound
+
+    out = {}
+    for row in client.api.containers(
+        all=True, filters={"label": f"com.docker.compose.project={project}"}
+    ):
+        try:
+            c = client.containers.get(row["Id"])
+        except NotFound:
+            continue
+        out[c.labels["com.docker.compose.service"]] = c
+    return out
 
 
 def _cleanup(client: Any, project: str) -> None:
@@ -120,7 +128,7 @@ def _cleanup(client: Any, project: str) -> None:
             try:
                 item.remove(force=True) if kind != "networks" else item.remove()
             except APIError as exc:  # already gone, or being removed
-                if exc.status_code not in (404, 409):
+                if exc.status_code not in (403, 404, 409):  # gone, busy, or still in use
                     raise
 
 
@@ -364,12 +372,17 @@ def test_sigint_during_up_then_up_converges(docker_client: Any, stack_factory: A
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not containers(docker_client, st.project):
-        time.sleep(0.1)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not containers(docker_client, st.project):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # never leave an up running behind a failed assertion
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     done, _ = up(st)
