@@ -115,7 +115,7 @@ def _service_block(
     deps = [d for d in svc.depends_on]
     if deps:
         names = {
-            _name(i, cpu_names): {"condition": "service_healthy"}
+            i.name: {"condition": "service_healthy"}
             for d in deps
             for i in plan.of_service(d)
             if i.name in in_file
@@ -186,11 +186,6 @@ def _service_block(
     return block
 
 
-def _name(inst: Instance, cpu_names: bool) -> str:
-    del cpu_names  # the CPU variant's instances carry their own names (see cpu_plan)
-    return inst.name
-
-
 def _volumes(prof: Profile, plan: Plan) -> dict[str, Any]:
     names: set[str] = set()
     for inst in plan.instances:
@@ -220,7 +215,7 @@ def compose_data(
             "ports": [f"{opts.bind}:{gw.port}:{gw.port}"],
             "volumes": [f"./nginx:{NGINX_DIR}:ro"],
             "depends_on": {
-                _name(i, cpu_names): {"condition": "service_started"}
+                i.name: {"condition": "service_started"}
                 for i in plan.instances
                 if i.name in in_file
             },
@@ -243,7 +238,7 @@ def compose_data(
         }
     for inst in plan.instances:
         if inst.name in in_file:
-            services[_name(inst, cpu_names)] = _service_block(prof, plan, inst, cpu_names, in_file)
+            services[inst.name] = _service_block(prof, plan, inst, cpu_names, in_file)
     # No top-level `name:` (Compose v1 rejects it): .env sets COMPOSE_PROJECT_NAME instead.
     data: dict[str, Any] = {"services": services}
     networks: dict[str, Any] = {"backend": {"internal": True}}
@@ -366,7 +361,7 @@ def _env() -> Any:
     )
 
 
-def _groups(prof: Profile, plan: Plan, cpu_names: bool) -> list[dict[str, Any]]:
+def _groups(prof: Profile, plan: Plan) -> list[dict[str, Any]]:
     out = []
     for group, insts in plan.groups.items():
         svc = prof.service(insts[0].service)
@@ -375,9 +370,7 @@ def _groups(prof: Profile, plan: Plan, cpu_names: bool) -> list[dict[str, Any]]:
                 "name": group,
                 "route": svc.route,
                 "weighted": any(i.weight != 1 for i in insts),
-                "servers": [
-                    {"host": _name(i, cpu_names), "port": i.port, "weight": i.weight} for i in insts
-                ],
+                "servers": [{"host": i.name, "port": i.port, "weight": i.weight} for i in insts],
             }
         )
     return out
@@ -414,7 +407,7 @@ def nginx_conf(prof: Profile, plan: Plan, cpu_names: bool = False) -> str:
             version=__version__,
             profile=prof,
             gw=prof.gateway,
-            groups=_groups(prof, plan, cpu_names),
+            groups=_groups(prof, plan),
             dropped=_dropped_routes(prof, plan),
             mode="cpu-fallback" if cpu_names else "gpu",
             nginx_dir=NGINX_DIR,
@@ -442,7 +435,7 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
         "opts": opts,
         "gw": prof.gateway,
         "api_key_var": API_KEY_VAR,
-        "groups": _groups(prof, plan, False),
+        "groups": _groups(prof, plan),
         "gpu_services": [i.name for i in plan.instances if i.device == "gpu"],
         "cpu_services": [i.name for i in cplan.instances if i.name.endswith("-cpu")],
     }

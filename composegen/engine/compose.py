@@ -21,6 +21,19 @@ from typing import Any
 
 from composegen.errors import BadInputError
 
+# keys passed to the engine as they are (no parsing of their own)
+_EXTRA_KEYS = (
+    "working_dir",
+    "user",
+    "read_only",
+    "tmpfs",
+    "pids_limit",
+    "cap_add",
+    "cap_drop",
+    "hostname",
+    "init",
+    "stop_signal",
+)
 SUPPORTED_SERVICE_KEYS = frozenset(
     {
         "image",
@@ -39,17 +52,8 @@ SUPPORTED_SERVICE_KEYS = frozenset(
         "security_opt",
         "depends_on",
         "stop_grace_period",
-        "working_dir",
-        "user",
-        "read_only",
-        "tmpfs",
-        "pids_limit",
-        "cap_add",
-        "cap_drop",
-        "hostname",
-        "init",
-        "stop_signal",
     }
+    | set(_EXTRA_KEYS)
 )
 SUPPORTED_TOP_KEYS = frozenset({"services", "networks", "volumes", "name", "version"})
 MAX_COMPOSE_BYTES = 8 * 1024 * 1024
@@ -539,22 +543,7 @@ def _service(
             ulimits[key] = (_int(val["soft"], f"{at}.soft"), _int(val["hard"], f"{at}.hard"))
         else:
             ulimits[key] = (_int(val, at), _int(val, at))
-    extra: dict[str, Any] = {
-        k: raw[k]
-        for k in (
-            "working_dir",
-            "user",
-            "read_only",
-            "tmpfs",
-            "pids_limit",
-            "cap_add",
-            "cap_drop",
-            "hostname",
-            "init",
-            "stop_signal",
-        )
-        if k in raw
-    }
+    extra: dict[str, Any] = {k: raw[k] for k in _EXTRA_KEYS if k in raw}
     return Service(
         name=name,
         image=str(raw["image"]),
