@@ -26,12 +26,12 @@ def choose_inventory(prof: Profile, inventory: str | None, reference: bool) -> T
     if inventory and reference:
         raise BadInputError("--inventory and --reference exclude each other", "pass only one")
     if inventory:
-        from composegen.detection import load_inventory
+        from composegen.detect.sources import load_inventory
 
         return Target(load_inventory(inventory), f"inventory file {inventory}")
     if reference:
         return Target(prof.reference_inventory(), f"reference hardware: {prof.reference.name}")
-    from composegen.detection import detect_local
+    from composegen.detect.sources import detect_local
 
     local = detect_local(with_host=False)
     if not local.healthy_gpus:

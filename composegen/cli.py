@@ -101,7 +101,7 @@ def detect(
     To prepare a file on another host:
       nvidia-smi -q -x > gpus.xml            or   composegen detect --save inventory.json
     """
-    from composegen import detection
+    from composegen.detect import sources as detection
 
     if from_path is not None:
         inv = detection.load_inventory(from_path)
@@ -221,11 +221,11 @@ def profiles(
     from composegen import app
 
     if inventory:
-        from composegen.detection import load_inventory
+        from composegen.detect.sources import load_inventory
 
         inv = load_inventory(inventory)
     else:
-        from composegen.detection import detect_local
+        from composegen.detect.sources import detect_local
 
         inv = detect_local(with_host=False)
     fits = app.rank(inv, profiles_dirs)
@@ -755,8 +755,8 @@ def _json_line(data: Any) -> str:
 
 def _auto_decision(where: Any, inventory: str | None, say: Any) -> tuple[bool, str | None]:
     from composegen import app
-    from composegen import fallback as policy
-    from composegen.detection import detect_local, load_inventory
+    from composegen import failover_policy as policy
+    from composegen.detect.sources import detect_local, load_inventory
 
     live = load_inventory(inventory) if inventory else detect_local(with_host=False)
     if not live.gpus:
@@ -775,7 +775,7 @@ def _fallback_cpu(
     main: Any, mode: str, dry_run: bool, as_json: bool, say: Any, progress: Any
 ) -> None:
     from composegen.engine import docker as eng
-    from composegen.engine import fallback as fb
+    from composegen.engine import switch as fb
     from composegen.engine.state import project_lock, write_mode
 
     cpu = fb.cpu_project(main.directory, main.name)
@@ -812,9 +812,9 @@ def _fallback_gpus(
     from dataclasses import replace
 
     from composegen import app
-    from composegen import fallback as policy
+    from composegen import failover_policy as policy
     from composegen.engine import docker as eng
-    from composegen.engine import fallback as fb
+    from composegen.engine import switch as fb
     from composegen.engine.state import project_lock, write_mode
 
     if mode == "cpu-fallback":
@@ -875,10 +875,10 @@ def _restore(
     from dataclasses import replace
 
     from composegen import app
-    from composegen import fallback as policy
-    from composegen.detection import detect_local, load_inventory
+    from composegen import failover_policy as policy
+    from composegen.detect.sources import detect_local, load_inventory
     from composegen.engine import docker as eng
-    from composegen.engine import fallback as fb
+    from composegen.engine import switch as fb
     from composegen.engine import up as engine_up
     from composegen.engine.compose import load_project
     from composegen.engine.state import project_lock, write_mode

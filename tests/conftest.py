@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+FIXTURES = ROOT / "tests" / "fixtures"
 
 sys.path.insert(0, str(ROOT))
 
 from tests.fake_nvml import SCENARIOS, FakeNvml  # noqa: E402
 
 
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared; fail (never skip) when the checkout lacks it."""
-    p = SHARED.joinpath(*parts)
+def fixture_path(*parts: str) -> Path:
+    """A path under tests/fixtures (kept in the repository, see tests/fixtures/SOURCES.md);
+    fail (never skip) when it is missing."""
+    p = FIXTURES.joinpath(*parts)
     if not p.exists():
-        pytest.fail(f"{p} is missing: the tests need ../shared beside the project root")
+        pytest.fail(f"{p} is missing from the checkout")
     return p
 
 

@@ -10,7 +10,7 @@ import venv
 import zipfile
 from pathlib import Path
 
-from tests.conftest import ROOT, shared_path
+from tests.conftest import ROOT, fixture_path
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -51,7 +51,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     assert helped.returncode == 0, helped.stderr
     assert "detect" in helped.stdout
 
-    fixture = shared_path("fixtures", "nvidia-smi", "xml", "telegraf__dual_a5000-v13.xml")
+    fixture = fixture_path("nvidia-smi", "xml", "telegraf__dual_a5000-v13.xml")
     out = _run([str(exe), "detect", "--from", str(fixture), "--json"], cwd=outside)
     assert out.returncode == 0, out.stderr
     inv = json.loads(out.stdout)

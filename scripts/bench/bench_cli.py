@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT.parent / "shared/fixtures/nvidia-smi/xml/telegraf__dual_a5000-v13.xml"
+FIXTURE = ROOT / "tests/fixtures/nvidia-smi/xml/telegraf__dual_a5000-v13.xml"
 
 
 def timed(cmd: list[str], runs: int) -> list[float]:

@@ -29,13 +29,13 @@ import yaml
 from composegen import app
 from composegen.cli import main
 from composegen.resources import profiles_dir
-from tests.conftest import shared_path
+from tests.conftest import fixture_path
 from tests.stack_checks import scenario_inventory
 from tests.unit.test_cli_detect import run_cli
 
 PROFILE = "ollama-replicas"
 UNSET_VAR = "COMPOSEGEN_TEST_NEVER_SET"
-XML_FIXTURE = ("fixtures", "nvidia-smi", "xml", "telegraf__tesla-t4.xml")
+XML_FIXTURE = ("nvidia-smi", "xml", "telegraf__tesla-t4.xml")
 
 Setup = Callable[[Path, "Env"], None]
 
@@ -164,7 +164,7 @@ def compose(edit: Callable[[Any], Any] | None = None, text: str | None = None) -
 
 def xml_fixture(rel: str, keep: int | None = None) -> Setup:
     def setup(work: Path, env: Env) -> None:
-        data = shared_path(*XML_FIXTURE).read_bytes()
+        data = fixture_path(*XML_FIXTURE).read_bytes()
         write(rel, data if keep is None else data[:keep])(work, env)
 
     return setup

@@ -12,7 +12,7 @@ import pytest
 
 from composegen.cli import main
 from composegen.inventory import Inventory
-from tests.conftest import ROOT, shared_path
+from tests.conftest import ROOT, fixture_path
 from tests.fake_nvml import FakeNvml
 
 Install = Callable[[str], FakeNvml]
@@ -82,7 +82,7 @@ def test_json_and_save_round_trip(
 
 
 def test_from_xml_table(capsys: pytest.CaptureFixture[str]) -> None:
-    xml = shared_path("fixtures", "nvidia-smi", "xml", "telegraf__dual_a5000-v13.xml")
+    xml = fixture_path("nvidia-smi", "xml", "telegraf__dual_a5000-v13.xml")
     code, out, _ = call(["detect", "--from", str(xml)], capsys)
     assert code == 0
     flat = " ".join(out.split())
@@ -92,7 +92,7 @@ def test_from_xml_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
-    xml = shared_path("fixtures", "nvidia-smi", "xml", "telegraf__tesla-t4.xml").read_bytes()
+    xml = fixture_path("nvidia-smi", "xml", "telegraf__tesla-t4.xml").read_bytes()
     cases = {
         "missing": (tmp / "nope.xml", "no such file"),
         "empty": (tmp / "empty.xml", "is empty"),

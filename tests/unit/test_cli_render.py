@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import fixture_path
 from tests.unit.test_cli_detect import run_cli
 
 
@@ -18,10 +19,7 @@ def test_profiles_lists_all_with_fit(tmp_path: Path) -> None:
         "profiles",
         "--json",
         "--inventory",
-        str(
-            Path(__file__).resolve().parents[2].parent
-            / "shared/fixtures/nvidia-smi/xml/telegraf__3090-v13.xml"
-        ),
+        str(fixture_path("nvidia-smi", "xml", "telegraf__3090-v13.xml")),
     )
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
@@ -144,10 +142,7 @@ def test_bind_all_interfaces_warns(tmp_path: Path) -> None:
 
 
 def test_inventory_file_plans_that_host(tmp_path: Path) -> None:
-    xml = (
-        Path(__file__).resolve().parents[2].parent
-        / "shared/fixtures/nvidia-smi/xml/telegraf__dual_a5000-v13.xml"
-    )
+    xml = fixture_path("nvidia-smi", "xml", "telegraf__dual_a5000-v13.xml")
     proc = run_cli("plan", "-p", "zenglow-personas", "--inventory", str(xml), "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

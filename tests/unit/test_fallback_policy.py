@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from composegen import app, profiles
-from composegen import fallback as policy
+from composegen import failover_policy as policy
 from composegen.errors import BadInputError
 from composegen.inventory import Inventory
 from composegen.plan import PlanOptions, make_plan

@@ -3,7 +3,7 @@
 One property for every reader: it either succeeds or raises a ComposegenError whose message is
 one line - never a KeyError, TypeError, RecursionError, ... that the CLI would turn into an
 "internal error". Inputs are random mutations of real, valid inputs (the shipped profiles, a
-saved inventory, the nvidia-smi fixtures under ../shared, a rendered compose file), so the
+saved inventory, the nvidia-smi fixtures under tests/fixtures, a rendered compose file), so the
 fuzzer spends its time just past the edge of what is valid, where the bugs are.
 
 Bounded for CI: a few hundred examples per test, no example database, under ~40 s in all.
@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from composegen import app, profiles
-from composegen.detection import load_inventory
+from composegen.detect.sources import load_inventory
 from composegen.engine.compose import load_project
 from composegen.errors import ComposegenError
 from composegen.profiles import Overrides, apply_overrides, parse_assignment
 from composegen.resources import profiles_dir
-from tests.conftest import shared_path
+from tests.conftest import fixture_path
 from tests.stack_checks import scenario_inventory
 
 _EXAMPLES = os.environ.get("COMPOSEGEN_FUZZ_EXAMPLES")
@@ -111,7 +111,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _fixture_files() -> list[Path]:
-    root = shared_path("fixtures", "nvidia-smi")
+    root = fixture_path("nvidia-smi")
     return sorted(
         p for sub in ("xml", "csv", "captures") for p in (root / sub).iterdir() if p.is_file()
     )
@@ -268,7 +268,7 @@ def test_profile_load_on_damaged_bytes(data: st.DataObject, work: Path) -> None:
     succeeds_or_says_why(lambda: profiles.load(name, [str(folder)]))
 
 
-# --- detection.load_inventory ---------------------------------------------------------------------
+# --- detect.sources.load_inventory ---------------------------------------------------------------------
 
 
 @FUZZ

@@ -28,7 +28,7 @@ def test_help_imports_nothing_heavy() -> None:
 
 
 def test_detect_from_file_needs_no_docker_or_nvml() -> None:
-    fixture = ROOT.parent / "shared/fixtures/nvidia-smi/xml/telegraf__tesla-t4.xml"
+    fixture = ROOT / "tests/fixtures/nvidia-smi/xml/telegraf__tesla-t4.xml"
     loaded = _modules_after(
         "from composegen.cli import main\n"
         f"try:\n    main(['detect', '--from', {str(fixture)!r}, '--json'])\n"

@@ -1,4 +1,4 @@
-"""composegen.detect.nvidia_smi against real nvidia-smi output (../shared/fixtures/nvidia-smi).
+"""composegen.detect.nvidia_smi against real nvidia-smi output (tests/fixtures/nvidia-smi).
 
 The expected values below were read out of the fixture files by hand; the parsers must
 reproduce them exactly.
@@ -30,8 +30,7 @@ from composegen.errors import EXIT_BAD_INPUT, InventoryFileError
 from composegen.inventory import Inventory, MigDevice
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "nvidia-smi"
+FIXTURES = ROOT / "tests" / "fixtures" / "nvidia-smi"
 KIND_DIRS = {"xml": "xml", "csv": "csv", "captures": "capture"}
 SOURCES = {
     "xml": "file:nvidia-smi-xml",
@@ -50,8 +49,7 @@ PARSERS = {
 def fixture_text(rel: str) -> str:
     if not FIXTURES.is_dir():
         pytest.fail(
-            f"{FIXTURES} is missing: these tests need the shared fixtures checked out at ../shared "
-            "next to the repository (they must not be skipped)"
+            f"{FIXTURES} is missing from the checkout (they must not be skipped)"
         )
     return (FIXTURES / rel).read_text(encoding="utf-8")
 
@@ -219,7 +217,7 @@ def section(text: str, title: str) -> str:
 
 
 def test_table_covers_every_fixture_file() -> None:
-    fixture_text("SOURCES.md")  # fails with a clear message when ../shared is absent
+    fixture_text("SOURCES.md")  # fails with a clear message when the fixtures are absent
     on_disk = {f"{d}/{p.name}" for d in KIND_DIRS for p in (FIXTURES / d).iterdir() if p.is_file()}
     assert on_disk == set(TABLE)
 

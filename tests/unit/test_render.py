@@ -4,7 +4,7 @@ The matrix is the five shipped profiles x five inventories (each profile's refer
 and the fake-NVML scenarios single_8gb, consumer_pair, a100_4x64, a100_8x80). Every stack is
 rendered once a session (tests/stack_checks.py caches it) and checked for:
 
-- the official Compose schema (../shared/compose-spec), `docker-compose config -q` (Compose v1)
+- the official Compose schema (tests/fixtures/compose-spec), `docker-compose config -q` (Compose v1)
   and `nginx -t` (in a private mount namespace; skipped with a reason where that cannot run,
   required when COMPOSEGEN_REQUIRE_TOOLS=1);
 - GPU pinning (device_ids only, UUIDs or indices, never CUDA_VISIBLE_DEVICES, sharing only
@@ -65,8 +65,7 @@ from tests.stack_checks import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-COMPOSE_SCHEMA = SHARED / "compose-spec" / "compose-spec__compose-spec.json"
+COMPOSE_SCHEMA = ROOT / "tests" / "fixtures" / "compose-spec" / "compose-spec__compose-spec.json"
 
 API_KEY = "3f9a0c7e5b1d24680a1b2c3d4e5f6789"  # 32 hex characters
 KEY_SET = (f"gateway.api_key={API_KEY}",)
@@ -94,7 +93,7 @@ each_profile = pytest.mark.parametrize("profile", PROFILES)
 def compose_schema() -> str:
     if not COMPOSE_SCHEMA.is_file():
         pytest.fail(
-            f"{COMPOSE_SCHEMA} is missing: the tests need ../shared beside the project root"
+            f"{COMPOSE_SCHEMA} is missing from the checkout"
         )
     return str(COMPOSE_SCHEMA)
 
