@@ -17,10 +17,15 @@ TEST_LABEL = "io.composegen.test"
 BUSYBOX_IMAGE = "composegen-test/busybox:1"
 
 
-def _need_engine(reason: str) -> None:
+def _need(what: str, reason: str, how: str) -> None:
+    """Fail in CI (COMPOSEGEN_REQUIRE_ENGINE=1), skip elsewhere; name what is really missing."""
     if os.environ.get("COMPOSEGEN_REQUIRE_ENGINE") == "1":
-        pytest.fail(f"a Docker engine is required here but {reason}")
-    pytest.skip(f"no Docker engine: {reason} (start one with `scripts/engine.sh start`)")
+        pytest.fail(f"{what} is required here but {reason}")
+    pytest.skip(f"{what}: {reason} ({how})")
+
+
+def _need_engine(reason: str) -> None:
+    _need("a Docker engine", reason, "start one with `scripts/engine.sh start`")
 
 
 @pytest.fixture(scope="session")
@@ -41,15 +46,22 @@ def docker_client() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def busybox_image(docker_client: Any) -> str:
+    return ensure_busybox_image(docker_client)
+
+
+def ensure_busybox_image(client: Any, busybox: Path = Path("/bin/busybox")) -> str:
     """A FROM-scratch image holding Debian's static busybox: no registry needed."""
     try:
-        docker_client.images.get(BUSYBOX_IMAGE)
+        client.images.get(BUSYBOX_IMAGE)
         return BUSYBOX_IMAGE
     except Exception:
         pass
-    busybox = Path("/bin/busybox")
     if not busybox.exists():
-        _need_engine("/bin/busybox (Debian's busybox-static) is missing for the test image")
+        _need(
+            "the busybox test image",
+            f"{busybox} is missing, so it cannot be built (the engine itself answers)",
+            "install Debian's busybox-static, or run `scripts/engine.sh start`, which does",
+        )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(str(busybox), arcname="bin/busybox")
@@ -58,7 +70,7 @@ def busybox_image(docker_client: Any) -> str:
             info.type = tarfile.SYMTYPE
             info.linkname = "busybox"
             tar.addfile(info)
-    docker_client.api.import_image_from_data(
+    client.api.import_image_from_data(
         buf.getvalue(), repository=BUSYBOX_IMAGE.split(":")[0], tag=BUSYBOX_IMAGE.split(":")[1]
     )
     return BUSYBOX_IMAGE

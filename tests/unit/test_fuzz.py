@@ -268,7 +268,7 @@ def test_profile_load_on_damaged_bytes(data: st.DataObject, work: Path) -> None:
     succeeds_or_says_why(lambda: profiles.load(name, [str(folder)]))
 
 
-# --- detect.sources.load_inventory ---------------------------------------------------------------------
+# --- detect.sources.load_inventory ------------------------------------------------------------
 
 
 @FUZZ

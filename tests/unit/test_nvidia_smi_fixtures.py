@@ -48,9 +48,7 @@ PARSERS = {
 
 def fixture_text(rel: str) -> str:
     if not FIXTURES.is_dir():
-        pytest.fail(
-            f"{FIXTURES} is missing from the checkout (they must not be skipped)"
-        )
+        pytest.fail(f"{FIXTURES} is missing from the checkout (they must not be skipped)")
     return (FIXTURES / rel).read_text(encoding="utf-8")
 
 

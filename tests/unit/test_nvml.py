@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from composegen.detect import sources as detection
 from composegen.detect import nvml
+from composegen.detect import sources as detection
 from composegen.inventory import Inventory
 from tests.conftest import fixture_path
 from tests.fake_nvml import FakeNvml
@@ -140,9 +140,7 @@ def _fake_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> N
 def test_falls_back_to_nvidia_smi_xml(
     nvml_scenario: Install, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    xml = fixture_path(
-        "nvidia-smi", "xml", "openpai__nvidia_smi_sample_ecc_unsupported.xml"
-    )
+    xml = fixture_path("nvidia-smi", "xml", "openpai__nvidia_smi_sample_ecc_unsupported.xml")
     _fake_smi(tmp_path, monkeypatch, f'[ "$1 $2" = "-q -x" ] || exit 9\ncat "{xml}"\n')
     nvml_scenario("no_library")
     inv = _detect()

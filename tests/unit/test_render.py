@@ -92,9 +92,7 @@ each_profile = pytest.mark.parametrize("profile", PROFILES)
 @pytest.fixture(scope="session")
 def compose_schema() -> str:
     if not COMPOSE_SCHEMA.is_file():
-        pytest.fail(
-            f"{COMPOSE_SCHEMA} is missing from the checkout"
-        )
+        pytest.fail(f"{COMPOSE_SCHEMA} is missing from the checkout")
     return str(COMPOSE_SCHEMA)
 
 
