@@ -21,8 +21,15 @@ class Target:
     note: str  # where the inventory came from, in words
 
 
-def choose_inventory(prof: Profile, inventory: str | None, reference: bool) -> Target:
-    """--inventory FILE, --reference, or this host; a host with no GPU plans on the reference."""
+def choose_inventory(
+    prof: Profile, inventory: str | None, reference: bool, local: Inventory | None = None
+) -> Target:
+    """--inventory FILE, --reference, or this host; a host with no GPU plans on the reference.
+
+    The one rule `plan`, `render` and `profiles` share: this host's GPUs when it has a healthy
+    one, else the profile's reference hardware, and the Target's note says which. `local` is
+    this host's inventory when the caller already detected it (`profiles` detects once).
+    """
     if inventory and reference:
         raise BadInputError("--inventory and --reference exclude each other", "pass only one")
     if inventory:
@@ -31,9 +38,10 @@ def choose_inventory(prof: Profile, inventory: str | None, reference: bool) -> T
         return Target(load_inventory(inventory), f"inventory file {inventory}")
     if reference:
         return Target(prof.reference_inventory(), f"reference hardware: {prof.reference.name}")
-    from composegen.detect.sources import detect_local
+    if local is None:
+        from composegen.detect.sources import detect_local
 
-    local = detect_local(with_host=False)
+        local = detect_local(with_host=False)
     if not local.healthy_gpus:
         why = local.no_gpu_reason or "no healthy GPU"
         return Target(
@@ -50,13 +58,21 @@ class Fit:
     why: str
     score: tuple[int, int, int]
     description: str
+    hardware: str = ""  # what the result is for: "this host", "reference hardware: ...", ...
 
 
-def fit(prof: Profile, inv: Inventory) -> Fit:
+def fit(prof: Profile, inv: Inventory, hardware: str = "") -> Fit:
     try:
         plan = make_plan(inv, prof)
     except PlanError as exc:
-        return Fit(prof.name, "no", exc.message.split(": ", 1)[-1], (0, 0, 0), prof.description)
+        return Fit(
+            prof.name,
+            "no",
+            exc.message.split(": ", 1)[-1],
+            (0, 0, 0),
+            prof.description,
+            hardware,
+        )
     on_gpu = sum(1 for i in plan.instances if i.device == "gpu")
     total = len(plan.instances) + len(plan.dropped)
     if on_gpu == total and not plan.dropped:
@@ -67,6 +83,7 @@ def fit(prof: Profile, inv: Inventory) -> Fit:
             f"{on_gpu} service(s) on {used} GPU(s)",
             (2, on_gpu, used),
             prof.description,
+            hardware,
         )
     parts = []
     cpu = [i.name for i in plan.instances if i.device == "cpu"]
@@ -75,11 +92,21 @@ def fit(prof: Profile, inv: Inventory) -> Fit:
     if plan.dropped:
         parts.append(f"dropped: {', '.join(n for n, _ in plan.dropped)}")
     return Fit(
-        prof.name, "degraded", "; ".join(parts), (1, on_gpu, -len(plan.dropped)), prof.description
+        prof.name,
+        "degraded",
+        "; ".join(parts),
+        (1, on_gpu, -len(plan.dropped)),
+        prof.description,
+        hardware,
     )
 
 
-def rank(inv: Inventory, extra_dirs: Sequence[str] = ()) -> list[Fit]:
+def rank(
+    inv: Inventory, extra_dirs: Sequence[str] = (), *, this_host: bool = False, hardware: str = ""
+) -> list[Fit]:
+    """Every profile rated on `inv`. With this_host (inv is this host's own inventory), a host
+    with no usable GPU rates each profile on its reference hardware, as `plan` and `render` do
+    (choose_inventory), and each Fit's hardware says so."""
     out = []
     for name in sorted(profiles.available(extra_dirs)):
         try:
@@ -87,7 +114,11 @@ def rank(inv: Inventory, extra_dirs: Sequence[str] = ()) -> list[Fit]:
         except BadInputError as exc:
             out.append(Fit(name, "no", f"invalid profile: {exc.message}", (-1, 0, 0), ""))
             continue
-        out.append(fit(prof, inv))
+        if this_host:
+            target = choose_inventory(prof, None, False, local=inv)
+            out.append(fit(prof, target.inventory, target.note))
+        else:
+            out.append(fit(prof, inv, hardware or inv.source))
     return sorted(out, key=lambda f: (-f.score[0], -f.score[1], -f.score[2], f.name))
 
 
@@ -109,10 +140,11 @@ def build(
     reference: bool = False,
     pin_by: PinBy | None = None,
     bind: str = "127.0.0.1",
+    ignore_used: bool = False,
 ) -> Rendered:
     prof = profiles.load(name, extra_dirs, overrides)
     target = choose_inventory(prof, inventory, reference)
-    plan = make_plan(target.inventory, prof, PlanOptions(pin_by=pin_by))
+    plan = make_plan(target.inventory, prof, PlanOptions(pin_by=pin_by, count_used=not ignore_used))
     files = render(prof, plan, RenderOptions(bind=bind, inventory_note=target.note))
     inputs = RenderInputs(
         profile=name if not Path(name).suffix else str(Path(name).resolve()),
@@ -125,6 +157,7 @@ def build(
         inventory=target.inventory,
         pin_by=pin_by,
         bind=bind,
+        ignore_used=ignore_used,
     )
     return Rendered(prof, plan, target, files, inputs)
 
@@ -151,6 +184,9 @@ class RenderInputs:
     pin_by: PinBy | None
     bind: str
     failed: tuple[tuple[int, ...], ...] = ()  # failover history, oldest first
+    # --ignore-used: plan as if no other process held GPU memory. A render.json written before
+    # memory in use was counted has no such key and is read as True, so it re-plans the same.
+    ignore_used: bool = False
 
     def to_json(self) -> str:
         import json
@@ -168,6 +204,7 @@ class RenderInputs:
                     "pin_by": self.pin_by,
                     "bind": self.bind,
                     "failed": [list(f) for f in self.failed],
+                    "ignore_used": self.ignore_used,
                 },
                 indent=2,
             )
@@ -211,6 +248,7 @@ def load_inputs(out_dir: Path) -> RenderInputs:
             pin_by="uuid" if pin == "uuid" else ("index" if pin == "index" else None),
             bind=str(data["bind"]),
             failed=tuple(tuple(int(i) for i in f) for f in data.get("failed", [])),
+            ignore_used=bool(data.get("ignore_used", True)),
         )
     except FileNotFoundError:
         raise BadInputError(
@@ -241,14 +279,17 @@ def _mark_failed(inv: Inventory, failed: tuple[int, ...]) -> Inventory:
 def rebuild(inputs: RenderInputs) -> Rendered:
     """The stack as the inputs say: the original plan, then each failover step on top of it."""
     prof = profiles.load(inputs.profile, inputs.profiles_dirs, inputs.overrides)
-    plan = make_plan(inputs.inventory, prof, PlanOptions(pin_by=inputs.pin_by))
+    count_used = not inputs.ignore_used
+    plan = make_plan(
+        inputs.inventory, prof, PlanOptions(pin_by=inputs.pin_by, count_used=count_used)
+    )
     failed: tuple[int, ...] = ()
     for step in inputs.failed:
         failed = tuple(sorted(set(failed) | set(step)))
         plan = make_plan(
             _mark_failed(inputs.inventory, failed),
             prof,
-            PlanOptions(pin_by=plan.pin_by, previous=plan),
+            PlanOptions(pin_by=plan.pin_by, previous=plan, count_used=count_used),
         )
     files = render(prof, plan, RenderOptions(bind=inputs.bind))
     return Rendered(prof, plan, Target(inputs.inventory, "recorded inventory"), files)
