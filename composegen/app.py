@@ -75,12 +75,16 @@ def fit(prof: Profile, inv: Inventory, hardware: str = "") -> Fit:
         )
     on_gpu = sum(1 for i in plan.instances if i.device == "gpu")
     total = len(plan.instances) + len(plan.dropped)
+    smaller = [
+        f"{i.name} ({', '.join(m.name for m in i.models)})" for i in plan.instances if i.alternative
+    ]
     if on_gpu == total and not plan.dropped:
         used = sum(1 for g in plan.gpus if g.instances)
         return Fit(
             prof.name,
             "yes",
-            f"{on_gpu} service(s) on {used} GPU(s)",
+            f"{on_gpu} service(s) on {used} GPU(s)"
+            + (f"; smaller models: {', '.join(smaller)}" if smaller else ""),
             (2, on_gpu, used),
             prof.description,
             hardware,
@@ -91,6 +95,8 @@ def fit(prof: Profile, inv: Inventory, hardware: str = "") -> Fit:
         parts.append(f"on CPU: {', '.join(cpu)}")
     if plan.dropped:
         parts.append(f"dropped: {', '.join(n for n, _ in plan.dropped)}")
+    if smaller:
+        parts.append(f"smaller models: {', '.join(smaller)}")
     return Fit(
         prof.name,
         "degraded",

@@ -196,3 +196,14 @@ def test_set_typo_names_set_on_the_command_line() -> None:
         "composegen: error: --set 'planner.headrom=0.2' (on profiles/rag-a100.yaml): planner: "
         "unknown key 'headrom' (did you mean 'headroom'?)\n"
     )
+
+
+def test_profiles_say_when_smaller_models_run(tmp_path: Path) -> None:
+    inv = inventory_file(tmp_path, ("NVIDIA GeForce RTX 2070", 8192))
+    proc = run_cli("profiles", "--inventory", str(inv), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["ollama-replicas"]["fits"] == "yes"
+    assert rows["ollama-replicas"]["why"] == (
+        "1 service(s) on 1 GPU(s); smaller models: ollama-0 (mistral:7b-instruct-q4_0)"
+    )
