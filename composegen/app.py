@@ -147,10 +147,21 @@ def build(
     pin_by: PinBy | None = None,
     bind: str = "127.0.0.1",
     ignore_used: bool = False,
+    previous_dir: Path | None = None,
 ) -> Rendered:
+    """Load, choose the inventory, plan, render. previous_dir: the directory being re-rendered;
+    when the inventory is this host, the memory its stack was planned to hold is not counted
+    as held by others (a running stack's own memory), so re-rendering it gives the same plan."""
     prof = profiles.load(name, extra_dirs, overrides)
     target = choose_inventory(prof, inventory, reference)
+    own_notes: list[str] = []
+    if previous_dir is not None and not ignore_used and target.note == "this host":
+        target = Target(_without_own_use(target.inventory, previous_dir, own_notes), target.note)
     plan = make_plan(target.inventory, prof, PlanOptions(pin_by=pin_by, count_used=not ignore_used))
+    if own_notes:
+        from dataclasses import replace
+
+        plan = replace(plan, warnings=(*own_notes, *plan.warnings))  # not in STACK.md
     files = render(prof, plan, RenderOptions(bind=bind, inventory_note=target.note))
     inputs = RenderInputs(
         profile=name if not Path(name).suffix else str(Path(name).resolve()),
@@ -166,6 +177,34 @@ def build(
         ignore_used=ignore_used,
     )
     return Rendered(prof, plan, target, files, inputs)
+
+
+def _without_own_use(inv: Inventory, out_dir: Path, notes: list[str]) -> Inventory:
+    """This host's inventory less what the stack last rendered in out_dir was planned to hold
+    on each GPU (matched by UUID): NVML cannot tell which process belongs to which stack, so
+    the stack's own share of memory.used is its plan's, at most what is used."""
+    from dataclasses import replace
+
+    if not (out_dir / STATE_FILE).is_file():
+        return inv
+    try:
+        inputs = load_inputs(out_dir)
+        before = rebuild(inputs).plan
+    except BadInputError:
+        return inv  # unreadable or no longer valid: nothing known of its memory
+    uuid_of = {g.index: g.uuid for g in inputs.inventory.gpus if g.uuid}
+    own = {uuid_of[u.index]: u.used_mib for u in before.gpus if u.used_mib and u.index in uuid_of}
+    gpus = []
+    for g in inv.gpus:
+        mine = min(own.get(g.uuid or "", 0), g.memory_used_mib or 0)
+        if mine:
+            notes.append(
+                f"GPU {g.index}: {mine} of its {g.memory_used_mib} MiB in use taken as this "
+                f"stack's own (its plan in {out_dir}), not as other processes'"
+            )
+            g = replace(g, memory_used_mib=(g.memory_used_mib or 0) - mine)
+        gpus.append(g)
+    return replace(inv, gpus=tuple(gpus))
 
 
 def write(out_dir: Path, files: list[OutFile], force: bool, dry_run: bool) -> WriteResult:

@@ -421,6 +421,7 @@ def render(
         pin_by=_pin(pin_by),
         bind=str(addr),
         ignore_used=ignore_used,
+        previous_dir=Path(out_dir),
     )
     for w in built.plan.warnings:
         click.echo(f"composegen: warning: {w}", err=True)

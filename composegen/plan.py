@@ -41,6 +41,7 @@ SLOT_MIB = 3584
 # 11264 (11 GB) of 12288 is 91.7%.
 NOMINAL_SHARE_PCT = 92
 USED_WARN_PCT = 1  # memory used by others above this share of a GPU is a warning, not a note
+USED_STEP_MIB = 256  # memory used by others is counted rounded up to this step
 
 
 def nominal_holds(total_mib: int, nominal_mib: int) -> bool:
@@ -117,7 +118,7 @@ class Plan:
     spare_gpus: tuple[int, ...]
     dropped: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()  # also in notes; the CLI prints them on stderr
+    warnings: tuple[str, ...] = ()  # the CLI prints them on stderr; --json has them
     count_used: bool = True
 
     def of_service(self, service: str) -> tuple[Instance, ...]:
@@ -244,15 +245,21 @@ class _Run:
             usable = int(g.memory_total_mib * (1.0 - prof.headroom))
             other = 0
             if count_used and g.memory_used_mib:
-                other = min(g.memory_used_mib, usable)
-                said = (
-                    f"GPU {g.index}: {g.memory_used_mib} of {g.memory_total_mib} MiB already "
-                    f"in use by other processes, counted as used ({usable - other} MiB left "
-                    f"for the stack); --ignore-used plans as if it were free"
+                # in steps of USED_STEP_MIB, so that a few MiB more or less in use (a display
+                # server) do not change the plan and STACK.md at every render
+                steps = -(-g.memory_used_mib // USED_STEP_MIB)
+                other = min(steps * USED_STEP_MIB, usable)
+                self.notes.append(
+                    f"GPU {g.index}: {other} MiB counted as held by other processes "
+                    f"(memory.used, in steps of {USED_STEP_MIB} MiB); --ignore-used does not"
                 )
-                self.notes.append(said)
                 if g.memory_used_mib * 100 > g.memory_total_mib * USED_WARN_PCT:
-                    self.warnings.append(said)
+                    self.warnings.append(
+                        f"GPU {g.index}: {g.memory_used_mib} of {g.memory_total_mib} MiB "
+                        f"already in use by other processes, counted as used "
+                        f"({usable - other} MiB left for the stack); --ignore-used plans as if "
+                        f"it were free"
+                    )
             self.slots[g.index] = _Slot(gpu=g, usable=usable - other, other=other)
         self.topology_known = any(s.gpu.nvlink_peers for s in self.slots.values())
         self.instances: list[Instance] = []

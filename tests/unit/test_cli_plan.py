@@ -104,7 +104,7 @@ def test_saved_inventory_with_memory_used_is_counted_with_a_warning() -> None:
     )
     data = json.loads(proc.stdout)
     assert {s["name"]: s["gpus"] for s in data["services"]} == {"leonardo": [1], "jarvis": []}
-    assert [g["other_used_mib"] for g in data["gpus"]] == [22107, 17253]
+    assert [g["other_used_mib"] for g in data["gpus"]] == [22107, 17408]  # 17253 -> 68 x 256
     old = run_cli("plan", "-p", "zenglow-personas", "--inventory", xml, "--json", "--ignore-used")
     assert old.returncode == 0 and old.stderr == ""
     again = json.loads(old.stdout)
@@ -120,7 +120,7 @@ def test_live_host_memory_used_is_counted(
     assert code == 0
     data = json.loads(out)
     assert data["inventory"] == "this host"
-    # GPU 0 has 0 MiB left; GPU 1 has 22107 - 17253 = 4854: no 5120 MiB instance, a 3B one
+    # GPU 0 has 0 MiB left; GPU 1 has 22107 - 17408 = 4699: no 5120 MiB instance, a 3B one
     assert [len(g["services"]) for g in data["gpus"]] == [0, 1]
     assert data["services"][0]["models"] == ["llama3.2:3b"]
     assert "composegen: warning: GPU 1: 17253 of 24564 MiB already in use" in err
@@ -207,3 +207,32 @@ def test_profiles_say_when_smaller_models_run(tmp_path: Path) -> None:
     assert rows["ollama-replicas"]["why"] == (
         "1 service(s) on 1 GPU(s); smaller models: ollama-0 (mistral:7b-instruct-q4_0)"
     )
+
+
+def test_rerendering_a_running_stack_does_not_count_its_own_memory(
+    nvml_scenario: Install, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fake = nvml_scenario("consumer_pair")  # RTX 3060 Ti 8192 MiB + GTX 1660 SUPER 6144 MiB
+    fake.s.gpus[0].used_mib, fake.s.gpus[1].used_mib = 310, 180  # idle, a display on each
+    out = tmp_path / "stack"
+    code, first, err = call(["render", "-p", "zenglow-personas", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert "leonardo                 GPU 0" in first and "jarvis                   GPU 1" in first
+    # the stack runs: its Ollama servers hold what the plan gave them, on top of the display
+    fake.s.gpus[0].used_mib, fake.s.gpus[1].used_mib = 310 + 6656, 180 + 3584
+    code, again, err = call(["render", "-p", "zenglow-personas", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert "leonardo                 GPU 0" in again and "jarvis                   GPU 1" in again
+    assert "wrote 0 file(s), 8 unchanged" in again
+    assert (
+        f"composegen: warning: GPU 0: 6656 of its 6966 MiB in use taken as this stack's own "
+        f"(its plan in {out}), not as other processes'" in err
+    )
+    # plan (no directory) counts it all: GPU 0 keeps 7372 - 7168 = 204 MiB, GPU 1 5529 - 3840
+    # = 1689, too little for either persona or its alternative (4608, 1792)
+    code, text, err = call(["plan", "-p", "zenglow-personas", "--json"], capsys)
+    assert code == 0, err
+    assert {s["name"]: s["device"] for s in json.loads(text)["services"]} == {
+        "leonardo": "cpu",
+        "jarvis": "cpu",
+    }

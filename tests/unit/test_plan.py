@@ -452,14 +452,30 @@ def test_memory_in_use_by_others_is_counted_with_a_warning() -> None:
     plan = make_plan(inv, load("zenglow-personas"))
     assert plan.gpus[0].other_used_mib == 22107  # all of its 22107 usable (10% headroom)
     assert plan.gpus[0].usable_mib == 0
-    assert plan.gpus[1].other_used_mib == 17253
-    assert plan.gpus[1].usable_mib == 4854  # 22107 - 17253
+    assert plan.gpus[1].other_used_mib == 17408  # 17253 counted in steps of 256 MiB: 68 x 256
+    assert plan.gpus[1].usable_mib == 4699  # 22107 - 17408
     leo = plan.instance("leonardo")
-    assert leo.gpus == (1,) and models(leo) == ["mistral:7b-instruct-q4_0"]  # 4608 of 4854
+    assert leo.gpus == (1,) and models(leo) == ["mistral:7b-instruct-q4_0"]  # 4608 of 4699
     assert plan.instance("jarvis").device == "cpu"
     assert len(plan.warnings) == 2
     assert plan.warnings[0].startswith("GPU 0: 22437 of 24564 MiB already in use")
     assert "--ignore-used" in plan.warnings[0]
+    # STACK.md gets the counted figure, not the live one, so it changes only by 256 MiB steps
+    assert "GPU 1: 17408 MiB counted as held by other processes" in plan.notes[1]
+    assert not any("17253" in n for n in plan.notes)
+
+
+def test_a_few_mib_more_in_use_do_not_change_the_plan() -> None:
+    inv = gpus(RTX_4080_SUPER_16GB)
+    prof = load("zenglow-personas")
+    plans = [
+        make_plan(replace(inv, gpus=(replace(inv.gpus[0], memory_used_mib=used),)), prof)
+        for used in (596, 601, 768)  # 596: the 4080 SUPER capture at idle
+    ]
+    same = [replace(p, warnings=()) for p in plans]  # the warnings quote the live figure
+    assert same[0] == same[1] == same[2]
+    assert plans[1].warnings[0].startswith("GPU 0: 601 of 16376 MiB already in use")
+    assert plans[0].gpus[0].usable_mib == 13970  # 14738 - 768 (596 counted as 3 x 256)
 
 
 def test_ignore_used_plans_as_if_the_gpus_were_empty() -> None:
