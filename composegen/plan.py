@@ -37,7 +37,7 @@ SLOT_MIB = 3584
 # A GPU is of a nominal size ("16 GB" = 16384 MiB) when it reports at least 92% of it. Real
 # reports of marketed sizes: 16376 (RTX 4080 SUPER, 16 GB), 24564 (A5000, 24 GB), 15360 (T4,
 # 16 GB, ECC), 23028 (A10G, 24 GB), 46068 (L40S, 48 GB), 7606 (Tesla P4, 8 GB): at most 7.2%
-# short. The next smaller marketed sizes stay out: 12288 of 16384 is 75%, 20475 of 24576 83%,
+# short. The next smaller marketed sizes stay out: 12288 of 16384 is 75%, 20 GB of 24 GB 83%,
 # 11264 (11 GB) of 12288 is 91.7%.
 NOMINAL_SHARE_PCT = 92
 USED_WARN_PCT = 1  # memory used by others above this share of a GPU is a warning, not a note
@@ -251,7 +251,7 @@ class _Run:
                 other = min(steps * USED_STEP_MIB, usable)
                 self.notes.append(
                     f"GPU {g.index}: {other} MiB counted as held by other processes "
-                    f"(memory.used, in steps of {USED_STEP_MIB} MiB); --ignore-used does not"
+                    f"(its memory.used rounded up to {USED_STEP_MIB} MiB; --ignore-used: none)"
                 )
                 if g.memory_used_mib * 100 > g.memory_total_mib * USED_WARN_PCT:
                     self.warnings.append(
