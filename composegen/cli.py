@@ -255,7 +255,10 @@ def profiles(
         return
     from rich.table import Table
 
-    table = Table(title=f"profiles for {inv.source}" + ("" if inv.gpus else " (no GPU)"))
+    title = f"profiles for {inv.source}" + ("" if inv.gpus else " (no GPU)")
+    if not inventory and not inv.healthy_gpus:
+        title += ": no usable GPU here, so each is rated on its reference hardware, as plan does"
+    table = Table(title=title)
     for col in ("profile", "fits", "why", "rated on", "description"):
         table.add_column(col)
     for f in fits:
