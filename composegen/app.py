@@ -21,8 +21,15 @@ class Target:
     note: str  # where the inventory came from, in words
 
 
-def choose_inventory(prof: Profile, inventory: str | None, reference: bool) -> Target:
-    """--inventory FILE, --reference, or this host; a host with no GPU plans on the reference."""
+def choose_inventory(
+    prof: Profile, inventory: str | None, reference: bool, local: Inventory | None = None
+) -> Target:
+    """--inventory FILE, --reference, or this host; a host with no GPU plans on the reference.
+
+    The one rule `plan`, `render` and `profiles` share: this host's GPUs when it has a healthy
+    one, else the profile's reference hardware, and the Target's note says which. `local` is
+    this host's inventory when the caller already detected it (`profiles` detects once).
+    """
     if inventory and reference:
         raise BadInputError("--inventory and --reference exclude each other", "pass only one")
     if inventory:
@@ -31,9 +38,10 @@ def choose_inventory(prof: Profile, inventory: str | None, reference: bool) -> T
         return Target(load_inventory(inventory), f"inventory file {inventory}")
     if reference:
         return Target(prof.reference_inventory(), f"reference hardware: {prof.reference.name}")
-    from composegen.detect.sources import detect_local
+    if local is None:
+        from composegen.detect.sources import detect_local
 
-    local = detect_local(with_host=False)
+        local = detect_local(with_host=False)
     if not local.healthy_gpus:
         why = local.no_gpu_reason or "no healthy GPU"
         return Target(
@@ -50,23 +58,36 @@ class Fit:
     why: str
     score: tuple[int, int, int]
     description: str
+    hardware: str = ""  # what the result is for: "this host", "reference hardware: ...", ...
 
 
-def fit(prof: Profile, inv: Inventory) -> Fit:
+def fit(prof: Profile, inv: Inventory, hardware: str = "") -> Fit:
     try:
         plan = make_plan(inv, prof)
     except PlanError as exc:
-        return Fit(prof.name, "no", exc.message.split(": ", 1)[-1], (0, 0, 0), prof.description)
+        return Fit(
+            prof.name,
+            "no",
+            exc.message.split(": ", 1)[-1],
+            (0, 0, 0),
+            prof.description,
+            hardware,
+        )
     on_gpu = sum(1 for i in plan.instances if i.device == "gpu")
     total = len(plan.instances) + len(plan.dropped)
+    smaller = [
+        f"{i.name} ({', '.join(m.name for m in i.models)})" for i in plan.instances if i.alternative
+    ]
     if on_gpu == total and not plan.dropped:
         used = sum(1 for g in plan.gpus if g.instances)
         return Fit(
             prof.name,
             "yes",
-            f"{on_gpu} service(s) on {used} GPU(s)",
+            f"{on_gpu} service(s) on {used} GPU(s)"
+            + (f"; smaller models: {', '.join(smaller)}" if smaller else ""),
             (2, on_gpu, used),
             prof.description,
+            hardware,
         )
     parts = []
     cpu = [i.name for i in plan.instances if i.device == "cpu"]
@@ -74,12 +95,24 @@ def fit(prof: Profile, inv: Inventory) -> Fit:
         parts.append(f"on CPU: {', '.join(cpu)}")
     if plan.dropped:
         parts.append(f"dropped: {', '.join(n for n, _ in plan.dropped)}")
+    if smaller:
+        parts.append(f"smaller models: {', '.join(smaller)}")
     return Fit(
-        prof.name, "degraded", "; ".join(parts), (1, on_gpu, -len(plan.dropped)), prof.description
+        prof.name,
+        "degraded",
+        "; ".join(parts),
+        (1, on_gpu, -len(plan.dropped)),
+        prof.description,
+        hardware,
     )
 
 
-def rank(inv: Inventory, extra_dirs: Sequence[str] = ()) -> list[Fit]:
+def rank(
+    inv: Inventory, extra_dirs: Sequence[str] = (), *, this_host: bool = False, hardware: str = ""
+) -> list[Fit]:
+    """Every profile rated on `inv`. With this_host (inv is this host's own inventory), a host
+    with no usable GPU rates each profile on its reference hardware, as `plan` and `render` do
+    (choose_inventory), and each Fit's hardware says so."""
     out = []
     for name in sorted(profiles.available(extra_dirs)):
         try:
@@ -87,7 +120,11 @@ def rank(inv: Inventory, extra_dirs: Sequence[str] = ()) -> list[Fit]:
         except BadInputError as exc:
             out.append(Fit(name, "no", f"invalid profile: {exc.message}", (-1, 0, 0), ""))
             continue
-        out.append(fit(prof, inv))
+        if this_host:
+            target = choose_inventory(prof, None, False, local=inv)
+            out.append(fit(prof, target.inventory, target.note))
+        else:
+            out.append(fit(prof, inv, hardware or inv.source))
     return sorted(out, key=lambda f: (-f.score[0], -f.score[1], -f.score[2], f.name))
 
 
@@ -109,10 +146,22 @@ def build(
     reference: bool = False,
     pin_by: PinBy | None = None,
     bind: str = "127.0.0.1",
+    ignore_used: bool = False,
+    previous_dir: Path | None = None,
 ) -> Rendered:
+    """Load, choose the inventory, plan, render. previous_dir: the directory being re-rendered;
+    when the inventory is this host, the memory its stack was planned to hold is not counted
+    as held by others (a running stack's own memory), so re-rendering it gives the same plan."""
     prof = profiles.load(name, extra_dirs, overrides)
     target = choose_inventory(prof, inventory, reference)
-    plan = make_plan(target.inventory, prof, PlanOptions(pin_by=pin_by))
+    own_notes: list[str] = []
+    if previous_dir is not None and not ignore_used and target.note == "this host":
+        target = Target(_without_own_use(target.inventory, previous_dir, own_notes), target.note)
+    plan = make_plan(target.inventory, prof, PlanOptions(pin_by=pin_by, count_used=not ignore_used))
+    if own_notes:
+        from dataclasses import replace
+
+        plan = replace(plan, warnings=(*own_notes, *plan.warnings))  # not in STACK.md
     files = render(prof, plan, RenderOptions(bind=bind, inventory_note=target.note))
     inputs = RenderInputs(
         profile=name if not Path(name).suffix else str(Path(name).resolve()),
@@ -125,8 +174,37 @@ def build(
         inventory=target.inventory,
         pin_by=pin_by,
         bind=bind,
+        ignore_used=ignore_used,
     )
     return Rendered(prof, plan, target, files, inputs)
+
+
+def _without_own_use(inv: Inventory, out_dir: Path, notes: list[str]) -> Inventory:
+    """This host's inventory less what the stack last rendered in out_dir was planned to hold
+    on each GPU (matched by UUID): NVML cannot tell which process belongs to which stack, so
+    the stack's own share of memory.used is its plan's, at most what is used."""
+    from dataclasses import replace
+
+    if not (out_dir / STATE_FILE).is_file():
+        return inv
+    try:
+        inputs = load_inputs(out_dir)
+        before = rebuild(inputs).plan
+    except BadInputError:
+        return inv  # unreadable or no longer valid: nothing known of its memory
+    uuid_of = {g.index: g.uuid for g in inputs.inventory.gpus if g.uuid}
+    own = {uuid_of[u.index]: u.used_mib for u in before.gpus if u.used_mib and u.index in uuid_of}
+    gpus = []
+    for g in inv.gpus:
+        mine = min(own.get(g.uuid or "", 0), g.memory_used_mib or 0)
+        if mine:
+            notes.append(
+                f"GPU {g.index}: {mine} of its {g.memory_used_mib} MiB in use taken as this "
+                f"stack's own (its plan in {out_dir}), not as other processes'"
+            )
+            g = replace(g, memory_used_mib=(g.memory_used_mib or 0) - mine)
+        gpus.append(g)
+    return replace(inv, gpus=tuple(gpus))
 
 
 def write(out_dir: Path, files: list[OutFile], force: bool, dry_run: bool) -> WriteResult:
@@ -151,6 +229,9 @@ class RenderInputs:
     pin_by: PinBy | None
     bind: str
     failed: tuple[tuple[int, ...], ...] = ()  # failover history, oldest first
+    # --ignore-used: plan as if no other process held GPU memory. A render.json written before
+    # memory in use was counted has no such key and is read as True, so it re-plans the same.
+    ignore_used: bool = False
 
     def to_json(self) -> str:
         import json
@@ -168,6 +249,7 @@ class RenderInputs:
                     "pin_by": self.pin_by,
                     "bind": self.bind,
                     "failed": [list(f) for f in self.failed],
+                    "ignore_used": self.ignore_used,
                 },
                 indent=2,
             )
@@ -211,6 +293,7 @@ def load_inputs(out_dir: Path) -> RenderInputs:
             pin_by="uuid" if pin == "uuid" else ("index" if pin == "index" else None),
             bind=str(data["bind"]),
             failed=tuple(tuple(int(i) for i in f) for f in data.get("failed", [])),
+            ignore_used=bool(data.get("ignore_used", True)),
         )
     except FileNotFoundError:
         raise BadInputError(
@@ -241,14 +324,17 @@ def _mark_failed(inv: Inventory, failed: tuple[int, ...]) -> Inventory:
 def rebuild(inputs: RenderInputs) -> Rendered:
     """The stack as the inputs say: the original plan, then each failover step on top of it."""
     prof = profiles.load(inputs.profile, inputs.profiles_dirs, inputs.overrides)
-    plan = make_plan(inputs.inventory, prof, PlanOptions(pin_by=inputs.pin_by))
+    count_used = not inputs.ignore_used
+    plan = make_plan(
+        inputs.inventory, prof, PlanOptions(pin_by=inputs.pin_by, count_used=count_used)
+    )
     failed: tuple[int, ...] = ()
     for step in inputs.failed:
         failed = tuple(sorted(set(failed) | set(step)))
         plan = make_plan(
             _mark_failed(inputs.inventory, failed),
             prof,
-            PlanOptions(pin_by=plan.pin_by, previous=plan),
+            PlanOptions(pin_by=plan.pin_by, previous=plan, count_used=count_used),
         )
     files = render(prof, plan, RenderOptions(bind=inputs.bind))
     return Rendered(prof, plan, Target(inputs.inventory, "recorded inventory"), files)

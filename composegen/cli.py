@@ -162,6 +162,12 @@ PIN_BY = click.option(
     default=None,
     help="Pin GPUs by UUID (default when the inventory has unique UUIDs) or index.",
 )
+IGNORE_USED = click.option(
+    "--ignore-used",
+    is_flag=True,
+    help="Plan as if no other process held GPU memory (by default the inventory's "
+    "memory.used is taken off what each GPU offers, with a warning).",
+)
 REFERENCE = click.option(
     "--reference",
     is_flag=True,
@@ -224,16 +230,23 @@ def profiles(
         from composegen.detect.sources import load_inventory
 
         inv = load_inventory(inventory)
+        fits = app.rank(inv, profiles_dirs, hardware=f"inventory file {inventory}")
     else:
         from composegen.detect.sources import detect_local
 
         inv = detect_local(with_host=False)
-    fits = app.rank(inv, profiles_dirs)
+        fits = app.rank(inv, profiles_dirs, this_host=True)  # no GPU: reference, as plan does
     if as_json:
         click.echo(
             _json(
                 [
-                    {"name": f.name, "fits": f.fits, "why": f.why, "description": f.description}
+                    {
+                        "name": f.name,
+                        "fits": f.fits,
+                        "why": f.why,
+                        "hardware": f.hardware,
+                        "description": f.description,
+                    }
                     for f in fits
                 ]
             ),
@@ -242,12 +255,15 @@ def profiles(
         return
     from rich.table import Table
 
-    table = Table(title=f"profiles for {inv.source}" + ("" if inv.gpus else " (no GPU)"))
-    for col in ("profile", "fits", "why", "description"):
+    title = f"profiles for {inv.source}" + ("" if inv.gpus else " (no GPU)")
+    if not inventory and not inv.healthy_gpus:
+        title += ": no usable GPU here, so each is rated on its reference hardware, as plan does"
+    table = Table(title=title)
+    for col in ("profile", "fits", "why", "rated on", "description"):
         table.add_column(col)
     for f in fits:
         style = {"yes": "green", "degraded": "yellow", "no": "red"}[f.fits]
-        table.add_row(f.name, f"[{style}]{f.fits}[/]", f.why, f.description[:70])
+        table.add_row(f.name, f"[{style}]{f.fits}[/]", f.why, f.hardware, f.description[:70])
     _console().print(table)
 
 
@@ -283,6 +299,7 @@ def profiles_show(
 @REFERENCE
 @PROFILES_DIR
 @PIN_BY
+@IGNORE_USED
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @_overrides
 def plan(
@@ -291,6 +308,7 @@ def plan(
     reference: bool,
     profiles_dirs: tuple[str, ...],
     pin_by: str | None,
+    ignore_used: bool,
     as_json: bool,
     sets: tuple[str, ...],
     values_files: tuple[str, ...],
@@ -307,7 +325,10 @@ def plan(
         inventory=inventory,
         reference=reference,
         pin_by=_pin(pin_by),
+        ignore_used=ignore_used,
     )
+    for w in built.plan.warnings:
+        click.echo(f"composegen: warning: {w}", err=True)
     if as_json:
         data = built.plan.to_dict()
         data["inventory"] = built.target.note
@@ -334,6 +355,7 @@ def plan(
 @PROFILES_DIR
 @_overrides
 @PIN_BY
+@IGNORE_USED
 @click.option(
     "--bind",
     default="127.0.0.1",
@@ -362,6 +384,7 @@ def render(
     values_files: tuple[str, ...],
     images: tuple[str, ...],
     pin_by: str | None,
+    ignore_used: bool,
     bind: str,
     check: bool,
     force: bool,
@@ -400,7 +423,11 @@ def render(
         reference=reference,
         pin_by=_pin(pin_by),
         bind=str(addr),
+        ignore_used=ignore_used,
+        previous_dir=Path(out_dir),
     )
+    for w in built.plan.warnings:
+        click.echo(f"composegen: warning: {w}", err=True)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out}: is a file, not a directory", "choose another -o DIR")

@@ -11,13 +11,20 @@ It decides which GPU runs which container. Rules, in order:
   instances of one `replicas: tiers` service share their GPU by design;
 - `replicas: per-gpu` puts one instance on every remaining GPU, `replicas: tiers` a number of
   instances per GPU from its VRAM tier, weighted by capacity;
-- what does not fit tries the service's smaller `alternatives`, then its `on_short` rule: run on
-  CPU, drop it, or refuse with the VRAM needed and available and what to change.
+- what does not fit tries the service's smaller `alternatives`, largest first, then its
+  `on_short` rule: run on CPU, drop it, or refuse with the VRAM needed and available and what to
+  change. Replicas of one service (`per-gpu`, `tiers`) all run the same alternative, the largest
+  that fits some free GPU, so that every replica behind the gateway serves the same models;
+- memory that other processes already hold (`memory.used` of the inventory) is taken off what
+  a GPU offers, unless `PlanOptions.count_used` is off (`--ignore-used`);
+- VRAM tiers compare a GPU with the marketed size they name (`nominal_holds`): nvidia-smi
+  reports a little less than the marketed size (16376 MiB for a 16 GB card, up to ~7% less
+  where ECC or firmware reserve memory: 15360 for a 16 GB T4, 7606 for an 8 GB P4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -27,6 +34,19 @@ from composegen.profiles import GpuNeed, Model, Profile, Service
 
 PinBy = Literal["uuid", "index"]
 SLOT_MIB = 3584
+# A GPU is of a nominal size ("16 GB" = 16384 MiB) when it reports at least 92% of it. Real
+# reports of marketed sizes: 16376 (RTX 4080 SUPER, 16 GB), 24564 (A5000, 24 GB), 15360 (T4,
+# 16 GB, ECC), 23028 (A10G, 24 GB), 46068 (L40S, 48 GB), 7606 (Tesla P4, 8 GB): at most 7.2%
+# short. The next smaller marketed sizes stay out: 12288 of 16384 is 75%, 20 GB of 24 GB 83%,
+# 11264 (11 GB) of 12288 is 91.7%.
+NOMINAL_SHARE_PCT = 92
+USED_WARN_PCT = 1  # memory used by others above this share of a GPU is a warning, not a note
+USED_STEP_MIB = 256  # memory used by others is counted rounded up to this step
+
+
+def nominal_holds(total_mib: int, nominal_mib: int) -> bool:
+    """Whether a GPU reporting `total_mib` is a card of the marketed size `nominal_mib`."""
+    return total_mib * 100 >= nominal_mib * NOMINAL_SHARE_PCT
 
 
 class PlanError(BadInputError):
@@ -39,6 +59,9 @@ class PlanOptions:
     # Failover: the plan in force. What still fits keeps its GPUs (and name); only what lost
     # its GPU moves, to a spare first; replicas on a lost GPU are dropped, not moved.
     previous: Plan | None = None
+    # Memory other processes hold (the inventory's memory.used) is not free for the stack.
+    # Off (--ignore-used): plan as if every GPU were empty.
+    count_used: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,8 @@ class Instance:
     weight: int = 1
     max_concurrency: int | None = None
     shared: bool = False  # shares its GPU with another service
+    alternative: int = 0  # 0: the profile's preferred models; k: its k-th `alternatives` entry
+    choice: str = ""  # why these models, when they are not the preferred ones
 
     @property
     def tensor_parallel(self) -> int:
@@ -75,6 +100,7 @@ class GpuUse:
     spare: bool
     usable: bool
     why_not: str | None = None
+    other_used_mib: int = 0  # held by processes outside this plan, taken off usable_mib
 
     @property
     def free_mib(self) -> int:
@@ -92,6 +118,8 @@ class Plan:
     spare_gpus: tuple[int, ...]
     dropped: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # the CLI prints them on stderr; --json has them
+    count_used: bool = True
 
     def of_service(self, service: str) -> tuple[Instance, ...]:
         return tuple(i for i in self.instances if i.service == service)
@@ -130,6 +158,8 @@ class Plan:
                     "port": i.port,
                     "weight": i.weight,
                     "shared_gpu": i.shared,
+                    "alternative": i.alternative,
+                    "model_choice": i.choice or None,
                 }
                 for i in self.instances
             ],
@@ -141,6 +171,7 @@ class Plan:
                     "usable_mib": g.usable_mib,
                     "used_mib": g.used_mib,
                     "free_mib": g.free_mib,
+                    "other_used_mib": g.other_used_mib,
                     "services": list(g.instances),
                     "spare": g.spare,
                     "usable": g.usable,
@@ -151,6 +182,8 @@ class Plan:
             "spare_gpus": list(self.spare_gpus),
             "dropped": [{"service": s, "reason": r} for s, r in self.dropped],
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
+            "count_used": self.count_used,
         }
 
 
@@ -164,6 +197,7 @@ class _Slot:
     used: int = 0
     holders: list[tuple[str, bool]] = field(default_factory=list)  # (instance, may share)
     spare: bool = False
+    other: int = 0  # MiB held by processes outside the plan, already taken off `usable`
 
     @property
     def free(self) -> int:
@@ -178,14 +212,24 @@ class _Slot:
 
 
 class _Run:
-    def __init__(self, inv: Inventory, prof: Profile) -> None:
+    def __init__(self, inv: Inventory, prof: Profile, count_used: bool = True) -> None:
         self.prof = prof
         self.notes: list[str] = []
+        self.warnings: list[str] = []
         self.slots: dict[int, _Slot] = {}
         self.excluded: dict[int, str] = {}
+        first: dict[int, Gpu] = {}
         for g in sorted(inv.gpus, key=lambda g: g.index):
-            if g.index in self.slots or g.index in self.excluded:
-                continue  # duplicate index in a merged file: the first one wins
+            if g.index in first:
+                # a duplicate index (a merged or masked file): the first GPU is planned on and
+                # pinned (make_plan pins by the slot's own GPU, never by a second lookup)
+                self.notes.append(
+                    f"GPU index {g.index} is reported twice ({first[g.index].name} "
+                    f"{first[g.index].uuid or 'no UUID'}, {g.name} {g.uuid or 'no UUID'}): "
+                    f"only the first is used, and what is placed on it is pinned to it"
+                )
+                continue
+            first[g.index] = g
             why = None
             if not g.healthy:
                 why = f"unhealthy ({g.health}: {g.health_reason or 'no reason given'})"
@@ -199,7 +243,24 @@ class _Run:
                 continue
             assert g.memory_total_mib is not None
             usable = int(g.memory_total_mib * (1.0 - prof.headroom))
-            self.slots[g.index] = _Slot(gpu=g, usable=usable)
+            other = 0
+            if count_used and g.memory_used_mib:
+                # in steps of USED_STEP_MIB, so that a few MiB more or less in use (a display
+                # server) do not change the plan and STACK.md at every render
+                steps = -(-g.memory_used_mib // USED_STEP_MIB)
+                other = min(steps * USED_STEP_MIB, usable)
+                self.notes.append(
+                    f"GPU {g.index}: {other} MiB counted as held by other processes "
+                    f"(its memory.used rounded up to {USED_STEP_MIB} MiB; --ignore-used: none)"
+                )
+                if g.memory_used_mib * 100 > g.memory_total_mib * USED_WARN_PCT:
+                    self.warnings.append(
+                        f"GPU {g.index}: {g.memory_used_mib} of {g.memory_total_mib} MiB "
+                        f"already in use by other processes, counted as used "
+                        f"({usable - other} MiB left for the stack); --ignore-used plans as if "
+                        f"it were free"
+                    )
+            self.slots[g.index] = _Slot(gpu=g, usable=usable - other, other=other)
         self.topology_known = any(s.gpu.nvlink_peers for s in self.slots.values())
         self.instances: list[Instance] = []
         self.dropped: list[tuple[str, str]] = []
@@ -301,36 +362,70 @@ class _Run:
         for idx in sorted(self.slots)[len(self.slots) - n :]:
             self.slots[idx].spare = True
 
+    def _options(self, svc: Service) -> list[tuple[tuple[Model, ...], int]]:
+        """(models, VRAM per GPU) to try, in order: the preferred set, then each alternative."""
+        out = [(svc.models, svc.vram_per_gpu())]
+        out += [(alt, svc.vram_per_gpu(alt)) for alt in svc.alternatives]
+        return out
+
+    def _best_free(self) -> int:
+        return max((s.free for s in self.slots.values() if not s.spare or self.failover), default=0)
+
+    def _choice(
+        self, name: str, options: list[tuple[tuple[Model, ...], int]], k: int, best: int
+    ) -> str:
+        """Why alternative k runs, in words, for the plan's notes, STACK.md and --json."""
+        tried = "; ".join(
+            f"{', '.join(m.name for m in models)} needs {vram} MiB" for models, vram in options[:k]
+        )
+        models, vram = options[k]
+        return (
+            f"{name} runs alternative {k} of {len(options) - 1}, "
+            f"{', '.join(m.name for m in models)} ({vram} MiB per GPU): {tried}, more than the "
+            f"{best} MiB the best free GPU offers ({self.prof.headroom:.0%} headroom)"
+        )
+
     def place_fixed(self, svc: Service, replica: int, name: str) -> None:
         need = svc.gpu or GpuNeed()
-        options = [svc.models, *svc.alternatives] if svc.models else [()]
-        for attempt, models in enumerate(options):
-            vram = svc.vram_per_gpu(models if attempt else None)
+        options: list[tuple[tuple[Model, ...], int]] = (
+            self._options(svc) if svc.models else [((), svc.vram_per_gpu())]
+        )
+        best = self._best_free()
+        for attempt, (models, vram) in enumerate(options):
             chosen = self._pick(need, vram, share_ok=need.share_when_short)
             if chosen is None:
                 continue
             may_share = need.share or need.share_when_short
             shared = self._take(chosen, name, vram, may_share)
-            if attempt:
-                self.notes.append(
-                    f"{name}: the preferred model does not fit; using "
-                    f"{', '.join(m.name for m in models)} instead"
-                )
+            choice = self._choice(name, options, attempt, best) if attempt else ""
+            if choice:
+                self.notes.append(choice)
             if shared:
                 self.notes.append(f"{name} shares GPU {self._device_ids(chosen)} (declared)")
-            self.instances.append(self._instance(svc, name, replica, chosen, vram, models, shared))
+            inst = self._instance(svc, name, replica, chosen, vram, models, shared)
+            self.instances.append(replace(inst, alternative=attempt, choice=choice))
             return
-        self._short(svc, name, replica, svc.vram_per_gpu(), need.count)
+        self._short(svc, name, replica, options[-1][1], need.count)
 
     def _short(self, svc: Service, name: str, replica: int, vram: int, count: int) -> None:
         need = svc.gpu or GpuNeed()
         best = max((s.free for s in self.slots.values() if not s.spare), default=0)
         what = f"needs {vram} MiB of VRAM on each of {count} GPU{'s' if count > 1 else ''}"
+        if svc.alternatives:
+            what += " with its smallest alternative"
         have = (
             f"the most any free GPU offers is {best} MiB ({self.prof.headroom:.0%} headroom)"
             if self.slots
             else "this host has no usable GPU"
         )
+        if need.on_short == "cpu" and svc.cpu is None:
+            # the loader refuses this combination; a profile built in code may still have it
+            raise PlanError(
+                f"{self.prof.path or self.prof.name}: service {name} {what}; {have}, and its "
+                f"on_short: cpu has no CPU variant to run (services.{svc.name} has no cpu: block)",
+                f"add services.{svc.name}.cpu (image, models) to the profile, or "
+                f"--set services.{svc.name}.gpu.on_short=drop",
+            )
         if need.on_short == "cpu" and svc.cpu is not None:
             self.notes.append(f"{name} runs on CPU: it {what}; {have}")
             self.instances.append(
@@ -357,7 +452,8 @@ class _Run:
         raise PlanError(
             f"{self.prof.path or self.prof.name}: service {name} {what}; {have}",
             f"use a host with a larger GPU, lower --set planner.headroom, or let it degrade "
-            f"with --set services.{svc.name}.gpu.on_short=cpu|drop",
+            f"with --set services.{svc.name}.gpu.on_short="
+            + ("cpu|drop" if svc.cpu is not None else "drop (it has no cpu: variant)"),
         )
 
     def _port(self, svc: Service, replica: int) -> int:
@@ -400,36 +496,68 @@ class _Run:
             else:
                 self.notes.append(f"{prev.name} removed: its GPU {list(prev.gpus)} is gone")
         if not kept:
-            self._short(svc, f"{svc.name}-0", 0, svc.vram_per_gpu(), 1)
+            self._short(svc, f"{svc.name}-0", 0, self._options(svc)[-1][1], 1)
 
-    def place_per_gpu(self, svc: Service) -> None:
-        vram = svc.vram_per_gpu()
-        slots = [
+    def _replica_option(
+        self, svc: Service, fits: Callable[[_Slot, int], bool]
+    ) -> tuple[int, tuple[Model, ...], int, list[_Slot], str]:
+        """The largest option that fits some free GPU, and the GPUs it fits on.
+
+        Every replica of a service runs the same models (the gateway sends any request to any
+        replica), so a small GPU does not pull the others down to its model: it stays free
+        when the chosen models do not fit it, and a note says so.
+        """
+        free = [
             s
             for s in sorted(self.slots.values(), key=lambda s: s.gpu.index)
-            if s.empty and not s.spare and s.free >= vram
+            if s.empty and not s.spare
         ]
+        options = self._options(svc)
+        for k, (models, vram) in enumerate(options):
+            slots = [s for s in free if fits(s, vram)]
+            if not slots:
+                continue
+            choice = ""
+            if k:
+                best = max(s.free for s in free)
+                choice = self._choice(f"{svc.name} (every replica)", options, k, best)
+                self.notes.append(choice)
+            for s in free:
+                if s not in slots:
+                    self.notes.append(
+                        f"GPU {s.gpu.index} left free: {s.free} MiB is less than the {vram} "
+                        f"MiB that {', '.join(m.name for m in models or svc.models)} needs"
+                    )
+            return k, models, vram, slots, choice
+        return 0, (), options[-1][1], [], ""
+
+    def place_per_gpu(self, svc: Service) -> None:
+        k, models, vram, slots, choice = self._replica_option(svc, lambda s, v: s.free >= v)
         for replica, slot in enumerate(slots):
             name = f"{svc.name}-{replica}"
             self._take([slot], name, vram, False)
-            self.instances.append(self._instance(svc, name, replica, [slot], vram, (), False))
+            inst = self._instance(svc, name, replica, [slot], vram, models, False)
+            self.instances.append(replace(inst, alternative=k, choice=choice))
         if not slots:
             self._short(svc, f"{svc.name}-0", 0, vram, 1)
 
+    def _tier(self, slot: _Slot) -> int:
+        """Instances for this GPU by its VRAM tier, compared with the tier's marketed size."""
+        total = slot.gpu.memory_total_mib or 0
+        for floor, n in self.prof.instance_tiers:  # largest floor first
+            if nominal_holds(total, floor):
+                return n
+        return self.prof.instance_tiers[-1][1]  # below every floor: the lowest tier
+
     def place_tiers(self, svc: Service) -> None:
-        vram = svc.vram_per_gpu()
+        def count(slot: _Slot, vram: int) -> int:
+            tier = self._tier(slot)
+            return min(tier, slot.free // vram) if vram else tier
+
+        k, models, vram, slots, choice = self._replica_option(svc, lambda s, v: count(s, v) > 0)
         replica = 0
-        for slot in sorted(self.slots.values(), key=lambda s: s.gpu.index):
-            if not slot.empty or slot.spare:
-                continue
-            tier = next(
-                n
-                for floor, n in self.prof.instance_tiers
-                if (slot.gpu.memory_total_mib or 0) >= floor
-            )
-            n = min(tier, slot.free // vram) if vram else tier
-            if n <= 0:
-                continue
+        for slot in slots:
+            n = count(slot, vram)
             per_instance = slot.usable // n
             weight = max(1, per_instance // 1024)  # GiB of VRAM behind each instance
             # one parallel request per ~3.5 GiB behind the instance (KV cache and compute),
@@ -438,9 +566,10 @@ class _Run:
             for _ in range(n):
                 name = f"{svc.name}-{replica}"
                 self._take([slot], name, vram, True)
-                self.instances.append(
-                    self._instance(svc, name, replica, [slot], vram, (), n > 1, weight, concurrency)
+                inst = self._instance(
+                    svc, name, replica, [slot], vram, models, n > 1, weight, concurrency
                 )
+                self.instances.append(replace(inst, alternative=k, choice=choice))
                 replica += 1
         if replica == 0:
             self._short(svc, f"{svc.name}-0", 0, vram, 1)
@@ -477,7 +606,7 @@ def _pin_by(inv: Inventory, requested: PinBy | None, notes: list[str]) -> PinBy:
 
 
 def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) -> Plan:
-    run = _Run(inv, prof)
+    run = _Run(inv, prof, opts.count_used)
     prev = {i.name: i for i in opts.previous.instances} if opts.previous else {}
     if opts.previous is not None:
         run.failover = True
@@ -526,11 +655,11 @@ def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) 
 
     notes = run.notes
     pin_by = _pin_by(inv, opts.pin_by, notes)
-    by_index = {g.index: g for g in inv.gpus}
 
     def ids(gpus: tuple[int, ...]) -> tuple[str, ...]:
+        # pinned to the very GPU the slot was planned on (with duplicate indices, the first)
         if pin_by == "uuid":
-            return tuple(str(by_index[i].uuid) for i in gpus)
+            return tuple(str(run.slots[i].gpu.uuid) for i in gpus)
         return tuple(str(i) for i in gpus)
 
     order = {s.name: n for n, s in enumerate(prof.services)}
@@ -568,6 +697,7 @@ def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) 
                 instances=tuple(n for n, _ in slot.holders),
                 spare=slot.spare,
                 usable=True,
+                other_used_mib=slot.other,
             )
         )
     return Plan(
@@ -580,4 +710,6 @@ def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) 
         spare_gpus=tuple(u.index for u in uses if u.spare),
         dropped=tuple(run.dropped),
         notes=tuple(notes),
+        warnings=tuple(run.warnings),
+        count_used=opts.count_used,
     )

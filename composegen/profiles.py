@@ -219,8 +219,14 @@ def _say(error: Any) -> str:
     if v == "required":
         return error.message.replace("is a required property", "is required")  # type: ignore[no-any-return]
     if v == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        return f"unknown key {extra[0]!r}" if extra else "unknown key"
+        known = error.schema.get("properties", {})
+        extra = sorted(set(error.instance) - set(known))
+        if not extra:
+            return "unknown key"
+        import difflib
+
+        close = difflib.get_close_matches(extra[0], list(known), n=1)
+        return f"unknown key {extra[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     if v == "enum":
         return (
             f"must be one of {', '.join(map(str, error.validator_value))}, not {error.instance!r}"
@@ -330,6 +336,31 @@ def _check_references(data: dict[str, Any], where: str) -> None:
     gw_port = (data.get("gateway") or {}).get("port", 8080)
     if not 1 <= gw_port <= 65535:
         raise ProfileError(f"{where}: gateway.port: must be between 1 and 65535")
+    _check_planner_rules(data, where)
+
+
+def _check_planner_rules(data: dict[str, Any], where: str) -> None:
+    """What the planner needs beyond the schema: a floor tier, a CPU variant for on_short: cpu."""
+    tiers = (data.get("planner") or {}).get("instance_tiers") or []
+    floors = [t["min_mib"] for t in tiers]
+    if tiers and 0 not in floors:
+        raise ProfileError(
+            f"{where}: planner.instance_tiers: no tier has min_mib: 0, so a GPU smaller than "
+            f"{min(floors)} MiB would have no tier",
+            "add {min_mib: 0, instances: 1} (the floor every GPU falls into)",
+        )
+    if len(set(floors)) != len(floors):
+        dup = next(f for f in floors if floors.count(f) > 1)
+        raise ProfileError(f"{where}: planner.instance_tiers: min_mib {dup} appears twice")
+    for name, svc in data["services"].items():
+        gpu = svc.get("gpu") or {}
+        if gpu.get("on_short") == "cpu" and not svc.get("cpu"):
+            raise ProfileError(
+                f"{where}: services.{name}.gpu.on_short: 'cpu' needs a CPU variant, and "
+                f"services.{name} has no cpu: block",
+                f"add services.{name}.cpu: {{image: IMAGE_KEY, models: [...]}}, or set "
+                f"services.{name}.gpu.on_short to drop or refuse",
+            )
 
 
 # --- overrides --------------------------------------------------------------------------------
@@ -491,12 +522,38 @@ def load(
     data = _read_yaml(str(path))
     if not isinstance(data, dict):
         raise ProfileError(f"{where}: a profile must be a YAML mapping")
-    data = apply_overrides(data, overrides, where)
-    validate(data, where)
-    prof = from_data(data, where)
+    merged = apply_overrides(data, overrides, where)
+    try:
+        validate(merged, where)
+    except ProfileError:
+        _blame_override(data, overrides, where)  # raises naming --set/--values when one is it
+        raise
+    prof = from_data(merged, where)
     if path.stem != prof.name:
         raise ProfileError(f"{where}: name: {prof.name!r} differs from the file name {path.stem!r}")
     return prof
+
+
+def _blame_override(data: dict[str, Any], ov: Overrides, where: str) -> None:
+    """The profile with overrides is invalid: name the --values file or --set that made it so.
+
+    The file alone is validated first (when it is invalid, the file is to blame and the caller
+    re-raises); then the overrides are applied one at a time, in the order the loader applies
+    them, and the first one after which the profile no longer validates is named as the source.
+    """
+    if not (ov.values_files or ov.sets):
+        return
+    validate(data, where)  # raises: the file itself is invalid
+    steps = [
+        (Overrides(values_files=ov.values_files[: i + 1]), f"--values {path}")
+        for i, path in enumerate(ov.values_files)
+    ]
+    steps += [
+        (Overrides(values_files=ov.values_files, sets=ov.sets[: i + 1]), f"--set {text!r}")
+        for i, text in enumerate(ov.sets)
+    ]
+    for partial, source in steps:
+        validate(apply_overrides(data, partial, where), f"{source} (on {where})")
 
 
 def _display(path: Path) -> str:

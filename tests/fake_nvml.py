@@ -279,6 +279,26 @@ def single_8gb() -> Scenario:
     )
 
 
+def a5000_busy() -> Scenario:
+    """Two RTX A5000 (24564 MiB each) that other processes already use: the memory.used of
+    tests/fixtures/nvidia-smi/xml/telegraf__dual_a5000-v13.xml (22437 and 17253 MiB)."""
+    return Scenario(
+        gpus=[
+            FakeGpu(
+                "NVIDIA RTX A5000",
+                24564,
+                _uuid(i, "a5000"),
+                f"00000000:{0x17 + i:02X}:00.0",
+                cc=(8, 6),
+                used_mib=used,
+                limit_mw=230_000,
+                minor=i,
+            )
+            for i, used in enumerate((22437, 17253))
+        ]
+    )
+
+
 def lost_gpu() -> Scenario:
     s = a100_4x64()
     s.gpus[2].lost = True
@@ -327,6 +347,7 @@ SCENARIOS = {
     "a100_4x64": a100_4x64,
     "consumer_pair": consumer_pair,
     "single_8gb": single_8gb,
+    "a5000_busy": a5000_busy,
     "lost_gpu": lost_gpu,
     "mig_enabled": mig_enabled,
     "ecc_errors": ecc_errors,

@@ -244,7 +244,10 @@ def _profile_cases() -> list[Case]:
         c("profile-missing-port", delp(f"{svc}.port"), svc, "'port' is required", args=PLAN_PD),
         c(
             "profile-impossible-vram",
-            setp(f"{svc}.gpu", {"vram_mib": 999999, "on_short": "refuse"}),
+            both(  # gpu.vram_mib sizes the preferred models; the alternatives must go too
+                setp(f"{svc}.gpu", {"vram_mib": 999999, "on_short": "refuse"}),
+                setp(f"{svc}.alternatives", [[{"name": "huge", "vram_mib": 999999}]]),
+            ),
             "ollama",
             "999999 MiB",
             sub=True,

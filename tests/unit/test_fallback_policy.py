@@ -61,7 +61,7 @@ def test_failover_personas_share_when_vram_allows() -> None:
     big = Inventory(
         source="t",
         gpus=(
-            replace(prof.reference_inventory().gpus[0], memory_total_mib=16384),
+            replace(prof.reference_inventory().gpus[0], memory_total_mib=16376),  # 4080 SUPER
             prof.reference_inventory().gpus[1],
         ),
     )

@@ -186,3 +186,89 @@ def test_reference_inventory_expands_counts_and_nvlink() -> None:
     assert {g.memory_total_mib for g in inv.gpus} == {81920}
     assert inv.gpus[0].nvlink_peers == (1, 2, 3, 4, 5, 6, 7)
     assert inv.source == "reference:rag-a100"
+
+
+# --- issue 9.10 and 9.11: what the planner needs, checked when loading --------------------------
+
+
+def _pool() -> dict[str, object]:
+    data = yaml.safe_load((ROOT / "profiles" / "ollama-pool.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_tiers_without_a_floor_are_refused_when_loading(tmp_path: Path) -> None:
+    data = _pool()
+    data["planner"]["instance_tiers"] = [  # type: ignore[index]
+        {"min_mib": 24576, "instances": 3},
+        {"min_mib": 16384, "instances": 2},
+    ]
+    path = _write(tmp_path, "ollama-pool", data)
+    with pytest.raises(ProfileError) as err:
+        profiles.load(str(path))
+    assert err.value.message == (
+        f"{path}: planner.instance_tiers: no tier has min_mib: 0, so a GPU smaller than "
+        "16384 MiB would have no tier"
+    )
+    assert err.value.hint == "add {min_mib: 0, instances: 1} (the floor every GPU falls into)"
+
+
+def test_duplicate_tier_floors_are_refused(tmp_path: Path) -> None:
+    data = _pool()
+    data["planner"]["instance_tiers"].append({"min_mib": 0, "instances": 2})  # type: ignore[index]
+    path = _write(tmp_path, "ollama-pool", data)
+    with pytest.raises(ProfileError, match="min_mib 0 appears twice"):
+        profiles.load(str(path))
+
+
+def test_on_short_cpu_without_a_cpu_block_says_what_is_missing(tmp_path: Path) -> None:
+    data = _base()
+    del data["services"]["jarvis"]["cpu"]  # type: ignore[index]
+    path = _write(tmp_path, "zenglow-personas", data)
+    with pytest.raises(ProfileError) as err:
+        profiles.load(str(path))
+    assert err.value.message == (
+        f"{path}: services.jarvis.gpu.on_short: 'cpu' needs a CPU variant, and "
+        "services.jarvis has no cpu: block"
+    )
+    assert "on_short=cpu" not in (err.value.hint or "")
+    assert "add services.jarvis.cpu:" in (err.value.hint or "")
+
+
+# --- issue 10.14: an override's mistake is blamed on the override ------------------------------
+
+
+def test_set_typo_is_blamed_on_set_not_on_the_profile() -> None:
+    with pytest.raises(ProfileError) as err:
+        profiles.load("rag-a100", overrides=Overrides(sets=("planner.headrom=0.2",)))
+    assert err.value.message == (
+        "--set 'planner.headrom=0.2' (on profiles/rag-a100.yaml): planner: unknown key "
+        "'headrom' (did you mean 'headroom'?)"
+    )
+
+
+def test_the_second_set_is_named_when_it_is_the_bad_one() -> None:
+    ov = Overrides(sets=("planner.headroom=0.2", "services.ocr.gpu.on_short=cpu"))
+    with pytest.raises(ProfileError) as err:
+        profiles.load("rag-a100", overrides=ov)
+    assert err.value.message.startswith(
+        "--set 'services.ocr.gpu.on_short=cpu' (on profiles/rag-a100.yaml): "
+        "services.ocr.gpu.on_short: 'cpu' needs a CPU variant"
+    )
+
+
+def test_values_file_is_named_when_it_is_the_bad_one(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text("planner:\n  spare: 1\n")
+    with pytest.raises(ProfileError) as err:
+        profiles.load("rag-a100", overrides=Overrides(values_files=(str(values),)))
+    assert err.value.message.startswith(f"--values {values} (on profiles/rag-a100.yaml): planner:")
+
+
+def test_a_bad_profile_file_is_still_blamed_on_the_file(tmp_path: Path) -> None:
+    data = _base()
+    data["planner"]["headrom"] = 0.1  # type: ignore[index]
+    path = _write(tmp_path, "zenglow-personas", data)
+    with pytest.raises(ProfileError) as err:
+        profiles.load(str(path), overrides=Overrides(sets=("planner.headroom=0.2",)))
+    assert err.value.message.startswith(f"{path}: planner: unknown key 'headrom'")
