@@ -99,11 +99,15 @@ def changed_files(before: list[OutFile], after: list[OutFile]) -> list[OutFile]:
 
 
 def write_changed(
-    directory: Path, before: list[OutFile], after: list[OutFile], force: bool
+    directory: Path,
+    before: list[OutFile],
+    after: list[OutFile],
+    force: bool,
+    dry_run: bool = False,
 ) -> WriteResult:
     """Write only what the re-plan changes; a hand edit of such a file stops (exit 2, nothing
-    written) unless `force`, which keeps a .bak."""
-    return write_tree(directory, changed_files(before, after), force=force)
+    written) unless `force`, which keeps a .bak. With `dry_run`, only that check."""
+    return write_tree(directory, changed_files(before, after), force=force, dry_run=dry_run)
 
 
 def _render_inputs_inventory(path: str) -> Inventory | None:
@@ -207,6 +211,8 @@ def gpus_failed(
     after_inputs = replace(inputs, failed=(*inputs.failed, ids))
     rebuilt = app.rebuild(after_inputs)
     changes = plan_changes(before.plan, rebuilt.plan)
+    # a hand edit in the way is bad input: said before the engine or the lock is touched
+    write_changed(project.directory, before.files, rebuilt.files, force, dry_run=True)
     if dry_run:
         lines = [f"would move {c}" for c in changes or ["nothing changes"]]
         for line in lines:
@@ -292,9 +298,12 @@ def restore(
             f"GPUs {', '.join(map(str, sick))} are still not healthy",
             "wait for them, or keep the fallback",
         )
-    if _mode(project) == "gpu" and not inputs.failed:
+    mode = _mode(project)
+    if mode == "gpu" and not inputs.failed:
         io.say(f"{project.name} already runs its GPU plan")
         return Outcome("none", False)
+    if inputs.failed and mode != "cpu-fallback":  # (on CPU, nginx.conf holds the CPU routes)
+        write_changed(directory, app.rebuild(inputs).files, target.files, force, dry_run=True)
     if dry_run:
         n = len(target.plan.instances)
         line = f"would restore {project.name} to its GPU plan ({n} service(s))"
