@@ -369,7 +369,7 @@ def test_bad_gpu_ids_are_bad_input_before_any_engine(tmp_path: Path) -> None:
 
 FAKE_DOCKER_SH = """#!/bin/sh
 # a stand-in docker CLI: every call logged; containers are healthy
-echo "docker $*" >> "$FAKE_LOG"
+echo "docker $* (COMPOSE_IGNORE_ORPHANS=${COMPOSE_IGNORE_ORPHANS:-})" >> "$FAKE_LOG"
 case "$1" in
     compose) exit 0 ;;
     ps) echo 0123456789ab ;;
@@ -424,6 +424,8 @@ def test_emergency_script_records_the_mode_and_runs_twice(tmp_path: Path) -> Non
         in calls
     )
     assert "--remove-orphans" not in calls
+    # ... and Compose is told not to suggest it (the gateway and GPU services look orphaned)
+    assert "up -d (COMPOSE_IGNORE_ORPHANS=true)" in calls
     # and `fallback --restore` sees the mode the script recorded (dry run: no engine here)
     said = Said()
     failover.restore(
