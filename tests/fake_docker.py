@@ -5,7 +5,8 @@ level `api.create_*` calls) with in-memory objects that raise docker-py's own ex
 keeps a journal of what happened, in order: `("start", service)`, `("stop", service)`,
 `("remove", service)`, `("exec", service, cmd)`, `("create", service)`. A test can make any
 exec fail (`exec_codes`) or run a hook on it (`on_exec`, e.g. to read nginx.conf at a reload).
-Containers are healthy as soon as they run, so `up` never waits.
+Containers are healthy as soon as they run (so `up` never waits), unless their service is in
+`unhealthy`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class FakeContainer:
             "State": {
                 "Status": self.status,
                 "ExitCode": 0,
-                "Health": {"Status": "healthy" if running else "starting", "Log": []},
+                "Health": {"Status": self._health(running), "Log": []},
             },
             "RestartCount": 0,
             "HostConfig": {
@@ -61,6 +62,11 @@ class FakeContainer:
             "Config": {"Hostname": self.id[:12], "Env": []},
             "NetworkSettings": {"Ports": {}},
         }
+
+    def _health(self, running: bool) -> str:
+        if not running:
+            return "starting"
+        return "unhealthy" if self.service in self.engine.unhealthy else "healthy"
 
     def _alive(self) -> None:
         if self.gone:
@@ -187,6 +193,7 @@ class FakeDocker:
         self.failing: set[tuple[str, str]] = set()  # (operation, service) that raise
         self.on_exec: Callable[[FakeContainer, list[str]], None] | None = None
         self.missing_images: set[str] = set()
+        self.unhealthy: set[str] = set()  # services whose containers report unhealthy
         self.containers = _Containers(self)
         self.networks = _Resources("network")
         self.volumes = _Resources("volume")

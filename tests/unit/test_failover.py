@@ -170,6 +170,36 @@ def test_restore_keeps_the_cpu_services_when_the_gateway_refuses(
     assert read_mode(out, main.name)["mode"] == "cpu-fallback"
 
 
+def test_restore_whose_gpu_service_stays_unhealthy_keeps_serving_on_cpu(
+    fake: FakeDocker, tmp_path: Path
+) -> None:
+    out = rendered(tmp_path, "zenglow-personas", "consumer_pair")
+    main = project_of(out)
+    engine_up.up(fake, main)
+    gpu_conf = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    failover.to_cpu(main, io_for(fake, Said()))
+    cpu_conf = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    confs = reload_confs(fake, out)
+    fake.unhealthy.add("leonardo")
+    with pytest.raises(ComposegenError, match="leonardo is unhealthy"):
+        failover.restore(
+            main, io_for(fake, Said()), inventory=inventory_file(tmp_path, "consumer_pair")
+        )
+    assert confs == []  # the gateway was never pointed at the GPU services
+    assert (out / "nginx" / "nginx.conf").read_text(encoding="utf-8") == cpu_conf
+    assert (out / switch.GPU_CONF_BACKUP).read_text(encoding="utf-8") == gpu_conf
+    running = fake.services(main.name, all=False)
+    assert {"leonardo-cpu", "jarvis-cpu", "gateway"} <= set(running)
+    assert read_mode(out, main.name)["mode"] == "cpu-fallback"
+    # once it is healthy, the same command finishes the way back
+    fake.unhealthy.clear()
+    failover.restore(
+        main, io_for(fake, Said()), inventory=inventory_file(tmp_path, "consumer_pair")
+    )
+    assert confs[-1][1] == gpu_conf
+    assert set(fake.services(main.name)) == {"gateway", "leonardo", "jarvis"}
+
+
 def test_second_switch_never_saves_the_cpu_routes_as_the_gpu_ones(
     fake: FakeDocker, tmp_path: Path
 ) -> None:
