@@ -226,13 +226,13 @@ def restore_from_cpu(
     Returns the CPU services removed.
     """
     directory = main.directory
-    cpu = cpu_project(directory, main.name)
     main_names = {s.name for s in main.services}
-    cpu_names = {s.name for s in cpu.services} - main_names
     engine_up.up(client, main, report=report, remove_orphans=False, reload_on_removal=False)
-    shared = {a for s in cpu.services for names in s.aliases.values() for a in names}
     running = _running(client, main.name)
-    hosts = {n: running[n].name for n in sorted(shared & main_names) if n in running}
+    # the CPU variants: NAME-cpu of a main service (whichever CPU file or tool started them)
+    cpu_names = {n for n in running if n.endswith("-cpu") and n[:-4] in main_names}
+    cpu_names |= {s.name for s in cpu_project(directory, main.name).services} - main_names
+    hosts = {n: running[n].name for n in sorted(main_names) if n in running}
     pinned = pin_upstreams(gpu_conf, hosts)
     reload_nginx(client, main.name, directory, pinned)
     report("gateway", "reloaded", "routes back on the GPU services")

@@ -200,6 +200,29 @@ def test_restore_whose_gpu_service_stays_unhealthy_keeps_serving_on_cpu(
     assert set(fake.services(main.name)) == {"gateway", "leonardo", "jarvis"}
 
 
+def test_failover_then_cpu_then_restore_returns_to_the_original_plan(
+    fake: FakeDocker, tmp_path: Path
+) -> None:
+    out = rendered(tmp_path, "ollama-replicas", "a100_4x64")
+    original = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    engine_up.up(fake, project_of(out))
+    failover.gpus_failed(project_of(out), "2", io_for(fake, Said()))
+    assert "ollama-2" not in fake.services(project_of(out).name)
+    failover.to_cpu(project_of(out), io_for(fake, Said()))
+    confs = reload_confs(fake, out)
+    failover.restore(
+        project_of(out), io_for(fake, Said()), inventory=inventory_file(tmp_path, "a100_4x64")
+    )
+    main = project_of(out)
+    assert set(fake.services(main.name)) == {s.name for s in main.services}
+    assert "ollama-2" in fake.services(main.name)
+    assert not any(n.endswith("-cpu") for n in fake.services(main.name))
+    assert (out / "nginx" / "nginx.conf").read_text(encoding="utf-8") == original
+    assert confs[-1][1] == original
+    assert app.load_inputs(out).failed == ()
+    assert read_mode(out, main.name)["mode"] == "gpu"
+
+
 def test_second_switch_never_saves_the_cpu_routes_as_the_gpu_ones(
     fake: FakeDocker, tmp_path: Path
 ) -> None:
