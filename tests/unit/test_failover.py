@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -465,8 +466,9 @@ def test_emergency_script_records_the_mode_and_runs_twice(tmp_path: Path) -> Non
         assert (out / switch.GPU_CONF_BACKUP).read_text(encoding="utf-8") == gpu_conf
         mode = read_mode(out, "zenglow-personas")
         assert mode["mode"] == "cpu-fallback" and mode["why"] == "scripts/emergency-fallback.sh"
-        state = (out / ".composegen" / "zenglow-personas.state.json").read_text()
-        assert json.loads(state).keys() == {"mode", "since", "why"}
+        state = json.loads((out / ".composegen" / "zenglow-personas.state.json").read_text())
+        assert state.keys() == {"mode", "since", "why"}
+        time.strptime(state["since"], "%Y-%m-%dT%H:%M:%S%z")  # write_mode's format
     # the way back it prints is composegen's make-before-break restore, nothing else
     assert f'composegen fallback --restore -C "{out}" -p zenglow-personas' in done.stdout
     for wrong in ("--remove-orphans", "composegen up", "cp nginx"):
@@ -488,3 +490,21 @@ def test_emergency_script_records_the_mode_and_runs_twice(tmp_path: Path) -> Non
         dry_run=True,
     )
     assert said.lines == ["would restore zenglow-personas to its GPU plan (2 service(s))"]
+
+
+def test_emergency_script_refuses_while_composegen_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    from composegen.engine.state import project_lock
+
+    out = rendered(tmp_path, "zenglow-personas", "consumer_pair")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(FAKE_DOCKER_SH)
+    os.chmod(bindir / "docker", 0o755)
+    gpu_conf = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    with project_lock(out, "zenglow-personas", "fallback --restore"):
+        done = run_script(out, bindir, tmp_path / "docker.log")
+    assert done.returncode == 1 and "is busy" in done.stderr
+    assert (out / "nginx" / "nginx.conf").read_text(encoding="utf-8") == gpu_conf
+    assert read_mode(out, "zenglow-personas")["mode"] == "gpu"
