@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from composegen import app
+from composegen import app, profiles
 from composegen import failover_policy as policy
 from composegen.engine import failover, switch
 from composegen.engine import up as engine_up
@@ -345,15 +345,14 @@ def test_auto_matches_by_uuid_where_a_gpu_has_one(
 
 
 def test_failed_from_live_mixed_uuids() -> None:
-    rec = SCENARIOS["a100_4x64"]()
+    """GPU 1 gone (the others renumbered), GPU 3 lost without a UUID: failed are 1 and 3."""
     recorded = Inventory(
         source="t",
         gpus=tuple(
             replace(g, uuid=f"GPU-{g.index}")
-            for g in app.profiles.load("ollama-replicas").reference_inventory().gpus
+            for g in profiles.load("ollama-replicas").reference_inventory().gpus
         ),
     )
-    del rec
     renumbered = tuple(
         replace(g, index=n) for n, g in enumerate(g for g in recorded.gpus if g.index != 1)
     )
