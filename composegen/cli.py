@@ -707,6 +707,11 @@ cli.add_command(status, name="ps")
     help="With --auto/--restore: take GPU health from FILE instead of NVML.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the actions; change nothing.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite files edited by hand that the re-plan must change (keeps a .bak copy).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON events.")
 def fallback(
     directory: str | None,
@@ -718,6 +723,7 @@ def fallback(
     restore: bool,
     inventory: str | None,
     dry_run: bool,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Rescue a running stack when GPUs fail, without losing data (named volumes stay).
@@ -729,31 +735,27 @@ def fallback(
     --gpu-failed IDS  re-plan without those GPUs: services move to spare GPUs first, replicas
                       drop, personas share what is left; only affected containers change
     --auto            the same, for the GPUs NVML reports lost or gone
-    --restore         back to the GPU plan, GPU pinning verified as in `up`
+    --restore         back to the GPU plan, GPU pinning verified as in `up`; with no NVML on
+                      this host, the stack's recorded inventory counts as healthy
+
+    A re-plan rewrites only the files it changes: hand edits of the others (.env) are kept.
     """
-    from pathlib import Path
+    from composegen.engine import failover
+    from composegen.engine.progress import Progress
 
-    from composegen.engine.state import read_mode
-
-    chosen = [
-        n
-        for n, v in (
-            ("--cpu", to_cpu),
-            ("--gpu-failed", gpu_failed),
-            ("--auto", auto),
-            ("--restore", restore),
-        )
-        if v
-    ]
+    actions: tuple[tuple[failover.Action, object], ...] = (
+        ("cpu", to_cpu),
+        ("gpu-failed", gpu_failed),
+        ("auto", auto),
+        ("restore", restore),
+    )
+    chosen = [name for name, given in actions if given]
     if len(chosen) != 1:
         raise BadInputError(
             "choose exactly one of --cpu, --gpu-failed, --auto, --restore",
             "see `composegen fallback --help`",
         )
-    main_project = _load_project(directory, file, project_name)
-    where = Path(main_project.directory)
-    mode = read_mode(where, main_project.name).get("mode", "gpu")
-    from composegen.engine.progress import Progress
+    project = _load_project(directory, file, project_name)
 
     def say(text: str) -> None:
         if as_json:
@@ -761,199 +763,27 @@ def fallback(
         else:
             click.echo(text)
 
-    if auto:
-        to_cpu, gpu_failed = _auto_decision(where, inventory, say)
-        if not to_cpu and not gpu_failed:
-            say("all the stack's GPUs are healthy: nothing to do")
-            return
-    if to_cpu:
-        _fallback_cpu(main_project, mode, dry_run, as_json, say, Progress)
-    elif gpu_failed:
-        _fallback_gpus(main_project, mode, gpu_failed, dry_run, as_json, say, Progress)
-    else:
-        _restore(main_project, mode, inventory, dry_run, as_json, say, Progress)
+    def progress(services: list[str], title: str) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def shown() -> Any:
+            with Progress(services, as_json, title) as prog:
+                yield prog.event
+
+        return shown()
+
+    failover.run(
+        project,
+        failover.Request(chosen[0], gpu_failed, inventory, dry_run, force),
+        failover.Io(say, progress),
+    )
 
 
 def _json_line(data: Any) -> str:
     import json
 
     return json.dumps(data)
-
-
-def _auto_decision(where: Any, inventory: str | None, say: Any) -> tuple[bool, str | None]:
-    from composegen import app
-    from composegen import failover_policy as policy
-    from composegen.detect.sources import detect_local, load_inventory
-
-    live = load_inventory(inventory) if inventory else detect_local(with_host=False)
-    if not live.gpus:
-        say(f"no working NVML/GPU ({live.no_gpu_reason}): moving to CPU")
-        return True, None
-    inputs = app.load_inputs(where)
-    done = {i for step in inputs.failed for i in step}
-    failed = [i for i in policy.failed_from_live(inputs.inventory, live) if i not in done]
-    if not failed:
-        return False, None
-    say(f"GPUs reported failed: {', '.join(map(str, failed))}")
-    return False, ",".join(map(str, failed))
-
-
-def _fallback_cpu(
-    main: Any, mode: str, dry_run: bool, as_json: bool, say: Any, progress: Any
-) -> None:
-    from composegen.engine import docker as eng
-    from composegen.engine import switch as fb
-    from composegen.engine.state import project_lock, write_mode
-
-    cpu = fb.cpu_project(main.directory, main.name)
-    steps = fb.plan_cpu(main, cpu)
-    if mode == "cpu-fallback":
-        say(f"{main.name} is already in cpu-fallback mode")
-        return
-    if dry_run:
-        for st in steps:
-            say(f"would {st.what}: {st.detail}")
-        return
-    client = eng.connect()
-    with (
-        project_lock(main.directory, main.name, "fallback --cpu"),
-        progress(
-            [s.name for s in cpu.services]
-            + ["gateway"]
-            + [s.name for s in main.services if s.gpus],
-            as_json,
-            f"composegen fallback --cpu {main.name}",
-        ) as prog,
-    ):
-        stopped = fb.to_cpu(client, main, prog.event)
-        write_mode(main.directory, main.name, "cpu-fallback", "composegen fallback --cpu")
-    say(
-        f"{main.name}: on CPU ({len(cpu.services)} service(s)); stopped {len(stopped)} GPU "
-        "service(s); `composegen fallback --restore` returns to the GPUs"
-    )
-
-
-def _fallback_gpus(
-    main: Any, mode: str, ids_text: str, dry_run: bool, as_json: bool, say: Any, progress: Any
-) -> None:
-    from dataclasses import replace
-
-    from composegen import app
-    from composegen import failover_policy as policy
-    from composegen.engine import docker as eng
-    from composegen.engine import switch as fb
-    from composegen.engine.state import project_lock, write_mode
-
-    if mode == "cpu-fallback":
-        raise BadInputError(
-            f"{main.name} runs on CPU (fallback --cpu)", "run `composegen fallback --restore` first"
-        )
-    inputs = app.load_inputs(main.directory)
-    ids = policy.parse_gpu_ids(ids_text, inputs.inventory)
-    before = app.rebuild(inputs).plan
-    after_inputs = replace(inputs, failed=(*inputs.failed, ids))
-    rebuilt = app.rebuild(after_inputs)
-    old = {i.name: i for i in before.instances}
-    changes = []
-    for inst in rebuilt.plan.instances:
-        prev = old.pop(inst.name, None)
-        if prev is None or prev.gpus != inst.gpus or prev.device != inst.device:
-            where = f"GPU {','.join(map(str, inst.gpus))}" if inst.gpus else "CPU"
-            was = (
-                "new"
-                if prev is None
-                else f"GPU {','.join(map(str, prev.gpus))}"
-                if prev.gpus
-                else "CPU"
-            )
-            changes.append(f"{inst.name}: {was} -> {where}")
-    changes += [f"{name}: removed" for name in old]
-    if dry_run:
-        for c in changes or ["nothing changes"]:
-            say(f"would move {c}")
-        return
-    client = eng.connect()
-    with (
-        project_lock(main.directory, main.name, "fallback --gpu-failed"),
-        progress(
-            [i.name for i in rebuilt.plan.instances] + ["gateway"],
-            as_json,
-            f"composegen fallback --gpu-failed {ids_text}",
-        ) as prog,
-    ):
-        fb.apply_rerender(client, main.directory, main.name, rebuilt.files, prog.event)
-        app.save_inputs(main.directory, after_inputs)
-        write_mode(
-            main.directory, main.name, "gpu-failover", f"GPUs {', '.join(map(str, ids))} failed"
-        )
-    for c in changes:
-        say(f"moved {c}")
-
-
-def _restore(
-    main: Any,
-    mode: str,
-    inventory: str | None,
-    dry_run: bool,
-    as_json: bool,
-    say: Any,
-    progress: Any,
-) -> None:
-    from dataclasses import replace
-
-    from composegen import app
-    from composegen import failover_policy as policy
-    from composegen.detect.sources import detect_local, load_inventory
-    from composegen.engine import docker as eng
-    from composegen.engine import switch as fb
-    from composegen.engine import up as engine_up
-    from composegen.engine.compose import load_project
-    from composegen.engine.state import project_lock, write_mode
-    from composegen.files import write_tree
-
-    inputs = app.load_inputs(main.directory)
-    live = load_inventory(inventory) if inventory else detect_local(with_host=False)
-    if not live.gpus:
-        raise ComposegenError(
-            f"cannot confirm the GPUs are healthy: {live.no_gpu_reason or 'no GPU found'}",
-            "pass --inventory FILE (from `composegen detect --save`) that shows them healthy",
-        )
-    plan = app.rebuild(replace(inputs, failed=())).plan
-    needed = {i for inst in plan.instances for i in inst.gpus}
-    sick = [i for i in policy.failed_from_live(inputs.inventory, live) if i in needed]
-    if sick:
-        raise ComposegenError(
-            f"GPUs {', '.join(map(str, sick))} are still not healthy",
-            "wait for them, or keep the fallback",
-        )
-    if mode == "gpu" and not inputs.failed:
-        say(f"{main.name} already runs its GPU plan")
-        return
-    if dry_run:
-        say(f"would restore {main.name} to its GPU plan ({len(plan.instances)} service(s))")
-        return
-    client = eng.connect()
-    with (
-        project_lock(main.directory, main.name, "fallback --restore"),
-        progress(
-            [i.name for i in plan.instances] + ["gateway"],
-            as_json,
-            f"composegen fallback --restore {main.name}",
-        ) as prog,
-    ):
-        if mode == "cpu-fallback":
-            fb.put_back_gpu_conf(main.directory)
-        if inputs.failed:
-            restored = replace(inputs, failed=())
-            write_tree(main.directory, app.rebuild(restored).files)
-            app.save_inputs(main.directory, restored)
-            main = load_project(main.directory / "docker-compose.yml", main.name)
-        if mode == "cpu-fallback":
-            fb.restore_from_cpu(client, main, prog.event)
-        else:
-            engine_up.up(client, main, report=prog.event)
-        write_mode(main.directory, main.name, "gpu", "composegen fallback --restore")
-    say(f"{main.name}: back on its GPU plan")
 
 
 @cli.command("lint", context_settings=CONTEXT)

@@ -3,14 +3,18 @@
 - to CPU: start the CPU variant (fallback/docker-compose.cpu.yml, same project, so the same
   networks and named volumes) beside the GPU services, wait until it is healthy, point the
   gateway at it by reloading nginx (its port never closes), then stop the GPU containers;
-- GPUs failed: re-plan without them (app.rebuild), write the files, reload the gateway first
-  (failed replicas leave the rotation), then converge: only the affected containers change;
-- restore: the reverse of either, with each container's GPUs verified as in `up`.
+- GPUs failed: the re-planned files are written by engine/failover.py, then the gateway
+  reloads first (failed replicas leave the rotation), then only the affected containers change;
+- restore from CPU: the GPU services start and become healthy beside the CPU ones, the gateway
+  reloads onto them, its old workers drain, and only then are the CPU containers removed.
+
+What to do and when (the lock, the mode, which files) is engine/failover.py's business.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -141,19 +145,14 @@ def to_cpu(client: Any, main: Project, report: engine_up.Report) -> list[str]:
     if cpu.services:
         engine_up.up(client, cpu, report=report, remove_orphans=False, pull="missing")
     gpu_conf = (directory / "nginx" / "nginx.conf").read_text(encoding="utf-8")
-    backup = directory / GPU_CONF_BACKUP
-    from composegen.engine.state import read_mode
-
-    if read_mode(directory, main.name).get("mode") == "gpu" or not backup.exists():
+    cpu_conf = (directory / "fallback" / "nginx.cpu.conf").read_text(encoding="utf-8")
+    if gpu_conf != cpu_conf:
+        # never save the CPU routes as the GPU ones (a second switch, or one after the
+        # emergency script): the backup is what `fallback --restore` puts back
         from composegen.files import write_atomic
 
-        write_atomic(backup, gpu_conf)
-    reload_nginx(
-        client,
-        main.name,
-        directory,
-        (directory / "fallback" / "nginx.cpu.conf").read_text(encoding="utf-8"),
-    )
+        write_atomic(directory / GPU_CONF_BACKUP, gpu_conf)
+    reload_nginx(client, main.name, directory, cpu_conf)
     report("gateway", "reloaded", "routes now go to the CPU services")
     gpu_services = [s.name for s in main.services if s.gpus]
     for s in gpu_services:
@@ -164,44 +163,92 @@ def to_cpu(client: Any, main: Project, report: engine_up.Report) -> list[str]:
     return gpu_services
 
 
-def put_back_gpu_conf(directory: Path) -> None:
-    """On disk only: the GPU gateway configuration the CPU one replaced (the gateway keeps
-    serving the CPU routes until it is reloaded)."""
-    from composegen.files import write_atomic
+def saved_gpu_conf(directory: Path) -> str | None:
+    """The GPU gateway configuration the CPU one replaced (`fallback --cpu` or the emergency
+    script saved it), None when there is none."""
+    try:
+        return (directory / GPU_CONF_BACKUP).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
+
+_UPSTREAM_SERVER = re.compile(r"^(\s*server\s+)([A-Za-z0-9_.-]+)(:\d+)", re.MULTILINE)
+
+
+def pin_upstreams(conf: str, hosts: dict[str, str]) -> str:
+    """Pure: the configuration with the upstream servers named in `hosts` replaced by the
+    names given (only `server HOST:PORT` lines of upstream blocks change)."""
+
+    def sub(m: re.Match[str]) -> str:
+        return m.group(1) + hosts.get(m.group(2), m.group(2)) + m.group(3)
+
+    return _UPSTREAM_SERVER.sub(sub, conf)
+
+
+def _running(client: Any, project: str) -> dict[str, Any]:
+    with eng.mapped_errors(f"project {project}"):
+        found = client.containers.list(filters={"label": f"{eng.LABEL_PROJECT}={project}"})
+    return {c.labels.get(eng.LABEL_SERVICE, ""): c for c in found}
+
+
+def remove_services(
+    client: Any, project: str, services: set[str], report: engine_up.Report
+) -> list[str]:
+    """Stop (in parallel, bounded grace) and remove the containers of these services."""
+    stop_parallel(client, project, sorted(services))
+    removed = []
+    with eng.mapped_errors(f"project {project}"):
+        for c in client.containers.list(
+            all=True, filters={"label": f"{eng.LABEL_PROJECT}={project}"}
+        ):
+            name = c.labels.get(eng.LABEL_SERVICE, c.name)
+            if name in services:
+                c.remove(force=True)
+                removed.append(name)
+                report(name, "removed", "CPU service")
+    return removed
+
+
+def restore_from_cpu(
+    client: Any, main: Project, report: engine_up.Report, gpu_conf: str
+) -> list[str]:
+    """Back from the CPU variant to the GPU services, make before break:
+
+    1. the GPU services start and become healthy (verified GPUs, as in `up`) while the gateway
+       keeps serving the CPU routes (nginx/nginx.conf on disk is still the CPU one);
+    2. the gateway reloads onto the GPU routes and its old workers drain. A CPU variant also
+       answers to its GPU service's name, so the routes name the GPU containers themselves
+       until the CPU ones are gone: nginx resolves names when it loads, and a name that also
+       leads to a CPU container would keep sending every other request to it after removal;
+    3. the CPU containers are stopped and removed;
+    4. the gateway reloads once more onto `gpu_conf` exactly as rendered (or hand edited).
+
+    Returns the CPU services removed.
+    """
+    directory = main.directory
+    main_names = {s.name for s in main.services}
+    engine_up.up(client, main, report=report, remove_orphans=False, reload_on_removal=False)
+    running = _running(client, main.name)
+    # the CPU variants: NAME-cpu of a main service (whichever CPU file or tool started them)
+    cpu_names = {n for n in running if n.endswith("-cpu") and n[:-4] in main_names}
+    cpu_names |= {s.name for s in cpu_project(directory, main.name).services} - main_names
+    hosts = {n: running[n].name for n in sorted(main_names) if n in running}
+    pinned = pin_upstreams(gpu_conf, hosts)
+    reload_nginx(client, main.name, directory, pinned)
+    report("gateway", "reloaded", "routes back on the GPU services")
+    removed = remove_services(client, main.name, cpu_names, report)
+    if pinned != gpu_conf:
+        reload_nginx(client, main.name, directory, gpu_conf)
     backup = directory / GPU_CONF_BACKUP
     if backup.exists():
-        write_atomic(directory / "nginx" / "nginx.conf", backup.read_text(encoding="utf-8"))
         backup.unlink()
-
-
-def restore_from_cpu(client: Any, main: Project, report: engine_up.Report) -> None:
-    directory = main.directory
-    put_back_gpu_conf(directory)
-    result = engine_up.up(client, main, report=report, remove_orphans=False)
-    conf = (directory / "nginx" / "nginx.conf").read_text(encoding="utf-8")
-    reload_nginx(client, main.name, directory, conf)
-    report("gateway", "reloaded", "routes back on the GPU services")
-    main_names = {s.name for s in main.services}
-    cpu_names = {s.name for s in cpu_project(directory, main.name).services} - main_names
-    with eng.mapped_errors(f"project {main.name}"):
-        for c in client.containers.list(
-            all=True, filters={"label": f"{eng.LABEL_PROJECT}={main.name}"}
-        ):
-            if c.labels.get(eng.LABEL_SERVICE) in cpu_names:
-                c.stop(timeout=30)
-                c.remove(force=True)
-                report(c.labels.get(eng.LABEL_SERVICE, c.name), "removed", "CPU service")
-    del result
+    return removed
 
 
 def apply_rerender(
-    client: Any, directory: Path, name: str | None, files: list[Any], report: engine_up.Report
+    client: Any, directory: Path, name: str | None, report: engine_up.Report
 ) -> engine_up.UpResult:
-    """Write the re-planned stack, let the gateway drop what is gone, then converge."""
-    from composegen.files import write_tree
-
-    write_tree(directory, files)
+    """The re-planned stack is on disk: let the gateway drop what is gone, then converge."""
     project = load_project(directory / "docker-compose.yml", name)
     new_conf = (directory / "nginx" / "nginx.conf").read_text(encoding="utf-8")
     reload_nginx(client, project.name, directory, new_conf)
