@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -18,6 +19,7 @@ from composegen import __version__
 from composegen.errors import BadInputError
 from composegen.files import OutFile
 from composegen.plan import Instance, Plan
+from composegen.profile_checks import HEALTH_PATH
 from composegen.profiles import Profile, Service
 
 _REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -28,7 +30,23 @@ NGINX_DIR = "/etc/nginx/composegen"
 @dataclass(frozen=True)
 class RenderOptions:
     bind: str = "127.0.0.1"
-    inventory_note: str = ""
+
+
+def gateway_url(bind: str, port: int, path: str = "") -> str:
+    """The URL that reaches a gateway published on `bind` from this host: an unspecified
+    address (0.0.0.0, ::) is reached on 127.0.0.1, an IPv6 address is bracketed."""
+    import ipaddress
+
+    host = bind
+    try:
+        addr = ipaddress.ip_address(bind)
+    except ValueError:
+        addr = None
+    if addr is not None and addr.is_unspecified:
+        host = "127.0.0.1"
+    elif addr is not None and addr.version == 6:
+        host = f"[{addr.compressed}]"
+    return f"http://{host}:{port}{path}"
 
 
 # --- values -----------------------------------------------------------------------------------
@@ -66,12 +84,17 @@ def health_test(svc: Service, inst: Instance) -> list[str]:
     if svc.kind == "ollama":
         return ["CMD", "ollama", "list"]
     path = svc.health.path or "/health"
+    if not HEALTH_PATH.fullmatch(path):  # the profile check refuses it first; never into shell
+        raise BadInputError(f"services.{svc.name}.health.path: {path!r} is not a URL path")
+    # the path is an argument of printf, quoted for the shell (never part of the format), and
+    # Compose reads `$` in the test as interpolation: `$$` is one literal dollar
     probe = (
         f"exec 3<>/dev/tcp/127.0.0.1/{inst.port} && "
-        f"printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && "
+        "printf 'GET %s HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' "
+        f"{shlex.quote(path)} >&3 && "
         "head -n 1 <&3 | grep -q ' 200 '"
     )
-    return ["CMD", "bash", "-c", probe]
+    return ["CMD", "bash", "-c", probe.replace("$", "$$")]
 
 
 # --- compose ----------------------------------------------------------------------------------
@@ -435,6 +458,7 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
         "opts": opts,
         "gw": prof.gateway,
         "api_key_var": API_KEY_VAR,
+        "gateway_url": gateway_url(opts.bind, prof.gateway.port, "/healthz"),
         "groups": _groups(prof, plan),
         "gpu_services": [i.name for i in plan.instances if i.device == "gpu"],
         "cpu_services": [i.name for i in cplan.instances if i.name.endswith("-cpu")],
@@ -460,16 +484,27 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
     return files
 
 
+API_KEY_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+
+
 def auth_conf(key: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,256}", key):
+    """The map nginx.conf includes to check `Authorization: Bearer <key>`.
+
+    A regular expression, not a plain map key: nginx matches plain map strings ignoring case
+    (so "bearer ABC..." would pass for "Bearer abc..."), and hashes them in buckets of 64 bytes,
+    which any key over about 40 characters overflows ("could not build map_hash"). A regex is
+    case-sensitive and is not hashed. Of the characters a key may hold, `.` and `+` are regex
+    operators: they are escaped."""
+    if not API_KEY_RE.fullmatch(key):
         raise BadInputError(
             "gateway.api_key: must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -",
             "generate one with: openssl rand -hex 32",
         )
+    pattern = key.replace(".", "\\.").replace("+", "\\+")
     return (
         "# The gateway's API key (mode 0600). Requests need: Authorization: Bearer <key>\n"
         "map $http_authorization $composegen_authorized {\n"
         "    default 0;\n"
-        f'    "Bearer {key}" 1;\n'
+        f'    "~^Bearer {pattern}$" 1;\n'
         "}\n"
     )

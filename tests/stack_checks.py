@@ -41,7 +41,8 @@ CPU_NGINX = "fallback/nginx.cpu.conf"
 AUTH = "nginx/auth.conf"
 ENV = ".env"
 
-# Variables the seed documents use that Ollama does not know (seed documents' known errors, see tests/fixtures/SOURCES.md).
+# Variables the seed documents use that Ollama does not know (the seed documents' known errors,
+# see tests/fixtures/SOURCES.md).
 FAKE_OLLAMA_VARS = (
     "OLLAMA_GPU_LAYERS",
     "OLLAMA_MAX_VRAM_USAGE",
