@@ -10,16 +10,22 @@ newline would add a variable, e.g. COMPOSE_PROJECT_NAME), `${VAR:-default}` in t
 - tunables are plain text that Compose carries unchanged through `.env` and `${VAR:-default}`
   (no `$`, braces, quotes, backslash or `#`), and the variables whose format is known
   (OLLAMA_KEEP_ALIVE is a duration, OLLAMA_NUM_PARALLEL an integer, ...) have that format;
-- `health.path` is made of URL path characters.
+- `health.path` is made of URL path characters;
+- what a profile records of its models (context length, trust_remote_code, the servers that
+  can run the architecture) agrees with the commands that serve them, and every model a
+  service runs answers to one public name (check_model_facts, on the loaded profile).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from composegen.errors import BadInputError
+
+if TYPE_CHECKING:
+    from composegen.profiles import Model, Profile, Service
 
 # C0 controls, DEL, C1 controls, and the Unicode line/paragraph separators: every character
 # str.splitlines() or YAML would treat as a line break, and the terminal escapes.
@@ -189,3 +195,105 @@ def set_layer(parts: list[str], value: Any) -> dict[str, Any]:
         out = {part: out}
     assert isinstance(out, dict)
     return out
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def _repo(name: str) -> str:
+    """`llama3.2:1b` -> `llama3.2`: an Ollama model's name without its tag."""
+    return name.split(":", 1)[0]
+
+
+def public_name(svc: Service, model: Model) -> str | None:
+    """The name clients use for `model` when `svc` runs it: its `public_name`, else its own name
+    when it is one of the service's models, else the service's only model, else the one model
+    of the same name without the tag (llama3.2:1b answers as llama3.2). None: cannot tell."""
+    if model.public_name:
+        return model.public_name
+    names = [m.name for m in svc.models]
+    if model.name in names or not names:
+        return model.name
+    if len(names) == 1:
+        return names[0]
+    same = [n for n in names if _repo(n) == _repo(model.name)]
+    return same[0] if len(same) == 1 else None
+
+
+def _variants(svc: Service) -> list[tuple[str, Sequence[str], tuple[Model, ...]]]:
+    """(where, command, models) of each way the service can run: its models, each alternative,
+    and its CPU variant."""
+    out: list[tuple[str, Sequence[str], tuple[Model, ...]]] = [
+        (f"services.{svc.name}", svc.command, svc.models)
+    ]
+    for i, alt in enumerate(svc.alternatives):
+        out.append((f"services.{svc.name}.alternatives[{i}]", svc.command, alt))
+    if svc.cpu is not None:
+        command = svc.cpu.command if svc.cpu.command is not None else svc.command
+        out.append((f"services.{svc.name}.cpu", command, svc.cpu.models or svc.models))
+    return out
+
+
+_REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+
+
+def _option(command: Sequence[str], name: str, tunables: Mapping[str, str]) -> str | None:
+    """The value of `--name V` or `--name=V` in a command, tunables replaced by their values."""
+    value = None
+    for i, tok in enumerate(command):
+        if tok == name and i + 1 < len(command):
+            value = command[i + 1]
+        elif tok.startswith(name + "="):
+            value = tok.split("=", 1)[1]
+    if value is None:
+        return None
+    return _REF.sub(lambda m: tunables.get(m.group(1), m.group(0)), value)
+
+
+def check_model_facts(prof: Profile) -> None:
+    """A wrong pairing of model and server fails here, at plan and render, not at 3 a.m.:
+    a model on a server its architecture does not run on, a vLLM --max-model-len beyond the
+    model's context length, a model that needs --trust-remote-code without it, and a model
+    that stands in for another without a public name to answer to."""
+    for svc in prof.services:
+        server = svc.server_kind
+        for where, command, models in _variants(svc):
+            for i, m in enumerate(models):
+                at = f"{prof.path}: {where}.models[{i}] ({m.name})"
+                if public_name(svc, m) is None:
+                    raise BadInputError(
+                        f"{at}: cannot tell which of the service's models "
+                        f"({', '.join(x.name for x in svc.models)}) it stands in for",
+                        "set its public_name to the name clients use",
+                    )
+                if m.servers and server not in m.servers:
+                    arch = f" ({m.architecture})" if m.architecture else ""
+                    raise BadInputError(
+                        f"{at}: the model{arch} is served by {' or '.join(m.servers)}, but the "
+                        f"service runs {server}",
+                        "pick a model that server runs, or set the service's server/kind",
+                    )
+            if server != "vllm" or not models:
+                continue
+            served = models[0]  # vLLM serves one model: the one {model} names
+            at = f"{prof.path}: {where}.command"
+            raw = _option(command, "--max-model-len", prof.tunables)
+            if raw is not None and served.context_length is not None:
+                try:
+                    length = int(raw)
+                except ValueError:
+                    raise BadInputError(
+                        f"{at}: --max-model-len {raw!r} is not an integer"
+                    ) from None
+                if length > served.context_length:
+                    raise BadInputError(
+                        f"{at}: --max-model-len {length} is more than the "
+                        f"{served.context_length} positions of {served.name}; vLLM refuses it",
+                        f"use at most {served.context_length}, or a model with a longer context",
+                    )
+            if served.trust_remote_code and "--trust-remote-code" not in command:
+                raise BadInputError(
+                    f"{at}: {served.name} needs --trust-remote-code (its code is in the "
+                    "repository) and the command lacks it",
+                    "add --trust-remote-code, or pick a model vLLM supports natively",
+                )

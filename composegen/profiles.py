@@ -36,6 +36,13 @@ class ProfileError(BadInputError):
 class Model:
     name: str
     vram_mib: int
+    # What the profile knows of the model (checked against the command at load, see
+    # profile_checks.check_model_facts); None / () / False: not recorded.
+    public_name: str | None = None  # the name clients use, when this model stands in for another
+    context_length: int | None = None  # positions the model supports (max_position_embeddings)
+    trust_remote_code: bool = False  # its code is in the repository: vLLM needs the flag
+    architecture: str | None = None  # e.g. Qwen2ForCausalLM, BertModel
+    servers: tuple[str, ...] = ()  # which servers can serve it: vllm, tei, ollama, speaches
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,12 @@ class Service:
     memory_mib: int | None = None
     cpus: float | None = None
     cpu: CpuVariant | None = None
+    server: str = ""  # vllm, tei, ollama, speaches, other; "" = from kind
+
+    @property
+    def server_kind(self) -> str:
+        """The server this service runs: `server:` if set, else vllm/ollama from its kind."""
+        return self.server or {"vllm": "vllm", "ollama": "ollama"}.get(self.kind, "other")
 
     def vram_per_gpu(self, models: tuple[Model, ...] | None = None) -> int:
         need = self.gpu or GpuNeed()
@@ -521,6 +534,9 @@ def load(
     prof = from_data(data, where)
     if path.stem != prof.name:
         raise ProfileError(f"{where}: name: {prof.name!r} differs from the file name {path.stem!r}")
+    from composegen.profile_checks import check_model_facts
+
+    check_model_facts(prof)
     return prof
 
 
@@ -533,7 +549,18 @@ def _display(path: Path) -> str:
 
 
 def _models(items: Any) -> tuple[Model, ...]:
-    return tuple(Model(name=m["name"], vram_mib=int(m["vram_mib"])) for m in items or ())
+    return tuple(
+        Model(
+            name=m["name"],
+            vram_mib=int(m["vram_mib"]),
+            public_name=m.get("public_name"),
+            context_length=m.get("context_length"),
+            trust_remote_code=bool(m.get("trust_remote_code", False)),
+            architecture=m.get("architecture"),
+            servers=tuple(m.get("servers", ())),
+        )
+        for m in items or ()
+    )
 
 
 def _env(items: Any) -> dict[str, str]:
@@ -573,6 +600,7 @@ def from_data(data: dict[str, Any], where: str) -> Profile:
                 max_concurrency=s.get("max_concurrency"),
                 memory_mib=s.get("memory_mib"),
                 cpus=s.get("cpus"),
+                server=s.get("server", ""),
                 cpu=CpuVariant(
                     image=cpu["image"],
                     models=_models(cpu.get("models")),

@@ -19,7 +19,7 @@ from composegen import __version__
 from composegen.errors import BadInputError
 from composegen.files import OutFile
 from composegen.plan import Instance, Plan
-from composegen.profile_checks import HEALTH_PATH
+from composegen.profile_checks import HEALTH_PATH, public_name
 from composegen.profiles import Profile, Service
 
 _REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -97,6 +97,134 @@ def health_test(svc: Service, inst: Instance) -> list[str]:
     return ["CMD", "bash", "-c", probe.replace("$", "$$")]
 
 
+# --- public model names -----------------------------------------------------------------------
+
+OLLAMA_DEFAULT_STORE = "/root/.ollama/models"
+
+
+def _served_name_args(svc: Service, inst: Instance, command: tuple[str, ...]) -> list[str]:
+    """vLLM (and TEI when the model stands in for another) answer to the service's public
+    model name on GPU and CPU alike: `--served-model-name PUBLIC [REAL]` (vLLM accepts several
+    names and reports the first)."""
+    if not inst.models or any(t.startswith("--served-model-name") for t in command):
+        return []
+    real = inst.models[0].name
+    public = public_name(svc, inst.models[0]) or real
+    server = svc.server_kind
+    if server == "vllm":
+        return ["--served-model-name", public] + ([real] if real != public else [])
+    if server == "tei" and public != real:
+        return ["--served-model-name", public]
+    return []
+
+
+def _needs_aliases(svc: Service, inst: Instance) -> bool:
+    return any((public_name(svc, m) or m.name) != m.name for m in inst.models)
+
+
+def _store(svc: Service) -> str:
+    env = dict(svc.env)
+    if svc.cpu is not None:
+        env.update(svc.cpu.env)
+    return env.get("OLLAMA_MODELS") or OLLAMA_DEFAULT_STORE
+
+
+def cpu_alias_store(svc: Service) -> str:
+    """Where the CPU variant of an Ollama service keeps its models and their aliases: inside
+    the service's own store, so inside the same volume."""
+    return f"{_store(svc).rstrip('/')}/composegen-cpu"
+
+
+def model_names(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]]:
+    """Per service: each public model name and the real model behind it on GPU and on CPU."""
+    out = []
+    for svc in prof.enabled_services:
+        if not svc.models:
+            continue
+        rows: dict[str, dict[str, list[str]]] = {}
+        for m in svc.models:
+            rows.setdefault(m.name, {"gpu": [], "cpu": []})
+        for mode, p in (("gpu", plan), ("cpu", cplan)):
+            for inst in p.of_service(svc.name):
+                if (inst.device == "cpu") != (mode == "cpu"):
+                    continue
+                for m in inst.models:
+                    public = public_name(svc, m) or m.name
+                    reals = rows.setdefault(public, {"gpu": [], "cpu": []})[mode]
+                    if m.name not in reals:
+                        reals.append(m.name)
+        out.append(
+            {
+                "service": svc.name,
+                "server": svc.server_kind,
+                "rows": [{"public": k, "gpu": v["gpu"], "cpu": v["cpu"]} for k, v in rows.items()],
+            }
+        )
+    return out
+
+
+def fill_commands(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]]:
+    """The shell commands of STACK.md that fill the model volumes; every name in them comes
+    from the profile, so every one is quoted."""
+    q = shlex.quote
+    out = []
+    for svc in prof.enabled_services:
+        if not svc.models or not svc.volumes:
+            continue
+        vol, mount = svc.volumes[0].split(":")[:2]
+        volume = f"{prof.name}_{vol.replace('{instance}', '0')}"
+        gpu_models = [m.name for m in svc.models]
+        for inst in plan.of_service(svc.name):
+            gpu_models += [m.name for m in inst.models if m.name not in gpu_models]
+        cpu_insts = [i for i in cplan.of_service(svc.name) if i.device == "cpu"]
+        cpu_models: list[Any] = []
+        for inst in cpu_insts:
+            cpu_models += [m for m in inst.models if m not in cpu_models]
+        aliased = any(_needs_aliases(svc, i) for i in cpu_insts)
+        lines = []
+        if svc.kind == "ollama":
+            image = prof.images[svc.image]
+            store = dict(svc.env).get("OLLAMA_MODELS")
+            pulls = gpu_models + (
+                [] if aliased else [m.name for m in cpu_models if m.name not in gpu_models]
+            )
+            script = "ollama serve & sleep 5; " + "; ".join(f"ollama pull {q(n)}" for n in pulls)
+            env = f"-e OLLAMA_MODELS={q(store)} " if store else ""
+            lines.append(
+                f"docker run --rm -v {q(volume)}:{q(mount)} {env}--entrypoint sh {q(image)} "
+                f"-c {q(script)}"
+            )
+            if aliased:
+                cpu_image = prof.images[svc.cpu.image] if svc.cpu else image
+                steps = [f"ollama pull {q(m.name)}" for m in cpu_models]
+                steps += [
+                    f"ollama cp {q(m.name)} {q(public_name(svc, m) or m.name)}"
+                    for m in cpu_models
+                    if (public_name(svc, m) or m.name) != m.name
+                ]
+                script = "ollama serve & sleep 5; " + "; ".join(steps)
+                lines.append(
+                    f"docker run --rm -v {q(volume)}:{q(mount)} "
+                    f"-e OLLAMA_MODELS={q(cpu_alias_store(svc))} --entrypoint sh "
+                    f"{q(cpu_image)} -c {q(script)}"
+                )
+        elif svc.server_kind in ("vllm", "tei", "speaches"):  # Hugging Face repositories
+            names = gpu_models + [m.name for m in cpu_models if m.name not in gpu_models]
+            lines += [f"huggingface-cli download {q(n)}" for n in names]
+        out.append(
+            {
+                "service": svc.name,
+                "kind": svc.kind,
+                "models": gpu_models,
+                "volume": volume,
+                "mount": mount,
+                "aliased": aliased,
+                "lines": lines,
+            }
+        )
+    return out
+
+
 # --- compose ----------------------------------------------------------------------------------
 
 
@@ -132,7 +260,12 @@ def _service_block(
     if command:
         block["command"] = [
             _interpolate(_fill(tok, inst), prof, f"{where}.command") for tok in command
-        ]
+        ] + _served_name_args(svc, inst, command)
+    if on_cpu and svc.kind == "ollama" and _needs_aliases(svc, inst):
+        # the CPU variant's models answer to the GPU models' names through `ollama cp`
+        # aliases, kept in a store of their own (an alias in the shared store would replace
+        # the real model the GPU instances run); STACK.md says how to fill it
+        env["OLLAMA_MODELS"] = cpu_alias_store(svc)
     if env:
         block["environment"] = env
     deps = [d for d in svc.depends_on]
@@ -462,6 +595,8 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
         "groups": _groups(prof, plan),
         "gpu_services": [i.name for i in plan.instances if i.device == "gpu"],
         "cpu_services": [i.name for i in cplan.instances if i.name.endswith("-cpu")],
+        "model_names": model_names(prof, plan, cplan),
+        "fill": fill_commands(prof, plan, cplan),
     }
     files = [
         OutFile("docker-compose.yml", dump_yaml(compose, header)),
