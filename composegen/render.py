@@ -64,7 +64,12 @@ def _interpolate(value: str, prof: Profile, where: str) -> str:
                 f"{prof.path}: {where}: ${{{name}}} is not declared under tunables:",
                 f"add it to tunables with a default, or write $${{{name}}} for a literal",
             )
-        out.append(f"${{{name}:-{prof.tunables[name]}}}")
+        default = prof.tunables[name]
+        if any(c in default for c in "${}"):  # refused when the profile loads; never render it
+            raise BadInputError(
+                f"{prof.path}: tunables.{name}: {default!r} cannot be a ${{{name}:-default}}"
+            )
+        out.append(f"${{{name}:-{default}}}")
         pos = m.end()
     out.append(value[pos:].replace("$", "$$"))
     return "".join(out)
@@ -592,6 +597,7 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
         "gw": prof.gateway,
         "api_key_var": API_KEY_VAR,
         "gateway_url": gateway_url(opts.bind, prof.gateway.port, "/healthz"),
+        "published": f"[{opts.bind}]" if ":" in opts.bind else opts.bind,
         "groups": _groups(prof, plan),
         "gpu_services": [i.name for i in plan.instances if i.device == "gpu"],
         "cpu_services": [i.name for i in cplan.instances if i.name.endswith("-cpu")],

@@ -244,4 +244,7 @@ def test_healthcheck_script_url_for_bind(tmp_path: Path, bind: str, url: str) ->
     assert proc.returncode == 0, proc.stderr
     script = (out / "scripts" / "healthcheck.sh").read_text(encoding="utf-8")
     assert f'GATEWAY="{url}"\n' in script, script
+    stack_md = (out / "STACK.md").read_text(encoding="utf-8")
+    shown = f"[{bind}]:8080" if ":" in bind else f"{bind}:8080"
+    assert f"Only the gateway publishes a port: `{shown}`." in stack_md
     assert stat.S_IMODE((out / "scripts" / "healthcheck.sh").stat().st_mode) == 0o755
