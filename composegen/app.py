@@ -290,7 +290,18 @@ def rebuild(inputs: RenderInputs) -> Rendered:
     if inputs.api_key:
         from dataclasses import replace
 
-        overrides = replace(overrides, sets=(*overrides.sets, f"gateway.api_key={inputs.api_key}"))
+        from composegen.render import API_KEY_RE, API_KEY_VAR
+
+        if not API_KEY_RE.fullmatch(inputs.api_key):  # never echo a secret in an error
+            raise BadInputError(
+                f"{ENV_FILE}: {API_KEY_VAR} is not a valid API key "
+                "(16-256 characters of A-Z a-z 0-9 . _ ~ + / = -)",
+                "put the key back as rendered, or render again with --set gateway.api_key=KEY",
+            )
+        # quoted: a key of digits must stay a string for YAML
+        overrides = replace(
+            overrides, sets=(*overrides.sets, f"gateway.api_key='{inputs.api_key}'")
+        )
     prof = profiles.load(inputs.profile, inputs.profiles_dirs, overrides)
     plan = make_plan(inputs.inventory, prof, PlanOptions(pin_by=inputs.pin_by))
     failed: tuple[int, ...] = ()

@@ -133,3 +133,22 @@ def test_no_key_no_api_key_record(tmp_path: Path) -> None:
     inputs = app.load_inputs(out)
     assert inputs.api_key is None
     assert "nginx/auth.conf" not in {f.path for f in app.rebuild(inputs).files}
+
+
+def test_key_of_digits_and_a_broken_key_in_env(tmp_path: Path) -> None:
+    """A key YAML would read as a number stays a string; a key broken by hand in .env is a
+    one-line error that does not print it."""
+    out = tmp_path / "stack"
+    _render(out)
+    env = out / ".env"
+    text = env.read_text(encoding="utf-8")
+    digits = "0123456701234567"  # octal digits: YAML 1.1 reads 0123... as a number
+    env.write_text(text.replace(KEY, digits), encoding="utf-8")
+    files = {f.path: f for f in app.rebuild(app.load_inputs(out)).files}
+    assert digits in files["nginx/auth.conf"].text
+    broken = "short\x1bkey"
+    env.write_text(text.replace(KEY, broken), encoding="utf-8")
+    with pytest.raises(BadInputError) as err:
+        app.rebuild(app.load_inputs(out))
+    assert "COMPOSEGEN_API_KEY is not a valid API key" in err.value.one_line()
+    assert broken not in err.value.one_line()
