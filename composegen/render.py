@@ -32,6 +32,15 @@ class RenderOptions:
     bind: str = "127.0.0.1"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` for a comment line: control characters (a newline would end the comment and
+    let an inventory file write YAML into docker-compose.yml) shown as escapes."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def gateway_url(bind: str, port: int, path: str = "") -> str:
     """The URL that reaches a gateway published on `bind` from this host: an unspecified
     address (0.0.0.0, ::) is reached on 127.0.0.1, an IPv6 address is bracketed."""
@@ -579,7 +588,8 @@ def nginx_conf(prof: Profile, plan: Plan, cpu_names: bool = False) -> str:
 def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> list[OutFile]:
     header = (
         f"# Rendered by composegen {__version__} from profile {prof.name} "
-        f"({plan.inventory_source}). Edit the profile and re-render, or pass --force.\n"
+        f"({one_line(plan.inventory_source)}). Edit the profile and re-render, or pass "
+        "--force.\n"
     )
     compose = compose_data(prof, plan, opts)
     cplan = cpu_plan(prof, plan)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -248,3 +249,20 @@ def test_healthcheck_script_url_for_bind(tmp_path: Path, bind: str, url: str) ->
     shown = f"[{bind}]:8080" if ":" in bind else f"{bind}:8080"
     assert f"Only the gateway publishes a port: `{shown}`." in stack_md
     assert stat.S_IMODE((out / "scripts" / "healthcheck.sh").stat().st_mode) == 0o755
+
+
+def test_inventory_source_cannot_write_into_the_compose_file(tmp_path: Path) -> None:
+    """The compose file's header names the inventory's `source`, which a saved inventory file
+    sets: a newline there ended the comment and wrote YAML (here a second `services:`)."""
+    from tests.stack_checks import scenario_inventory
+
+    doc = json.loads(scenario_inventory("single_8gb").to_json())
+    doc["source"] = "x\nservices:\n  evil: {image: busybox, privileged: true}\n#"
+    inv = tmp_path / "inv.json"
+    inv.write_text(json.dumps(doc), encoding="utf-8")
+    built = app.build("zenglow-personas", inventory=str(inv))
+    text = {f.path: f.text for f in built.files}["docker-compose.yml"]
+    header, body = text.split("\n", 1)
+    assert header.startswith("# Rendered by composegen") and "\\nservices:" in header
+    assert "evil" not in body
+    assert text.count("\nservices:\n") == 1
