@@ -20,7 +20,7 @@ from composegen.errors import BadInputError
 from composegen.files import OutFile
 from composegen.plan import Instance, Plan
 from composegen.profile_checks import HEALTH_PATH, public_name
-from composegen.profiles import Profile, Service
+from composegen.profiles import Model, Profile, Service
 
 _REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 API_KEY_VAR = "COMPOSEGEN_API_KEY"
@@ -136,17 +136,26 @@ def _needs_aliases(svc: Service, inst: Instance) -> bool:
     return any((public_name(svc, m) or m.name) != m.name for m in inst.models)
 
 
-def _store(svc: Service) -> str:
+def alias_store(svc: Service, inst: Instance) -> str | None:
+    """Where an Ollama instance that runs stand-in models (its CPU variant, or a smaller
+    alternative on a small GPU) keeps them with `ollama cp` aliases to the public names.
+
+    A store of its own, inside the service's store and so inside the same volume: an alias in
+    the shared store would replace the real model that the other instances run. None when
+    the instance runs the service's own models."""
+    if svc.kind != "ollama" or not _needs_aliases(svc, inst):
+        return None
     env = dict(svc.env)
-    if svc.cpu is not None:
-        env.update(svc.cpu.env)
-    return env.get("OLLAMA_MODELS") or OLLAMA_DEFAULT_STORE
-
-
-def cpu_alias_store(svc: Service) -> str:
-    """Where the CPU variant of an Ollama service keeps its models and their aliases: inside
-    the service's own store, so inside the same volume."""
-    return f"{_store(svc).rstrip('/')}/composegen-cpu"
+    if inst.device == "cpu":
+        if svc.cpu is not None:
+            env.update(svc.cpu.env)
+        name = "composegen-cpu"
+    else:
+        alts = list(svc.alternatives)
+        name = f"composegen-alt{alts.index(inst.models) + 1}" if inst.models in alts else ""
+        name = name or "composegen-alt"
+    base = env.get("OLLAMA_MODELS") or OLLAMA_DEFAULT_STORE
+    return f"{base.rstrip('/')}/{name}"
 
 
 def model_names(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]]:
@@ -171,6 +180,7 @@ def model_names(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]]:
             {
                 "service": svc.name,
                 "server": svc.server_kind,
+                "has_cpu": svc.cpu is not None,
                 "rows": [{"public": k, "gpu": v["gpu"], "cpu": v["cpu"]} for k, v in rows.items()],
             }
         )
@@ -188,43 +198,43 @@ def fill_commands(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]
         vol, mount = svc.volumes[0].split(":")[:2]
         volume = f"{prof.name}_{vol.replace('{instance}', '0')}"
         gpu_models = [m.name for m in svc.models]
-        for inst in plan.of_service(svc.name):
-            gpu_models += [m.name for m in inst.models if m.name not in gpu_models]
-        cpu_insts = [i for i in cplan.of_service(svc.name) if i.device == "cpu"]
-        cpu_models: list[Any] = []
-        for inst in cpu_insts:
-            cpu_models += [m for m in inst.models if m not in cpu_models]
-        aliased = any(_needs_aliases(svc, i) for i in cpu_insts)
+        insts = [i for i in plan.of_service(svc.name) if i.device == "gpu"]
+        insts += [i for i in cplan.of_service(svc.name) if i.device == "cpu"]
+        stores: dict[str, tuple[str, list[Model]]] = {}  # alias store -> (image, models)
+        plain = list(gpu_models)  # what the service's own store holds
+        for inst in insts:
+            store = alias_store(svc, inst)
+            if store is None:
+                plain += [m.name for m in inst.models if m.name not in plain]
+                continue
+            image_key = svc.cpu.image if inst.device == "cpu" and svc.cpu else svc.image
+            held = stores.setdefault(store, (prof.images[image_key], []))[1]
+            held += [m for m in inst.models if m not in held]
         lines = []
         if svc.kind == "ollama":
             image = prof.images[svc.image]
-            store = dict(svc.env).get("OLLAMA_MODELS")
-            pulls = gpu_models + (
-                [] if aliased else [m.name for m in cpu_models if m.name not in gpu_models]
-            )
-            script = "ollama serve & sleep 5; " + "; ".join(f"ollama pull {q(n)}" for n in pulls)
-            env = f"-e OLLAMA_MODELS={q(store)} " if store else ""
+            own = dict(svc.env).get("OLLAMA_MODELS")
+            script = "ollama serve & sleep 5; " + "; ".join(f"ollama pull {q(n)}" for n in plain)
+            env = f"-e OLLAMA_MODELS={q(own)} " if own else ""
             lines.append(
                 f"docker run --rm -v {q(volume)}:{q(mount)} {env}--entrypoint sh {q(image)} "
                 f"-c {q(script)}"
             )
-            if aliased:
-                cpu_image = prof.images[svc.cpu.image] if svc.cpu else image
-                steps = [f"ollama pull {q(m.name)}" for m in cpu_models]
+            for store, (store_image, models) in stores.items():
+                steps = [f"ollama pull {q(m.name)}" for m in models]
                 steps += [
                     f"ollama cp {q(m.name)} {q(public_name(svc, m) or m.name)}"
-                    for m in cpu_models
+                    for m in models
                     if (public_name(svc, m) or m.name) != m.name
                 ]
                 script = "ollama serve & sleep 5; " + "; ".join(steps)
                 lines.append(
-                    f"docker run --rm -v {q(volume)}:{q(mount)} "
-                    f"-e OLLAMA_MODELS={q(cpu_alias_store(svc))} --entrypoint sh "
-                    f"{q(cpu_image)} -c {q(script)}"
+                    f"docker run --rm -v {q(volume)}:{q(mount)} -e OLLAMA_MODELS={q(store)} "
+                    f"--entrypoint sh {q(store_image)} -c {q(script)}"
                 )
         elif svc.server_kind in ("vllm", "tei", "speaches"):  # Hugging Face repositories
-            names = gpu_models + [m.name for m in cpu_models if m.name not in gpu_models]
-            lines += [f"huggingface-cli download {q(n)}" for n in names]
+            names = plain + [m.name for _, ms in stores.values() for m in ms]
+            lines += [f"huggingface-cli download {q(n)}" for n in dict.fromkeys(names)]
         out.append(
             {
                 "service": svc.name,
@@ -232,7 +242,7 @@ def fill_commands(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]
                 "models": gpu_models,
                 "volume": volume,
                 "mount": mount,
-                "aliased": aliased,
+                "aliased": bool(stores),
                 "lines": lines,
             }
         )
@@ -275,11 +285,11 @@ def _service_block(
         block["command"] = [
             _interpolate(_fill(tok, inst), prof, f"{where}.command") for tok in command
         ] + _served_name_args(svc, inst, command)
-    if on_cpu and svc.kind == "ollama" and _needs_aliases(svc, inst):
-        # the CPU variant's models answer to the GPU models' names through `ollama cp`
-        # aliases, kept in a store of their own (an alias in the shared store would replace
-        # the real model the GPU instances run); STACK.md says how to fill it
-        env["OLLAMA_MODELS"] = cpu_alias_store(svc)
+    store = alias_store(svc, inst)
+    if store is not None:
+        # stand-in models answer to the public names through `ollama cp` aliases in a store
+        # of their own; STACK.md says how to fill it
+        env["OLLAMA_MODELS"] = store
     if env:
         block["environment"] = env
     deps = [d for d in svc.depends_on]

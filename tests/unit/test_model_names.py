@@ -84,6 +84,29 @@ def test_ollama_cpu_variant_answers_through_an_alias_in_its_own_store() -> None:
     ]
 
 
+def test_ollama_gpu_alternative_answers_to_the_public_names(tmp_path: Path) -> None:
+    """rma-shared on one 8 GB card runs its second alternative (llama3.2:1b, llava:7b): the
+    GPU instance answers to llama3.2 and llava:13b through aliases in a store of its own."""
+    from tests.stack_checks import scenario_inventory
+
+    inv = tmp_path / "inv.json"
+    inv.write_text(scenario_inventory("single_8gb").to_json(), encoding="utf-8")
+    built = app.build("rma-shared", inventory=str(inv))
+    ollama = next(i for i in built.plan.instances if i.service == "ollama")
+    assert ollama.device == "gpu"
+    assert [m.name for m in ollama.models] == ["llama3.2:1b", "llava:7b", "nomic-embed-text"]
+    files = {f.path: f.text for f in built.files}
+    env = yaml.safe_load(files["docker-compose.yml"])["services"]["ollama"]["environment"]
+    assert env["OLLAMA_MODELS"] == "/root/.ollama/models/composegen-alt2"
+    calls = _run_fill(files["STACK.md"], "ollama", tmp_path)
+    alt = next(c for c in calls if c["env"] == "OLLAMA_MODELS=/root/.ollama/models/composegen-alt2")
+    assert ["cp", "llama3.2:1b", "llama3.2"] in alt["ollama"]
+    assert ["cp", "llava:7b", "llava:13b"] in alt["ollama"]
+    # the shared store keeps the real models, untouched by any alias
+    assert not any(c[0] == "cp" for c in calls[0]["ollama"])
+    assert "| ollama | `llava:13b` | llava:7b | - (not in the CPU variant) |" in files["STACK.md"]
+
+
 def test_stack_md_names_the_real_model_in_each_mode() -> None:
     text = _files("rag-a100")["STACK.md"]
     assert f"| llm | `{GPU_LLM}` | {GPU_LLM} | {CPU_LLM} |" in text
