@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -266,3 +267,49 @@ def test_inventory_source_cannot_write_into_the_compose_file(tmp_path: Path) -> 
     assert header.startswith("# Rendered by composegen") and "\\nservices:" in header
     assert "evil" not in body
     assert text.count("\nservices:\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        # the forms Ollama's envconfig takes: integer seconds (negative: forever) or a Go
+        # duration (time.ParseDuration)
+        ("OLLAMA_KEEP_ALIVE", "-1"),
+        ("OLLAMA_KEEP_ALIVE", "0"),
+        ("OLLAMA_KEEP_ALIVE", "3600"),
+        ("OLLAMA_KEEP_ALIVE", "1h30m"),
+        ("OLLAMA_KEEP_ALIVE", "1.5h"),
+        ("OLLAMA_KEEP_ALIVE", "-1m"),
+        ("OLLAMA_LOAD_TIMEOUT", "5m0s"),
+        ("OLLAMA_NUM_PARALLEL", "0"),
+        ("OLLAMA_MAX_LOADED_MODELS", "3"),
+        ("OLLAMA_FLASH_ATTENTION", "true"),
+        ("OLLAMA_FLASH_ATTENTION", "1"),
+        ("OLLAMA_SCHED_SPREAD", "F"),
+        ("HF_HUB_OFFLINE", "ON"),
+        ("VLLM_GPU_MEMORY_UTILIZATION", "1"),
+    ],
+)
+def test_tunable_formats_ollama_accepts_are_accepted(var: str, value: str) -> None:
+    prof = profiles.load("ollama-pool", overrides=Overrides(sets=(f"tunables.{var}='{value}'",)))
+    assert prof.tunables[var] == value
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("OLLAMA_KEEP_ALIVE", "5 m"),
+        ("OLLAMA_KEEP_ALIVE", "forever"),
+        ("OLLAMA_KEEP_ALIVE", "1d"),
+        ("OLLAMA_LOAD_TIMEOUT", "m5"),
+        ("OLLAMA_NUM_PARALLEL", "+1"),
+        ("OLLAMA_FLASH_ATTENTION", "yes"),  # Ollama reads an unparsable boolean as true
+        ("VLLM_GPU_MEMORY_UTILIZATION", "0"),
+        ("VLLM_MAX_NUM_SEQS", "0"),
+    ],
+)
+def test_tunable_formats_ollama_refuses_are_refused(var: str, value: str) -> None:
+    from composegen.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=rf"--set .*tunables\.{var}: '{re.escape(value)}'"):
+        profiles.load("ollama-pool", overrides=Overrides(sets=(f"tunables.{var}='{value}'",)))
