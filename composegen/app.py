@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from composegen import profiles
@@ -162,19 +162,21 @@ def build(
         from dataclasses import replace
 
         plan = replace(plan, warnings=(*own_notes, *plan.warnings))  # not in STACK.md
-    files = render(prof, plan, RenderOptions(bind=bind, inventory_note=target.note))
+    files = render(prof, plan, RenderOptions(bind=bind))
+    ov = overrides or Overrides()
     inputs = RenderInputs(
         profile=name if not Path(name).suffix else str(Path(name).resolve()),
         profiles_dirs=tuple(str(Path(d).resolve()) for d in extra_dirs),
         overrides=Overrides(
-            (overrides or Overrides()).sets,
-            tuple(str(Path(v).resolve()) for v in (overrides or Overrides()).values_files),
-            (overrides or Overrides()).images,
+            tuple(s for s in ov.sets if not _sets_api_key(s)),
+            tuple(str(Path(v).resolve()) for v in ov.values_files),
+            ov.images,
         ),
         inventory=target.inventory,
         pin_by=pin_by,
         bind=bind,
         ignore_used=ignore_used,
+        api_key=prof.gateway.api_key,
     )
     return Rendered(prof, plan, target, files, inputs)
 
@@ -218,6 +220,32 @@ def check(out_dir: Path, files: list[OutFile]) -> list[str]:
 # --- what a render was made from, so that fallback can re-plan it -----------------------------
 
 STATE_FILE = ".composegen/render.json"
+ENV_FILE = ".env"
+
+
+def _sets_api_key(text: str) -> bool:
+    """`--set gateway.api_key=...`: a secret, never recorded in render.json."""
+    key = text.partition("=")[0]
+    return [p.strip() for p in key.strip().split(".")] == ["gateway", "api_key"]
+
+
+def _key_from_env(out_dir: Path) -> str | None:
+    """The gateway's API key as .env (mode 0600) holds it: where the key lives after render."""
+    from composegen.render import API_KEY_VAR
+
+    try:
+        text = (out_dir / ENV_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = None
+    for line in text.splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and name.strip() == API_KEY_VAR:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            found = value
+    return found
 
 
 @dataclass(frozen=True)
@@ -232,6 +260,9 @@ class RenderInputs:
     # --ignore-used: plan as if no other process held GPU memory. A render.json written before
     # memory in use was counted has no such key and is read as True, so it re-plans the same.
     ignore_used: bool = False
+    # The gateway's API key. Kept in memory only: render.json (mode 0644) records that a key
+    # is set, and load_inputs reads the key back from .env (mode 0600).
+    api_key: str | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
         import json
@@ -250,6 +281,7 @@ class RenderInputs:
                     "bind": self.bind,
                     "failed": [list(f) for f in self.failed],
                     "ignore_used": self.ignore_used,
+                    "api_key": "set" if self.api_key else None,
                 },
                 indent=2,
             )
@@ -283,17 +315,31 @@ def load_inputs(out_dir: Path) -> RenderInputs:
                 raise TypeError(f"{key} must be a list of strings")
         if not isinstance(data["profile"], str) or not isinstance(data["bind"], str):
             raise TypeError("profile and bind must be strings")
+        # a render.json written before keys were kept out of it may hold one in its sets
+        old_keys = [s.partition("=")[2].strip() for s in data["sets"] if _sets_api_key(s)]
+        api_key = None
+        if data.get("api_key") == "set" or old_keys:
+            api_key = _key_from_env(out_dir) or (old_keys[-1] if old_keys else None)
+            if not api_key:
+                raise BadInputError(
+                    f"{path}: the stack has a gateway API key, but {out_dir / ENV_FILE} has "
+                    "no COMPOSEGEN_API_KEY",
+                    "put the key back in .env, or render again with --set gateway.api_key=KEY",
+                )
         return RenderInputs(
             profile=str(data["profile"]),
             profiles_dirs=tuple(data["profiles_dirs"]),
             overrides=Overrides(
-                tuple(data["sets"]), tuple(data["values_files"]), tuple(data["images"])
+                tuple(s for s in data["sets"] if not _sets_api_key(s)),
+                tuple(data["values_files"]),
+                tuple(data["images"]),
             ),
             inventory=Inventory.from_dict(data["inventory"], where=str(path)),
             pin_by="uuid" if pin == "uuid" else ("index" if pin == "index" else None),
             bind=str(data["bind"]),
             failed=tuple(tuple(int(i) for i in f) for f in data.get("failed", [])),
             ignore_used=bool(data.get("ignore_used", True)),
+            api_key=api_key,
         )
     except FileNotFoundError:
         raise BadInputError(
@@ -323,7 +369,23 @@ def _mark_failed(inv: Inventory, failed: tuple[int, ...]) -> Inventory:
 
 def rebuild(inputs: RenderInputs) -> Rendered:
     """The stack as the inputs say: the original plan, then each failover step on top of it."""
-    prof = profiles.load(inputs.profile, inputs.profiles_dirs, inputs.overrides)
+    overrides = inputs.overrides
+    if inputs.api_key:
+        from dataclasses import replace
+
+        from composegen.render import API_KEY_RE, API_KEY_VAR
+
+        if not API_KEY_RE.fullmatch(inputs.api_key):  # never echo a secret in an error
+            raise BadInputError(
+                f"{ENV_FILE}: {API_KEY_VAR} is not a valid API key "
+                "(16-256 characters of A-Z a-z 0-9 . _ ~ + / = -)",
+                "put the key back as rendered, or render again with --set gateway.api_key=KEY",
+            )
+        # quoted: a key of digits must stay a string for YAML
+        overrides = replace(
+            overrides, sets=(*overrides.sets, f"gateway.api_key='{inputs.api_key}'")
+        )
+    prof = profiles.load(inputs.profile, inputs.profiles_dirs, overrides)
     count_used = not inputs.ignore_used
     plan = make_plan(
         inputs.inventory, prof, PlanOptions(pin_by=inputs.pin_by, count_used=count_used)

@@ -446,6 +446,13 @@ def render(
             "interface; Docker's published ports bypass host firewalls such as ufw",
             err=True,
         )
+    if not addr.is_loopback and not built.profile.gateway.api_key:
+        click.echo(
+            f"composegen: warning: --bind {bind} without an API key: the gateway is open to "
+            "the network without authentication (set one: --set gateway.api_key=KEY, "
+            "KEY from `openssl rand -hex 32`)",
+            err=True,
+        )
     result = app.write(out, built.files, force=force, dry_run=dry_run)
     if not dry_run and built.inputs is not None:
         app.save_inputs(out, built.inputs)
@@ -458,9 +465,18 @@ def render(
         click.echo(f"  spare GPUs: {', '.join(map(str, built.plan.spare_gpus))}")
     for name, why in built.plan.dropped:
         click.echo(f"  dropped {name}: {why}")
+    if dry_run:
+        for path in result.written:
+            click.echo(f"  would write {out / path}")
+        for path in result.backed_up:
+            click.echo(f"  would save your edits of {out / path.removesuffix('.bak')} in {path}")
     click.echo(
         f"{verb} {len(result.written)} file(s), {len(result.unchanged)} unchanged in {out}"
-        + (f"; kept .bak of {', '.join(result.backed_up)}" if result.backed_up else "")
+        + (
+            f"; your edits are saved in {', '.join(result.backed_up)}"
+            if result.backed_up and not dry_run
+            else ""
+        )
     )
 
 

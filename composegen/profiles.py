@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +36,13 @@ class ProfileError(BadInputError):
 class Model:
     name: str
     vram_mib: int
+    # What the profile knows of the model (checked against the command at load, see
+    # profile_checks.check_model_facts); None / () / False: not recorded.
+    public_name: str | None = None  # the name clients use, when this model stands in for another
+    context_length: int | None = None  # positions the model supports (max_position_embeddings)
+    trust_remote_code: bool = False  # its code is in the repository: vLLM needs the flag
+    architecture: str | None = None  # e.g. Qwen2ForCausalLM, BertModel
+    servers: tuple[str, ...] = ()  # which servers can serve it: vllm, tei, ollama, speaches
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,12 @@ class Service:
     memory_mib: int | None = None
     cpus: float | None = None
     cpu: CpuVariant | None = None
+    server: str = ""  # vllm, tei, ollama, speaches, other; "" = from kind
+
+    @property
+    def server_kind(self) -> str:
+        """The server this service runs: `server:` if set, else vllm/ollama from its kind."""
+        return self.server or {"vllm": "vllm", "ollama": "ollama"}.get(self.kind, "other")
 
     def vram_per_gpu(self, models: tuple[Model, ...] | None = None) -> int:
         need = self.gpu or GpuNeed()
@@ -258,18 +271,23 @@ def _check_keys(node: Any, where: str, path: tuple[Any, ...] = ()) -> None:
             _check_keys(v, where, (*path, i))
 
 
-def validate(data: Any, where: str) -> None:
+def validate(data: Any, where: str, sources: Sequence[bytes] | None = None) -> None:
+    """Schema and reference checks. `sources` are the bytes `data` was made from (the profile
+    file, each --values file, each --set and --image): with them the schema check is skipped
+    when the same bytes passed it before. The key is bytes, not the parsed data: a YAML date
+    and the same text quoted parse to values that print alike but differ."""
     from composegen import cache
 
     _check_keys(data, where)
-    digest = cache.key(
-        _schema_text().encode(),
-        _VALIDATOR_VERSION,
-        json.dumps(data, sort_keys=True, default=str).encode(),
+    digest = (
+        cache.key(_schema_text().encode(), _VALIDATOR_VERSION, *sources)
+        if sources is not None
+        else None
     )
-    if not cache.seen("valid-profile", digest):
+    if digest is None or not cache.seen("valid-profile", digest):
         _validate_schema(data, where)
-        cache.remember("valid-profile", digest)
+        if digest is not None:
+            cache.remember("valid-profile", digest)
     _check_references(data, where)
 
 
@@ -426,16 +444,25 @@ class Overrides:
     images: tuple[str, ...] = ()
 
 
-def apply_overrides(data: dict[str, Any], ov: Overrides, where: str) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], ov: Overrides, where: str, sources: list[bytes] | None = None
+) -> dict[str, Any]:
+    """`data` with the overrides merged in; each override's values are checked first, so an
+    error names the --values file or the --set that brought the bad value. The bytes read are
+    appended to `sources` (see validate)."""
+    from composegen.profile_checks import check_source, set_layer
+
     out = copy.deepcopy(data)
     for path in ov.values_files:
-        extra = _read_yaml(path)
+        extra = _read_yaml(path, sources)
         if not isinstance(extra, dict):
             raise BadInputError(f"{path}: --values file must hold a mapping")
+        check_source(extra, path)
         deep_merge(out, extra)
     for text in ov.sets:
         parts, value = parse_assignment(text, "--set")
         apply_set(out, parts, value, f"--set {text!r}")
+        check_source(set_layer(parts, value), f"--set {text!r}")
     images = out.get("images")
     for text in ov.images:
         key, sep, image = text.partition("=")
@@ -448,14 +475,19 @@ def apply_overrides(data: dict[str, Any], ov: Overrides, where: str) -> dict[str
             raise BadInputError(
                 f"--image {text!r}: {where} has no image key {key!r} (keys: {known})"
             )
+        check_source({"images": {key: image}}, f"--image {text!r}")
         images[key] = image
+    if sources is not None:
+        sources.extend(f"--set {t}".encode("utf-8", "surrogateescape") for t in ov.sets)
+        sources.extend(f"--image {t}".encode("utf-8", "surrogateescape") for t in ov.images)
     return out
 
 
 # --- files ------------------------------------------------------------------------------------
 
 
-def _read_yaml(path: str) -> Any:
+def _read_yaml(path: str, sources: list[bytes] | None = None) -> Any:
+    """The YAML document in `path`; its bytes are appended to `sources` when given."""
     import yaml
 
     try:
@@ -472,6 +504,8 @@ def _read_yaml(path: str) -> Any:
         raise BadInputError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise BadInputError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    if sources is not None:
+        sources.append(raw)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -518,19 +552,26 @@ def load(
                 f"unknown profile {name_or_path!r}",
                 f"known profiles: {', '.join(sorted(known)) or 'none'}; see `composegen profiles`",
             )
+    from composegen.profile_checks import check_source
+
     where = _display(path)
-    data = _read_yaml(str(path))
+    sources: list[bytes] = []
+    data = _read_yaml(str(path), sources)
     if not isinstance(data, dict):
         raise ProfileError(f"{where}: a profile must be a YAML mapping")
-    merged = apply_overrides(data, overrides, where)
+    check_source(data, where)
+    merged = apply_overrides(data, overrides, where, sources)
     try:
-        validate(merged, where)
+        validate(merged, where, sources)
     except ProfileError:
         _blame_override(data, overrides, where)  # raises naming --set/--values when one is it
         raise
     prof = from_data(merged, where)
     if path.stem != prof.name:
         raise ProfileError(f"{where}: name: {prof.name!r} differs from the file name {path.stem!r}")
+    from composegen.profile_checks import check_model_facts
+
+    check_model_facts(prof)
     return prof
 
 
@@ -565,7 +606,18 @@ def _display(path: Path) -> str:
 
 
 def _models(items: Any) -> tuple[Model, ...]:
-    return tuple(Model(name=m["name"], vram_mib=int(m["vram_mib"])) for m in items or ())
+    return tuple(
+        Model(
+            name=m["name"],
+            vram_mib=int(m["vram_mib"]),
+            public_name=m.get("public_name"),
+            context_length=m.get("context_length"),
+            trust_remote_code=bool(m.get("trust_remote_code", False)),
+            architecture=m.get("architecture"),
+            servers=tuple(m.get("servers", ())),
+        )
+        for m in items or ()
+    )
 
 
 def _env(items: Any) -> dict[str, str]:
@@ -605,6 +657,7 @@ def from_data(data: dict[str, Any], where: str) -> Profile:
                 max_concurrency=s.get("max_concurrency"),
                 memory_mib=s.get("memory_mib"),
                 cpus=s.get("cpus"),
+                server=s.get("server", ""),
                 cpu=CpuVariant(
                     image=cpu["image"],
                     models=_models(cpu.get("models")),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -18,7 +19,8 @@ from composegen import __version__
 from composegen.errors import BadInputError
 from composegen.files import OutFile
 from composegen.plan import Instance, Plan
-from composegen.profiles import Profile, Service
+from composegen.profile_checks import HEALTH_PATH, public_name
+from composegen.profiles import Model, Profile, Service
 
 _REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 API_KEY_VAR = "COMPOSEGEN_API_KEY"
@@ -28,7 +30,32 @@ NGINX_DIR = "/etc/nginx/composegen"
 @dataclass(frozen=True)
 class RenderOptions:
     bind: str = "127.0.0.1"
-    inventory_note: str = ""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` for a comment line: control characters (a newline would end the comment and
+    let an inventory file write YAML into docker-compose.yml) shown as escapes."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def gateway_url(bind: str, port: int, path: str = "") -> str:
+    """The URL that reaches a gateway published on `bind` from this host: an unspecified
+    address (0.0.0.0, ::) is reached on 127.0.0.1, an IPv6 address is bracketed."""
+    import ipaddress
+
+    host = bind
+    try:
+        addr = ipaddress.ip_address(bind)
+    except ValueError:
+        addr = None
+    if addr is not None and addr.is_unspecified:
+        host = "127.0.0.1"
+    elif addr is not None and addr.version == 6:
+        host = f"[{addr.compressed}]"
+    return f"http://{host}:{port}{path}"
 
 
 # --- values -----------------------------------------------------------------------------------
@@ -46,7 +73,12 @@ def _interpolate(value: str, prof: Profile, where: str) -> str:
                 f"{prof.path}: {where}: ${{{name}}} is not declared under tunables:",
                 f"add it to tunables with a default, or write $${{{name}}} for a literal",
             )
-        out.append(f"${{{name}:-{prof.tunables[name]}}}")
+        default = prof.tunables[name]
+        if any(c in default for c in "${}"):  # refused when the profile loads; never render it
+            raise BadInputError(
+                f"{prof.path}: tunables.{name}: {default!r} cannot be a ${{{name}:-default}}"
+            )
+        out.append(f"${{{name}:-{default}}}")
         pos = m.end()
     out.append(value[pos:].replace("$", "$$"))
     return "".join(out)
@@ -66,12 +98,155 @@ def health_test(svc: Service, inst: Instance) -> list[str]:
     if svc.kind == "ollama":
         return ["CMD", "ollama", "list"]
     path = svc.health.path or "/health"
+    if not HEALTH_PATH.fullmatch(path):  # the profile check refuses it first; never into shell
+        raise BadInputError(f"services.{svc.name}.health.path: {path!r} is not a URL path")
+    # the path is an argument of printf, quoted for the shell (never part of the format), and
+    # Compose reads `$` in the test as interpolation: `$$` is one literal dollar
     probe = (
         f"exec 3<>/dev/tcp/127.0.0.1/{inst.port} && "
-        f"printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && "
+        "printf 'GET %s HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' "
+        f"{shlex.quote(path)} >&3 && "
         "head -n 1 <&3 | grep -q ' 200 '"
     )
-    return ["CMD", "bash", "-c", probe]
+    return ["CMD", "bash", "-c", probe.replace("$", "$$")]
+
+
+# --- public model names -----------------------------------------------------------------------
+
+OLLAMA_DEFAULT_STORE = "/root/.ollama/models"
+
+
+def _served_name_args(svc: Service, inst: Instance, command: tuple[str, ...]) -> list[str]:
+    """vLLM (and TEI when the model stands in for another) answer to the service's public
+    model name on GPU and CPU alike: `--served-model-name PUBLIC [REAL]` (vLLM accepts several
+    names and reports the first)."""
+    if not inst.models or any(t.startswith("--served-model-name") for t in command):
+        return []
+    real = inst.models[0].name
+    public = public_name(svc, inst.models[0]) or real
+    server = svc.server_kind
+    if server == "vllm":
+        return ["--served-model-name", public] + ([real] if real != public else [])
+    if server == "tei" and public != real:
+        return ["--served-model-name", public]
+    return []
+
+
+def _needs_aliases(svc: Service, inst: Instance) -> bool:
+    return any((public_name(svc, m) or m.name) != m.name for m in inst.models)
+
+
+def alias_store(svc: Service, inst: Instance) -> str | None:
+    """Where an Ollama instance that runs stand-in models (its CPU variant, or a smaller
+    alternative on a small GPU) keeps them with `ollama cp` aliases to the public names.
+
+    A store of its own, inside the service's store and so inside the same volume: an alias in
+    the shared store would replace the real model that the other instances run. None when
+    the instance runs the service's own models."""
+    if svc.kind != "ollama" or not _needs_aliases(svc, inst):
+        return None
+    env = dict(svc.env)
+    if inst.device == "cpu":
+        if svc.cpu is not None:
+            env.update(svc.cpu.env)
+        name = "composegen-cpu"
+    else:
+        alts = list(svc.alternatives)
+        name = f"composegen-alt{alts.index(inst.models) + 1}" if inst.models in alts else ""
+        name = name or "composegen-alt"
+    base = env.get("OLLAMA_MODELS") or OLLAMA_DEFAULT_STORE
+    return f"{base.rstrip('/')}/{name}"
+
+
+def model_names(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]]:
+    """Per service: each public model name and the real model behind it on GPU and on CPU."""
+    out = []
+    for svc in prof.enabled_services:
+        if not svc.models:
+            continue
+        rows: dict[str, dict[str, list[str]]] = {}
+        for m in svc.models:
+            rows.setdefault(m.name, {"gpu": [], "cpu": []})
+        for mode, p in (("gpu", plan), ("cpu", cplan)):
+            for inst in p.of_service(svc.name):
+                if (inst.device == "cpu") != (mode == "cpu"):
+                    continue
+                for m in inst.models:
+                    public = public_name(svc, m) or m.name
+                    reals = rows.setdefault(public, {"gpu": [], "cpu": []})[mode]
+                    if m.name not in reals:
+                        reals.append(m.name)
+        out.append(
+            {
+                "service": svc.name,
+                "server": svc.server_kind,
+                "has_cpu": svc.cpu is not None,
+                "rows": [{"public": k, "gpu": v["gpu"], "cpu": v["cpu"]} for k, v in rows.items()],
+            }
+        )
+    return out
+
+
+def fill_commands(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]]:
+    """The shell commands of STACK.md that fill the model volumes; every name in them comes
+    from the profile, so every one is quoted."""
+    q = shlex.quote
+    out = []
+    for svc in prof.enabled_services:
+        if not svc.models or not svc.volumes:
+            continue
+        vol, mount = svc.volumes[0].split(":")[:2]
+        volume = f"{prof.name}_{vol.replace('{instance}', '0')}"
+        gpu_models = [m.name for m in svc.models]
+        insts = [i for i in plan.of_service(svc.name) if i.device == "gpu"]
+        insts += [i for i in cplan.of_service(svc.name) if i.device == "cpu"]
+        stores: dict[str, tuple[str, list[Model]]] = {}  # alias store -> (image, models)
+        plain = list(gpu_models)  # what the service's own store holds
+        for inst in insts:
+            store = alias_store(svc, inst)
+            if store is None:
+                plain += [m.name for m in inst.models if m.name not in plain]
+                continue
+            image_key = svc.cpu.image if inst.device == "cpu" and svc.cpu else svc.image
+            held = stores.setdefault(store, (prof.images[image_key], []))[1]
+            held += [m for m in inst.models if m not in held]
+        lines = []
+        if svc.kind == "ollama":
+            image = prof.images[svc.image]
+            own = dict(svc.env).get("OLLAMA_MODELS")
+            script = "ollama serve & sleep 5; " + "; ".join(f"ollama pull {q(n)}" for n in plain)
+            env = f"-e OLLAMA_MODELS={q(own)} " if own else ""
+            lines.append(
+                f"docker run --rm -v {q(volume)}:{q(mount)} {env}--entrypoint sh {q(image)} "
+                f"-c {q(script)}"
+            )
+            for store, (store_image, models) in stores.items():
+                steps = [f"ollama pull {q(m.name)}" for m in models]
+                steps += [
+                    f"ollama cp {q(m.name)} {q(public_name(svc, m) or m.name)}"
+                    for m in models
+                    if (public_name(svc, m) or m.name) != m.name
+                ]
+                script = "ollama serve & sleep 5; " + "; ".join(steps)
+                lines.append(
+                    f"docker run --rm -v {q(volume)}:{q(mount)} -e OLLAMA_MODELS={q(store)} "
+                    f"--entrypoint sh {q(store_image)} -c {q(script)}"
+                )
+        elif svc.server_kind in ("vllm", "tei", "speaches"):  # Hugging Face repositories
+            names = plain + [m.name for _, ms in stores.values() for m in ms]
+            lines += [f"huggingface-cli download {q(n)}" for n in dict.fromkeys(names)]
+        out.append(
+            {
+                "service": svc.name,
+                "kind": svc.kind,
+                "models": gpu_models,
+                "volume": volume,
+                "mount": mount,
+                "aliased": bool(stores),
+                "lines": lines,
+            }
+        )
+    return out
 
 
 # --- compose ----------------------------------------------------------------------------------
@@ -109,7 +284,12 @@ def _service_block(
     if command:
         block["command"] = [
             _interpolate(_fill(tok, inst), prof, f"{where}.command") for tok in command
-        ]
+        ] + _served_name_args(svc, inst, command)
+    store = alias_store(svc, inst)
+    if store is not None:
+        # stand-in models answer to the public names through `ollama cp` aliases in a store
+        # of their own; STACK.md says how to fill it
+        env["OLLAMA_MODELS"] = store
     if env:
         block["environment"] = env
     deps = [d for d in svc.depends_on]
@@ -418,7 +598,8 @@ def nginx_conf(prof: Profile, plan: Plan, cpu_names: bool = False) -> str:
 def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> list[OutFile]:
     header = (
         f"# Rendered by composegen {__version__} from profile {prof.name} "
-        f"({plan.inventory_source}). Edit the profile and re-render, or pass --force.\n"
+        f"({one_line(plan.inventory_source)}). Edit the profile and re-render, or pass "
+        "--force.\n"
     )
     compose = compose_data(prof, plan, opts)
     cplan = cpu_plan(prof, plan)
@@ -435,9 +616,13 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
         "opts": opts,
         "gw": prof.gateway,
         "api_key_var": API_KEY_VAR,
+        "gateway_url": gateway_url(opts.bind, prof.gateway.port, "/healthz"),
+        "published": f"[{opts.bind}]" if ":" in opts.bind else opts.bind,
         "groups": _groups(prof, plan),
         "gpu_services": [i.name for i in plan.instances if i.device == "gpu"],
         "cpu_services": [i.name for i in cplan.instances if i.name.endswith("-cpu")],
+        "model_names": model_names(prof, plan, cplan),
+        "fill": fill_commands(prof, plan, cplan),
     }
     files = [
         OutFile("docker-compose.yml", dump_yaml(compose, header)),
@@ -460,16 +645,27 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
     return files
 
 
+API_KEY_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+
+
 def auth_conf(key: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,256}", key):
+    """The map nginx.conf includes to check `Authorization: Bearer <key>`.
+
+    A regular expression, not a plain map key: nginx matches plain map strings ignoring case
+    (so "bearer ABC..." would pass for "Bearer abc..."), and hashes them in buckets of 64 bytes,
+    which any key over about 40 characters overflows ("could not build map_hash"). A regex is
+    case-sensitive and is not hashed. Of the characters a key may hold, `.` and `+` are regex
+    operators: they are escaped."""
+    if not API_KEY_RE.fullmatch(key):
         raise BadInputError(
             "gateway.api_key: must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -",
             "generate one with: openssl rand -hex 32",
         )
+    pattern = key.replace(".", "\\.").replace("+", "\\+")
     return (
         "# The gateway's API key (mode 0600). Requests need: Authorization: Bearer <key>\n"
         "map $http_authorization $composegen_authorized {\n"
         "    default 0;\n"
-        f'    "Bearer {key}" 1;\n'
+        f'    "~^Bearer {pattern}$" 1;\n'
         "}\n"
     )

@@ -943,8 +943,141 @@ def _compose_cases() -> list[Case]:
     ]
 
 
+RENDER_RAG = ("render", "--profile", "rag-a100", "--reference", "-o", "stack")
+
+
+def _untrusted_value_cases() -> list[Case]:
+    """Values that would reach .env, ${VAR:-default}, a `bash -c` healthcheck or nginx.conf
+    (issue 9, items 4, 5 and 7): each refused when loaded, naming its source and path."""
+
+    def c(id: str, opts: tuple[str, ...], *expect: str, **kw: Any) -> Case:
+        setup = kw.pop("setup", ())
+        args = kw.pop("args", RENDER_REF)
+        return Case(id, (*args, *opts), 2, expect, (stack(), *setup), **kw)
+
+    def p(id: str, edit: Callable[[Any], Any], *expect: str, **kw: Any) -> Case:
+        return Case(id, RENDER_PD, 2, (PD_FILE, *expect), (stack(), profile(edit)), **kw)
+
+    inject = "24h\\nCOMPOSE_PROJECT_NAME=other"  # YAML escape: a real newline once parsed
+    tun = "tunables.OLLAMA_KEEP_ALIVE"
+    return [
+        p(
+            "tunable-newline-in-profile",
+            setp(tun, "24h\nCOMPOSE_PROJECT_NAME=other"),
+            tun,
+            "control character '\\n'",
+            sub=True,
+        ),
+        c(
+            "tunable-newline-in-set",
+            ("--set", f'{tun}="{inject}"'),
+            "--set",
+            tun,
+            "control character",
+        ),
+        c(
+            "tunable-newline-in-values",
+            ("--values", "v.yaml"),
+            "v.yaml",
+            "tunables.OLLAMA_NUM_PARALLEL",
+            "control character",
+            setup=(
+                write("v.yaml", 'tunables: {OLLAMA_NUM_PARALLEL: "1\\nCOMPOSE_PROJECT_NAME=x"}\n'),
+            ),
+        ),
+        c("tunable-carriage-return", ("--set", f'{tun}="24h\\r"'), "--set", "control character"),
+        c("tunable-escape-char", ("--set", f'{tun}="\\e[31m"'), "--set", "control character"),
+        c(
+            "tunable-line-separator",
+            ("--set", f'{tun}="24h\\u2028X=1"'),
+            "--set",
+            "control character",
+        ),
+        c("tunable-duration-bad", ("--set", f"{tun}=5 minutes"), tun, "not a duration", "24h"),
+        c("tunable-duration-unit", ("--set", f"{tun}=5y"), "--set", tun, "not a duration"),
+        c(
+            "tunable-integer-word",
+            ("--set", "tunables.OLLAMA_MAX_LOADED_MODELS=two"),
+            "tunables.OLLAMA_MAX_LOADED_MODELS",
+            "not an integer >= 0",
+        ),
+        c(
+            "tunable-integer-negative",
+            ("--set", "tunables.OLLAMA_NUM_PARALLEL=-1"),
+            "tunables.OLLAMA_NUM_PARALLEL",
+            "'-1' is not an integer >= 0",
+        ),
+        c(
+            "tunable-integer-float",
+            ("--set", "tunables.OLLAMA_NUM_PARALLEL=1.5"),
+            "tunables.OLLAMA_NUM_PARALLEL",
+            "'1.5'",
+        ),
+        p(
+            "env-boolean-bad",
+            setp("services.ollama.env.OLLAMA_NOPRUNE", "maybe"),
+            "services.ollama.env.OLLAMA_NOPRUNE",
+            "not a boolean",
+        ),
+        c(
+            "tunable-fraction-bad",
+            ("--set", "tunables.VLLM_GPU_MEMORY_UTILIZATION=1.5"),
+            "tunables.VLLM_GPU_MEMORY_UTILIZATION",
+            "fraction",
+            args=RENDER_RAG,
+        ),
+        c("tunable-dollar", ("--set", f"{tun}=5m$HOME"), tun, "'$'"),
+        c("tunable-closing-brace", ("--set", "tunables.X=a}b"), "tunables.X", "'}'"),
+        c("tunable-hash", ("--set", "tunables.X=a#b"), "tunables.X", "'#'"),
+        c("tunable-trailing-space", ("--set", "tunables.X='a '"), "tunables.X", "space"),
+        c(
+            "image-newline",
+            ("--image", "ollama=local/ollama:1\n"),
+            "--image",
+            "images.ollama",
+            "control character",
+        ),
+        p(
+            "route-trailing-newline",
+            setp("services.ollama.route", "/\n"),
+            "services.ollama.route",
+            "control character",
+        ),
+        p(
+            "description-escape",
+            setp("description", "fine\x1b[2Jcleared"),
+            "description",
+            "control character",
+        ),
+        c(
+            "health-path-quote-and-space",
+            ("--set", 'services.whisper.health.path=/h" x'),
+            "--set",
+            "services.whisper.health.path",
+            "not a URL path",
+            args=RENDER_RAG,
+        ),
+        c(
+            "health-path-newline",
+            ("--values", "v.yaml"),
+            "v.yaml",
+            "services.whisper.health.path",
+            setup=(write("v.yaml", 'services: {whisper: {health: {path: "/h\\nx"}}}\n'),),
+            args=RENDER_RAG,
+        ),
+        c(
+            "health-path-no-slash",
+            ("--set", "services.whisper.health.path=health"),
+            "services.whisper.health.path",
+            "not a URL path",
+            args=RENDER_RAG,
+        ),
+    ]
+
+
 CASES = (
     _profile_cases()
+    + _untrusted_value_cases()
     + _override_cases()
     + _inventory_cases()
     + _gpu_id_cases()

@@ -117,10 +117,21 @@ def test_hand_edit_is_kept_without_force(tmp_path: Path) -> None:
     assert "edited by hand" in refused.stderr and "docker-compose.yml" in refused.stderr
     assert compose.read_text() == edited
     assert "OLLAMA_KEEP_ALIVE=2m" in (out / ".env").read_text()  # nothing else written either
+    dry = run_cli(
+        "render", "-p", "rma-shared", "--reference", "-o", str(out), "--force", "--dry-run"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert f"  would save your edits of {compose} in docker-compose.yml.bak\n" in dry.stdout, (
+        dry.stdout
+    )
+    assert not (out / "docker-compose.yml.bak").exists()
     forced = run_cli("render", "-p", "rma-shared", "--reference", "-o", str(out), "--force")
     assert forced.returncode == 0
     assert (out / "docker-compose.yml.bak").read_text() == edited
     assert "# my note" not in compose.read_text()
+    # it said "kept .bak of docker-compose.yml.bak"
+    assert "; your edits are saved in docker-compose.yml.bak\n" in forced.stdout, forced.stdout
+    assert ".bak of" not in forced.stdout
 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
@@ -128,6 +139,24 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     proc = run_cli("render", "-p", "zenglow-personas", "--reference", "-o", str(out), "--dry-run")
     assert proc.returncode == 0
     assert "would write 8 file(s)" in proc.stdout
+    named = [
+        ln.removeprefix("  would write ")
+        for ln in proc.stdout.splitlines()
+        if "  would write " in ln
+    ]
+    assert named == [
+        str(out / p)
+        for p in (
+            ".env",
+            "STACK.md",
+            "docker-compose.yml",
+            "fallback/docker-compose.cpu.yml",
+            "fallback/nginx.cpu.conf",
+            "nginx/nginx.conf",
+            "scripts/emergency-fallback.sh",
+            "scripts/healthcheck.sh",
+        )
+    ], proc.stdout
     assert not out.exists()
 
 
@@ -137,8 +166,36 @@ def test_bind_all_interfaces_warns(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0
     assert "warning: --bind 0.0.0.0" in proc.stderr
+    assert "open to the network without authentication" in proc.stderr, proc.stderr
     compose = yaml.safe_load((tmp_path / "docker-compose.yml").read_text())
     assert compose["services"]["gateway"]["ports"] == ["0.0.0.0:8080:8080"]
+
+
+@pytest.mark.parametrize(
+    ("bind", "sets", "warns"),
+    [
+        ("192.168.10.5", (), True),  # one interface, but still the network
+        ("0.0.0.0", ("--set", "gateway.api_key=" + "5e" * 32), False),
+        ("127.0.0.1", (), False),
+        ("::1", (), False),
+    ],
+)
+def test_bind_without_api_key_warns(
+    tmp_path: Path, bind: str, sets: tuple[str, ...], warns: bool
+) -> None:
+    proc = run_cli(
+        "render",
+        "-p",
+        "zenglow-personas",
+        "--reference",
+        "-o",
+        str(tmp_path),
+        "--bind",
+        bind,
+        *sets,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert ("without authentication" in proc.stderr) == warns, proc.stderr
 
 
 def test_inventory_file_plans_that_host(tmp_path: Path) -> None:

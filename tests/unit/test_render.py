@@ -275,6 +275,54 @@ def test_nginx_t_with_api_key(stacks: StackCache, tmp_path: Path, path: str) -> 
     _nginx_check(stacks, stack, path, tmp_path)
 
 
+def _openssl_key() -> str:
+    """The key the error message suggests: `openssl rand -hex 32` (64 hex characters)."""
+    try:
+        done = subprocess.run(
+            ["openssl", "rand", "-hex", "32"], capture_output=True, text=True, timeout=30
+        )
+    except OSError:
+        pytest.skip("openssl is not installed")
+    key = done.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", key), done
+    return key
+
+
+KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~+/=-"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "a1b2c3d4e5f6a7b8",  # 16, the shortest accepted
+        "openssl",  # 64, what the error message suggests
+        (KEY_CHARS * 4)[:256],  # 256, the longest, with every accepted character
+        "x." * 20 + "y+" * 20,  # 80: `.` and `+` are regex operators in the map
+    ],
+    ids=["16", "openssl-rand-hex-32", "256", "dots-and-pluses"],
+)
+@pytest.mark.parametrize("path", [NGINX, CPU_NGINX])
+def test_nginx_t_every_api_key_length(
+    stacks: StackCache, tmp_path: Path, key: str, path: str
+) -> None:
+    """A key over ~40 characters overflowed nginx's map hash bucket (64 bytes): `nginx -t`
+    failed with "could not build map_hash" and the gateway crash-looped."""
+    need_nginx()
+    if key == "openssl":
+        key = _openssl_key()
+    stack = stacks.get("rag-a100", REFERENCE, sets=(f"gateway.api_key={key}",))
+    assert stack.env["COMPOSEGEN_API_KEY"] == key
+    _nginx_check(stacks, stack, path, tmp_path)
+
+
+def test_api_key_lengths_outside_the_bounds_are_refused() -> None:
+    from composegen.errors import BadInputError
+
+    for key in ("a" * 15, "a" * 257, "a" * 15 + "$"):
+        with pytest.raises(BadInputError, match="16-256 characters"):
+            render.auth_conf(key)
+
+
 def test_nginx_t_rejects_a_bad_conf(tmp_path: Path) -> None:
     need_nginx()
     conf = tmp_path / "conf"
@@ -447,7 +495,8 @@ def test_api_key_files(stacks: StackCache, profile: str) -> None:
     auth = parse_nginx(stack.text(AUTH)).one("map")
     assert auth.args == ["$http_authorization", "$composegen_authorized"], auth.args
     entries = {d.name: d.args for d in auth.block or []}
-    assert entries == {"default": ["0"], f"Bearer {API_KEY}": ["1"]}, entries
+    # a case-sensitive regex: nginx matches plain map strings ignoring case
+    assert entries == {"default": ["0"], f"~^Bearer {API_KEY}$": ["1"]}, entries
     leaks = [p for p, f in stack.files.items() if API_KEY in f.text and p not in (ENV, AUTH)]
     assert leaks == [], f"{label}: the API key leaks into {leaks}"
     out = stacks.written(stack)
