@@ -727,7 +727,7 @@ def status(
     rows = []
     problems = []
     gateways = 0
-    for c in found:
+    for c in sorted(found, key=lambda c: str((c.labels or {}).get(eng.LABEL_SERVICE, ""))):
         a = c.attrs
         st = a.get("State") or {}
         labels = c.labels or {}
@@ -771,7 +771,7 @@ def status(
         for s in (project.services if project is not None else ())
     ):
         problems.append("the gateway has no container")
-    return StatusReport(sorted(rows, key=lambda r: r.service), problems)
+    return StatusReport(rows, problems)
 
 
 # --- state of the project -------------------------------------------------------------------
