@@ -65,6 +65,7 @@ class FakeContainer:
             "State": {"Status": "created", "ExitCode": 0},
             "RestartCount": 0,
             "HostConfig": dict(spec.get("host_config") or {}),
+            "Config": {"Healthcheck": spec.get("healthcheck")},
             "NetworkSettings": {"Ports": {}},
         }
         self.reloads = 0
@@ -114,8 +115,11 @@ class FakeContainer:
         return self.log
 
     def exec_run(self, cmd: list[str], **kwargs: Any) -> Any:
+        """The healthcheck probes: `true` passes while running, `false` fails."""
+        self.client.execs.append(cmd)
+
         class Result:
-            exit_code = 0 if self.status == "running" else 1
+            exit_code = 0 if self.status == "running" and cmd != ["false"] else 1
             output = b""
 
         return Result()
@@ -253,6 +257,7 @@ class FakeClient:
         self.api_version = api_version
         self.images_present = set(images if images is not None else {"img:1", "img:2"})
         self.calls: list[str] = []
+        self.execs: list[list[str]] = []
         self._containers: dict[str, FakeContainer] = {}
         self._ids = itertools.count(1)
         self.online = True
@@ -270,10 +275,16 @@ class FakeClient:
         self._check()
         return True
 
-    def add(self, name: str, labels: dict[str, str], status: str = "running") -> FakeContainer:
+    def add(
+        self,
+        name: str,
+        labels: dict[str, str],
+        status: str = "running",
+        healthcheck: dict[str, Any] | None = None,
+    ) -> FakeContainer:
         """A container that exists before the code under test runs."""
         cid = f"{next(self._ids):064x}"
-        c = FakeContainer(self, cid, name, {"labels": labels})
+        c = FakeContainer(self, cid, name, {"labels": labels, "healthcheck": healthcheck})
         c._set(status)
         self._containers[cid] = c
         return c

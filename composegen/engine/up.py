@@ -687,16 +687,22 @@ class StatusReport:
         return not self.problems
 
 
-def _ready(svc: Service | None, container: Any, running: bool, health: str) -> bool:
+def _ready(container: Any, running: bool, health: str) -> bool:
     """composegen's readiness, as `up` decides it: running, and Docker says healthy or the
-    service's own healthcheck passes when run now."""
+    container's own healthcheck command passes when run now (with exec, as `up` probes).
+    The command is read from the container, so this holds for the CPU variant's services
+    and for a stack whose compose file is gone."""
     if not running:
         return False
     if health == "healthy":
         return True
-    if svc is None:  # the file is gone: Docker's word only (no healthcheck: running is ready)
-        return health == "-"
-    return _probe_once(svc, container)
+    check = (container.attrs.get("Config") or {}).get("Healthcheck") or {}
+    test = [str(t) for t in check.get("Test") or []]
+    if not test or test[0] == "NONE":
+        return True
+    cmd = test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", " ".join(test[1:])]
+    timeout_s = (check.get("Timeout") or 30_000_000_000) / 1e9
+    return eng.exec_with_timeout(container, cmd, timeout_s) == 0
 
 
 def status(
@@ -706,21 +712,20 @@ def status(
     in_fallback: bool = False,
 ) -> StatusReport:
     """Each container of the project with Docker's state and health next to composegen's own
-    readiness (probed as `up` does, when the compose file is known), and what keeps the
-    stack from serving: the gateway not running or not ready, or a service down or not
-    ready. In cpu-fallback, GPU services stopped on purpose are no problem."""
+    readiness (probed as `up` does), and what keeps the stack from serving: the gateway not
+    running or not ready, or a service down or not ready. In cpu-fallback, GPU services
+    stopped on purpose are no problem. `project` (None when the file is gone) tells whether
+    the stack has a gateway at all."""
     with eng.mapped_errors(f"project {project_name}"):
         found = client.containers.list(
             all=True, filters={"label": f"{eng.LABEL_PROJECT}={project_name}"}
         )
-    services = {s.name: s for s in project.services} if project is not None else {}
     ready: dict[str, bool] = {}
 
     def probe(c: Any) -> None:
         st = c.attrs.get("State") or {}
         health = str((st.get("Health") or {}).get("Status") or "-")
-        svc_name = (c.labels or {}).get(eng.LABEL_SERVICE, "")
-        ready[c.id] = _ready(services.get(svc_name), c, st.get("Status") == "running", health)
+        ready[c.id] = _ready(c, st.get("Status") == "running", health)
 
     for who, exc in eng.run_parallel(probe, found, lambda c: str(c.name)):
         del who, exc  # a probe that raised: not ready

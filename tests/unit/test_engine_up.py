@@ -368,12 +368,19 @@ def test_status_shows_readiness_fallback_stops_and_exit_code(
     project = stack(tmp_path)
     client = FakeClient()
     cs = running_stack(client, project, changed="")
-    # Docker's first scheduled check has not run yet; composegen's probe passes
+    # Docker's first scheduled check has not run yet; the container's own check passes now
     cs["llm"].attrs["State"]["Health"] = {"Status": "starting"}
+    cs["llm"].attrs["Config"]["Healthcheck"] = {"Test": ["CMD", "true"], "Timeout": 5 * 10**9}
     report = engine_up.status(client, "proj", project)
     by = {r.service: r for r in report.rows}
     assert (by["llm"].health, by["llm"].ready) == ("starting", "yes")
+    assert ["true"] in client.execs
     assert report.serving
+    cs["llm"].attrs["Config"]["Healthcheck"]["Test"] = ["CMD", "false"]
+    assert engine_up.status(client, "proj", project).problems == [
+        "llm is not ready (health starting)"
+    ]
+    cs["llm"].attrs["Config"]["Healthcheck"]["Test"] = ["CMD", "true"]
     # cpu-fallback: the GPU service stopped on purpose is no problem
     cs["llm"]._set("exited", 137)
     report = engine_up.status(client, "proj", project, in_fallback=True)
