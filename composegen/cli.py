@@ -493,8 +493,11 @@ def _project_or_labels(directory: str | None, file: str | None, project_name: st
     except BadInputError as exc:
         if not project_name:
             raise
+        from pathlib import Path
+
         client = eng.connect()
-        return client, engine_up.target_from_labels(client, project_name, exc.message)
+        where = Path(file).parent if file else Path(directory or ".")
+        return client, engine_up.target_from_labels(client, project_name, exc.message, where)
     return eng.connect(), engine_up.Target(project.name, project.directory, project, None)
 
 

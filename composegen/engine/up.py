@@ -813,10 +813,10 @@ class Target:
     note: str | None  # why the labels were used
 
 
-def target_from_labels(client: Any, name: str, why: str) -> Target:
+def target_from_labels(client: Any, name: str, why: str, default_dir: Path) -> Target:
     """`down -p NAME` and `status -p NAME` when the compose file is gone or broken: the
     project's containers carry its name and working directory (where its lock and mode
-    are kept) in their Compose labels."""
+    are kept) in their Compose labels; without containers, `default_dir` (-C or -f's)."""
     from composegen.engine.compose import project_name
 
     pname = project_name(name, {}, {}, Path("."))
@@ -827,7 +827,7 @@ def target_from_labels(client: Any, name: str, why: str) -> Target:
     directory = min(workdirs, key=lambda p: len(p.parts)) if workdirs else None
     return Target(
         pname,
-        directory or Path.cwd(),
+        directory or default_dir,
         None,
         f"composegen: warning: {why}; using project {pname} as its containers' labels describe it",
     )
