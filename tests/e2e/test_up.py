@@ -10,6 +10,7 @@ named volumes. Everything is created under test project names and removed by the
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -24,6 +25,10 @@ from composegen import app
 from composegen.profiles import Overrides
 from tests.conftest import ROOT
 from tests.stack_checks import inventory_file
+
+# per test run: several checkouts may run these tests on one engine at once, and a fixed project
+# name would let one run's clean-up remove the other's containers
+RUN = f"{os.getpid() % 100000}"
 
 CASES = {
     "rag-a100": "a100_8x80",
@@ -95,7 +100,7 @@ def render_stack(name: str, tmp: Path, tags: dict[str, str], *sets: str) -> Stac
         reference=inv is None,
         overrides=Overrides(sets=all_sets, images=images),
     )
-    return Stack(name, f"cg-e2e-{name}", tmp / name, port, built)
+    return Stack(name, f"cg-e2e-{name}-{RUN}", tmp / name, port, built)
 
 
 def containers(client: Any, project: str) -> dict[str, Any]:
@@ -431,7 +436,7 @@ def _flaky(tmp_path: Path, image: str, start_period: str) -> Path:
 def test_restart_within_the_start_period_is_waited_out_on_the_engine(
     docker_client: Any, busybox_image: str, tmp_path: Path
 ) -> None:
-    project = "cg-e2e-flaky"
+    project = f"cg-e2e-flaky-{RUN}"
     _cleanup(docker_client, project)
     try:
         d = _flaky(tmp_path, busybox_image, "60s")
@@ -452,7 +457,7 @@ def test_restart_within_the_start_period_is_waited_out_on_the_engine(
 def test_restart_outside_the_start_period_reports_the_current_container(
     docker_client: Any, busybox_image: str, tmp_path: Path
 ) -> None:
-    project = "cg-e2e-flaky0"
+    project = f"cg-e2e-flaky0-{RUN}"
     _cleanup(docker_client, project)
     try:
         d = _flaky(tmp_path, busybox_image, "0s")
