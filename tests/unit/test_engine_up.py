@@ -72,10 +72,15 @@ def test_failed_pull_leaves_the_old_container_serving(tmp_path: Path) -> None:
     client = FakeClient("image-missing", images={"img:1"})
     project = stack(tmp_path, image="registry.example.invalid/llm:2")
     old = running_stack(client, project)
+    seen: list[tuple[str, str, str]] = []
     with pytest.raises(eng.ImageMissingError) as err:
-        engine_up.up(client, project, wait_timeout_s=5)
-    # the engine's whole message, not cut mid-word
+        engine_up.up(
+            client, project, wait_timeout_s=5, report=lambda s, st, d: seen.append((s, st, d))
+        )
+    # the engine's whole message, not cut mid-word, in the error and in the progress table
     assert NO_SUCH_HOST in err.value.message
+    failed = [d for s, st, d in seen if (s, st) == ("llm", "failed")]
+    assert len(failed) == 1 and failed[0].endswith(NO_SUCH_HOST), failed
     assert "service llm: image registry.example.invalid/llm:2" in err.value.message
     assert old["llm"].status == "running"
     assert not [c for c in client.calls if c.startswith(("stop", "remove"))], client.calls
