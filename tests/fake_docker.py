@@ -12,6 +12,8 @@ Named scenarios (`FakeClient(scenario=...)`):
 - "create-fails": the engine refuses to create any container (APIError 500);
 - "stop-fails": stopping (and removing) the container of service `bad` raises APIError 500;
 - "no-engine": every call after set-up fails as a lost connection does;
+- "killed": the started container of service `llm` is killed (exit 137; its restart policy
+  does not restart a container killed by hand);
 - "restart-loop": the started container of service `llm` exits once and is restarted by its policy
   (status restarting, RestartCount 1), then runs and passes its healthcheck.
 """
@@ -80,8 +82,11 @@ class FakeContainer:
 
     def reload(self) -> None:
         self.client._check()
-        looping = self.client.scenario == "restart-loop" and self.labels.get(SERVICE) == "llm"
-        if looping and self.status != "created":
+        llm = self.labels.get(SERVICE) == "llm" and self.status != "created"
+        if llm and self.client.scenario == "killed":
+            self._set("exited", 137)
+        looping = self.client.scenario == "restart-loop" and llm
+        if looping:
             # reload 1: exited, being restarted; reload 2: running again (restart 1)
             self.reloads += 1
             if self.reloads == 1:

@@ -183,18 +183,6 @@ def _probe_once(svc: Service, container: Any) -> bool:
     return code == 0
 
 
-def will_restart(svc: Service, state: dict[str, Any], restarts: int) -> bool:
-    """Whether the engine restarts a container that stopped in `state` (its restart policy)."""
-    name, most = svc.restart_policy
-    if state.get("Status") == "dead" or not name:
-        return False
-    if name == "on-failure":
-        exit_code = state.get("ExitCode")
-        failed = state.get("Status") == "restarting" or exit_code not in (0, None)
-        return failed and (most == 0 or restarts < most)
-    return True
-
-
 def _down_why(state: dict[str, Any], restarts: int) -> str:
     status = state.get("Status")
     code = state.get("ExitCode")
@@ -214,9 +202,9 @@ def wait_ready(
     report: Report | None = None,
 ) -> None:
     """Until the service is ready: running and its healthcheck passing (our probe or Docker's).
-    An unhealthy container ends the wait at once, and so does one that exited or restarted,
-    unless its restart policy restarts it within its healthcheck's start period: that restart
-    is waited out, and a failure reports the container's state now."""
+    An unhealthy or exited container ends the wait at once, and so does one that its restart
+    policy restarts, unless that happens within its healthcheck's start period: such a restart
+    is waited out. A failure reports the container's state now."""
     rep: Report = report or (lambda s, st, d: None)
     t0 = time.monotonic()
     grace = svc.healthcheck.start_period_s if svc.healthcheck is not None else 0.0
@@ -233,10 +221,14 @@ def wait_ready(
         if seen is None:
             seen = restarts
         status = state.get("Status")
-        if status in ("exited", "dead", "restarting") or restarts > seen:
-            in_grace = time.monotonic() - t0 < grace
-            if not (in_grace and will_restart(svc, state, restarts)):
-                raise _failure(svc, container, _down_why(state, restarts - (seen or 0)))
+        # The engine decides at the exit whether its restart policy restarts the container:
+        # then its status is "restarting" (never "exited" in between). An exited container
+        # stays down (killed, stopped, on-failure with exit 0, retries used up).
+        if status in ("exited", "dead"):
+            raise _failure(svc, container, _down_why(state, restarts - seen))
+        if status == "restarting" or restarts > seen:
+            if time.monotonic() - t0 >= grace:
+                raise _failure(svc, container, _down_why(state, restarts - seen))
             if restarts > seen:
                 rep(svc.name, "restarting", f"restart {restarts}, within its start period")
             seen = restarts

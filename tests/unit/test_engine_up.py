@@ -254,17 +254,12 @@ def test_restart_after_the_start_period_reports_the_current_container(tmp_path: 
     assert "run 1: fatal: cannot bind" in err.value.details
 
 
-def test_restart_policy_decides_whether_a_stop_is_waited_out(tmp_path: Path) -> None:
-    project = stack(tmp_path)
-    llm = project.service("llm")
-    assert engine_up.will_restart(llm, {"Status": "exited", "ExitCode": 0}, 0)
-    from dataclasses import replace
-
-    on_failure = replace(llm, restart_policy=("on-failure", 2))
-    assert engine_up.will_restart(on_failure, {"Status": "exited", "ExitCode": 1}, 1)
-    assert not engine_up.will_restart(on_failure, {"Status": "exited", "ExitCode": 1}, 2)
-    assert not engine_up.will_restart(on_failure, {"Status": "exited", "ExitCode": 0}, 0)
-    assert not engine_up.will_restart(replace(llm, restart_policy=("", 0)), {"Status": "exited"}, 0)
+def test_exited_container_ends_the_wait_even_within_its_start_period(tmp_path: Path) -> None:
+    client = FakeClient("killed")
+    project = stack(tmp_path, start_period="600s")
+    with pytest.raises(engine_up.UpFailed) as err:
+        engine_up.up(client, project, wait_timeout_s=600)
+    assert err.value.message == "service llm exited (exit code 137)"
 
 
 # --- item 18: the keys the loader accepts reach the engine ----------------------------------
