@@ -525,6 +525,25 @@ def _load_project(directory: str | None, file: str | None, project_name: str | N
     return load_project(path, project_name)
 
 
+def _project_or_labels(directory: str | None, file: str | None, project_name: str | None) -> Any:
+    """(client, target) for `down` and `status`: the compose file's project, or with -p NAME
+    when the file is gone or broken, the project as its containers' labels describe it."""
+    from composegen.engine import docker as eng
+    from composegen.engine import up as engine_up
+
+    try:
+        project = _load_project(directory, file, project_name)
+    except BadInputError as exc:
+        if not project_name:
+            raise
+        from pathlib import Path
+
+        client = eng.connect()
+        where = Path(file).parent if file else Path(directory or ".")
+        return client, engine_up.target_from_labels(client, project_name, exc.message, where)
+    return eng.connect(), engine_up.Target(project.name, project.directory, project, None)
+
+
 @cli.command(context_settings=CONTEXT)
 @_project_opts
 @click.option(
@@ -569,6 +588,7 @@ def up(
     project = _load_project(directory, file, project_name)
     client = eng.connect()
     with project_lock(project.directory, project.name, "up"):
+        engine_up.refuse_in_fallback(project.directory, project.name)
         with Progress(
             [s.name for s in project.services], as_json, f"composegen up {project.name}"
         ) as prog:
@@ -580,6 +600,7 @@ def up(
                     wait_timeout_s=wait_timeout,
                     report=prog.event,
                     pull=pull,
+                    on_pull=prog.pull,
                 )
             except ComposegenError as exc:
                 details = getattr(exc, "details", "")
@@ -623,12 +644,10 @@ def down(
     directory: str | None, file: str | None, project_name: str | None, volumes: bool, as_json: bool
 ) -> None:
     """Remove the project's containers and networks; named volumes stay unless --volumes."""
-    from composegen.engine import docker as eng
     from composegen.engine import up as engine_up
     from composegen.engine.state import project_lock
 
-    project = _load_project(directory, file, project_name)
-    client = eng.connect()
+    client, project = _project_or_labels(directory, file, project_name)
     with project_lock(project.directory, project.name, "down"):
         n, nets, vols = engine_up.down(client, project.name, volumes)
     if as_json:
@@ -637,6 +656,8 @@ def down(
             nl=False,
         )
         return
+    if project.note:
+        click.echo(project.note, err=True)
     click.echo(
         f"{project.name}: removed {n} container(s), {nets} network(s)"
         + (f", {vols} volume(s)" if volumes else "; named volumes kept")
@@ -649,27 +670,34 @@ def down(
 def status(
     directory: str | None, file: str | None, project_name: str | None, as_json: bool
 ) -> None:
-    """Services of the stack: state, health, GPUs, ports, and the mode (gpu / cpu-fallback)."""
-    from composegen.engine import docker as eng
+    """Services of the stack: state, Docker's health, composegen's readiness, GPUs, ports, and
+    the mode (gpu / cpu-fallback). Exits 0 when the stack serves, 1 when it does not (the
+    gateway not running or not ready, a service down or not ready: GPU services stopped by
+    `fallback --cpu` excepted)."""
     from composegen.engine import up as engine_up
     from composegen.engine.state import read_mode
 
-    project = _load_project(directory, file, project_name)
-    client = eng.connect()
-    rows = engine_up.status(client, project.name)
+    client, project = _project_or_labels(directory, file, project_name)
     mode = read_mode(project.directory, project.name)
+    report = engine_up.status(
+        client, project.name, project.project, mode.get("mode") == "cpu-fallback"
+    )
+    rows = report.rows
     if as_json:
         click.echo(
             _json(
                 {
                     "project": project.name,
                     "mode": mode,
+                    "serving": report.serving,
+                    "problems": report.problems,
                     "services": [
                         {
                             "service": r.service,
                             "container": r.container,
                             "state": r.state,
                             "health": r.health,
+                            "ready": r.ready,
                             "gpus": list(r.gpus),
                             "ports": list(r.ports),
                             "mode": r.mode,
@@ -680,23 +708,37 @@ def status(
             ),
             nl=False,
         )
+        if not report.serving:
+            sys.exit(1)
         return
     from rich.table import Table
 
+    if project.note:
+        click.echo(project.note, err=True)
     table = Table(
         title=f"{project.name}: mode {mode.get('mode')}"
         + (f" since {mode['since']} ({mode.get('why')})" if mode.get("since") else "")
     )
-    for col in ("service", "state", "health", "GPUs", "ports"):
+    for col in ("service", "state", "health", "ready", "GPUs", "ports"):
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r.service, r.state, r.health, ",".join(r.gpus) or "-", " ".join(r.ports) or "-"
+            r.service,
+            r.state,
+            r.health,
+            r.ready,
+            ",".join(r.gpus) or "-",
+            " ".join(r.ports) or "-",
         )
-    if not rows:
-        click.echo(f"{project.name}: no containers (run composegen up)")
-        return
-    _console().print(table)
+    if rows:
+        _console().print(table)
+    if not report.serving:
+        raise ComposegenError(
+            f"{project.name} is not serving: {'; '.join(report.problems)}",
+            "run `composegen up`"
+            if not rows
+            else "`composegen up` converges it; the service's logs say why",
+        )
 
 
 cli.add_command(status, name="ps")

@@ -350,3 +350,40 @@ def check_tree(out_dir: Path, files: Sequence[OutFile]) -> list[str]:
         )
         diffs.append("".join(head) + _diff_lines(list(body)))
     return diffs
+
+
+# --- bounded reading of input files (profiles, compose files, inventories) ------------------
+
+
+class TooLargeError(OSError):
+    """The file holds more than the reader's cap (or has no end: a device like /dev/zero)."""
+
+
+def read_bounded(path: str | Path, limit: int) -> bytes:
+    """The file's bytes, at most `limit`: a file (or a device) that holds more raises
+    TooLargeError before more than limit + 1 bytes are read. Other OSErrors pass through."""
+    with Path(path).open("rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise TooLargeError(f"{path}: larger than {limit} bytes")
+    return data
+
+
+def non_string_key(
+    node: object, path: tuple[object, ...] = ()
+) -> tuple[tuple[object, ...], object] | None:
+    """The first mapping key that is not a string in a loaded YAML tree (YAML also allows
+    numbers, booleans and null), with the path to it; None when every key is a string."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                return path, k
+            found = non_string_key(v, (*path, k))
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found = non_string_key(v, (*path, i))
+            if found is not None:
+                return found
+    return None

@@ -259,16 +259,14 @@ def _say(error: Any) -> str:
 _VALIDATOR_VERSION = b"strict-integers"
 
 
-def _check_keys(node: Any, where: str, path: tuple[Any, ...] = ()) -> None:
+def _check_keys(node: Any, where: str) -> None:
     """YAML allows keys that are numbers, null or booleans; a profile's keys are all strings."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if not isinstance(k, str):
-                raise ProfileError(f"{where}: {_where(path)}: key {k!r} must be a string")
-            _check_keys(v, where, (*path, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            _check_keys(v, where, (*path, i))
+    from composegen.files import non_string_key
+
+    found = non_string_key(node)
+    if found is not None:
+        path, k = found
+        raise ProfileError(f"{where}: {_where(path)}: key {k!r} must be a string")
 
 
 def validate(data: Any, where: str, sources: Sequence[bytes] | None = None) -> None:
@@ -490,12 +488,13 @@ def _read_yaml(path: str, sources: list[bytes] | None = None) -> Any:
     """The YAML document in `path`; its bytes are appended to `sources` when given."""
     import yaml
 
+    from composegen.files import TooLargeError, read_bounded
+
     try:
-        with Path(path).open("rb") as fh:  # bounded: a device (/dev/zero) has no end
-            raw = fh.read(MAX_YAML_BYTES + 1)
-        if len(raw) > MAX_YAML_BYTES:
-            raise BadInputError(f"{path}: larger than {MAX_YAML_BYTES} bytes")
+        raw = read_bounded(path, MAX_YAML_BYTES)  # bounded: a device has no end
         text = raw.decode("utf-8")
+    except TooLargeError:
+        raise BadInputError(f"{path}: larger than {MAX_YAML_BYTES} bytes") from None
     except FileNotFoundError:
         raise BadInputError(f"{path}: no such file") from None
     except IsADirectoryError:

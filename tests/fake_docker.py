@@ -182,6 +182,10 @@ class _Api:
     def connect_container_to_network(self, cid: str, net: str, **_: Any) -> None:
         return None
 
+    def rename(self, cid: str, name: str) -> None:
+        with self.engine.lock:
+            self.engine.containers_by_id[cid].name = name
+
 
 class FakeDocker:
     def __init__(self) -> None:

@@ -116,6 +116,7 @@ def from_nvidia_smi_output(stdout: str, stderr: str, returncode: int) -> Invento
 def load_inventory(path: str) -> Inventory:
     """Read `--from` / `--inventory`: inventory JSON or any nvidia-smi output, by content."""
     from composegen.detect import nvidia_smi
+    from composegen.files import TooLargeError, read_bounded
 
     p = Path(path)
     try:
@@ -124,10 +125,9 @@ def load_inventory(path: str) -> Inventory:
         size = p.stat().st_size
         if size > MAX_INVENTORY_BYTES:
             raise InventoryFileError(path, f"is {size} bytes, too large for an inventory")
-        with p.open("rb") as fh:  # bounded: a device (/dev/zero) has no size and no end
-            data = fh.read(MAX_INVENTORY_BYTES + 1)
-        if len(data) > MAX_INVENTORY_BYTES:
-            raise InventoryFileError(path, "is too large for an inventory (no end in sight)")
+        data = read_bounded(p, MAX_INVENTORY_BYTES)  # a device (/dev/zero) has no size nor end
+    except TooLargeError:
+        raise InventoryFileError(path, "is too large for an inventory (no end in sight)") from None
     except FileNotFoundError:
         raise InventoryFileError(path, "no such file") from None
     except PermissionError:

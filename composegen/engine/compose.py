@@ -27,7 +27,6 @@ _EXTRA_KEYS = (
     "user",
     "read_only",
     "tmpfs",
-    "pids_limit",
     "cap_add",
     "cap_drop",
     "hostname",
@@ -54,6 +53,7 @@ SUPPORTED_SERVICE_KEYS = frozenset(
         "stop_grace_period",
     }
     | set(_EXTRA_KEYS)
+    | {"pids_limit"}
 )
 SUPPORTED_TOP_KEYS = frozenset({"services", "networks", "volumes", "name", "version"})
 MAX_COMPOSE_BYTES = 8 * 1024 * 1024
@@ -85,6 +85,7 @@ class Gpu:
     device_ids: tuple[str, ...] | None
     count: int | None  # -1: all
     capabilities: tuple[str, ...]
+    options: tuple[tuple[str, str], ...] = ()  # driver-specific options, as the engine takes
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Healthcheck:
     timeout_s: float = 30.0
     retries: int = 3
     start_period_s: float = 0.0
+    start_interval_s: float | None = None  # Engine API 1.44+: refused by up on older engines
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class Service:
     security_opt: tuple[str, ...] = ()
     ulimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     stop_grace_s: float = 10.0
+    restart_policy: tuple[str, int] = ("", 0)  # the engine's Name ("" = none), MaximumRetryCount
+    pids_limit: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # working_dir, user, read_only...
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # network -> names
     raw: Mapping[str, Any] = field(default_factory=dict)
@@ -163,31 +167,107 @@ class Project:
 # --- .env and interpolation -----------------------------------------------------------------------
 
 
-def read_dotenv(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
+# The .env grammar of Compose 1.29 (python-dotenv): `export ` prefix; 'single' and "double"
+# quoted values that may span lines, with backslash escapes (\\' in single quotes; \\n, \\t,
+# \\" ... in double quotes); a comment after a quoted value, or after whitespace in an unquoted
+# one; `${VAR}` and `${VAR:-default}` (not `$VAR`) expanded from earlier lines, then from the
+# process environment, in every value, quoted or not.
+_DOTENV_KEY = re.compile(r"'([^']+)'|([^=#\s]+)")
+_DOTENV_VALUE = {
+    "'": (re.compile(r"'((?:\\'|[^'])*)'"), re.compile(r"\\[\\']")),
+    '"': (re.compile(r'"((?:\\"|[^"])*)"'), re.compile(r"\\[\\'\"abfnrtv]")),
+}
+_DOTENV_VAR = re.compile(r"\$\{(?P<name>[^}:]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def _dotenv_unescape(pattern: re.Pattern[str], value: str) -> str:
+    import codecs
+
+    return pattern.sub(lambda m: codecs.decode(m.group(0), "unicode-escape"), value)
+
+
+_DE_SPACE = re.compile(r"\s*")
+_DE_BLANK = re.compile(r"[^\S\r\n]*")
+_DE_REST = re.compile(r"[^\r\n]*")
+_DE_EXPORT = re.compile(r"export[^\S\r\n]+")
+_DE_END = re.compile(r"(?:[^\S\r\n]*#[^\r\n]*)?[^\S\r\n]*(?:\r\n|\n|\r|$)")
+
+
+def _match(pattern: re.Pattern[str], text: str, pos: int) -> int:
+    """End of the pattern's match at pos (the patterns used here match the empty string)."""
+    m = pattern.match(text, pos)
+    return m.end() if m else pos
+
+
+def _expand(value: str, env: Mapping[str, str | None]) -> str:
+    def one(m: re.Match[str]) -> str:  # a variable that is set, even to "", hides the default
+        return env.get(m.group("name"), m.group("default") or "") or ""
+
+    return _DOTENV_VAR.sub(one, value)
+
+
+def parse_dotenv(text: str, where: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """KEY=VALUE pairs of a .env text, as Compose reads them. A line it cannot read is an
+    error naming the line (Compose skips it with a warning: the variable would be unset)."""
+    raw: list[tuple[str, str | None]] = []
+    pos, n = 0, len(text)
+    while pos < n:
+        pos = _match(_DE_SPACE, text, pos)
+        if pos >= n:
+            break
+        line = text.count("\n", 0, pos) + 1
+        if text[pos] == "#":
+            pos = _match(_DE_REST, text, pos)
+            continue
+        pos = _match(_DE_EXPORT, text, pos)
+        km = _DOTENV_KEY.match(text, pos)
+        if km is None:
+            raise ComposeFileError(f"{where}:{line}: expected KEY=VALUE")
+        key = km.group(1) or km.group(2)
+        pos = _match(_DE_BLANK, text, km.end())
+        value: str | None = None
+        if text.startswith("=", pos):
+            pos = _match(_DE_BLANK, text, pos + 1)
+            quote = text[pos : pos + 1]
+            if quote in _DOTENV_VALUE:
+                pattern, escapes = _DOTENV_VALUE[quote]
+                vm = pattern.match(text, pos)
+                if vm is None:
+                    raise ComposeFileError(f"{where}:{line}: {key}: the {quote} is not closed")
+                value, pos = _dotenv_unescape(escapes, vm.group(1)), vm.end()
+            else:
+                end = _match(_DE_REST, text, pos)
+                value, pos = re.sub(r"\s+#.*", "", text[pos:end]).rstrip(), end
+        cm = _DE_END.match(text, pos)
+        if cm is None and value is None:
+            raise ComposeFileError(f"{where}:{line}: expected KEY=VALUE, got {key!r} and more")
+        if cm is None:
+            raise ComposeFileError(
+                f"{where}:{line}: {key}: unexpected text after the value",
+                "quote the whole value, or put a space before a # comment",
+            )
+        pos = cm.end()
+        raw.append((key, value))
+    out: dict[str, str | None] = {}
+    for key, value in raw:  # each value sees the lines before it, then the environment
+        out[key] = None if value is None else _expand(value, {**environ, **out})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def read_dotenv(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    from composegen.files import TooLargeError, read_bounded
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_COMPOSE_BYTES).decode("utf-8-sig")
     except FileNotFoundError:
-        return out
+        return {}
+    except TooLargeError:
+        raise ComposeFileError(f"{path}: larger than {MAX_COMPOSE_BYTES} bytes") from None
+    except UnicodeDecodeError:
+        raise ComposeFileError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise ComposeFileError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[7:].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
-            raise ComposeFileError(f"{path}:{n}: expected KEY=VALUE, got {line[:40]!r}")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        out[key] = value
-    return out
+    return parse_dotenv(text, str(path), os.environ if environ is None else environ)
 
 
 def interpolate(value: str, env: Mapping[str, str], where: str) -> str:
@@ -337,14 +417,13 @@ def _int(value: Any, where: str) -> int:
 
 def _check_keys(node: Any, where: str) -> None:
     """Every key in a compose file is a string (YAML also allows numbers, booleans, null)."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if not isinstance(k, str):
-                raise ComposeFileError(f"{where or '(top level)'}: key {k!r} must be a string")
-            _check_keys(v, f"{where}.{k}" if where else k)
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            _check_keys(v, f"{where}[{i}]")
+    from composegen.files import non_string_key
+
+    found = non_string_key(node)
+    if found is not None:
+        path, k = found
+        at = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path).replace(".[", "[")
+        raise ComposeFileError(f"{at or '(top level)'}: key {k!r} must be a string")
 
 
 def _port(value: Any, where: str) -> Port:
@@ -400,14 +479,77 @@ def _mount(value: Any, directory: Path, where: str) -> Mount:
     return Mount(source, target, ro, kind == "bind")
 
 
-def _gpus(deploy: Any, where: str) -> tuple[tuple[Gpu, ...], str | None, int | None]:
+_RESTART = {"no": "", "always": "always", "unless-stopped": "unless-stopped"}
+# deploy.restart_policy.condition -> the engine's restart policy (what Compose 1.29 applies)
+_CONDITION = {"none": "", "on-failure": "on-failure", "any": "always"}
+
+
+def _restart(value: Any, where: str) -> tuple[str, int]:
+    """`restart:` as the engine's (Name, MaximumRetryCount); Name "" is no policy."""
+    text = str(value)
+    if text in _RESTART:
+        return _RESTART[text], 0
+    m = re.fullmatch(r"on-failure(?::(\d+))?", text)
+    if m is None:
+        raise ComposeFileError(
+            f"{where}: expected no, always, unless-stopped or on-failure[:N], got {value!r}"
+        )
+    return "on-failure", int(m.group(1) or 0)
+
+
+@dataclass(frozen=True)
+class _Deploy:
+    gpus: tuple[Gpu, ...] = ()
+    mem: str | None = None
+    cpus: int | None = None
+    pids: int | None = None
+    restart: tuple[str, int] | None = None
+
+
+def _mounts(value: Any, directory: Path, where: str) -> tuple[Mount, ...]:
+    """Every mount, in order: one source may be mounted at several targets; two mounts on one
+    target are an error, as in Compose ("Duplicate mount points")."""
+    mounts: list[Mount] = []
+    for i, v in enumerate(_list(value, where)):
+        m = _mount(v, directory, f"{where}[{i}]")
+        for j, other in enumerate(mounts):
+            if other.target == m.target:
+                raise ComposeFileError(
+                    f"{where}[{i}]: duplicate mount point {m.target} (also {where}[{j}])"
+                )
+        mounts.append(m)
+    return tuple(mounts)
+
+
+def _deploy(deploy: Any, where: str) -> _Deploy:
     if deploy is None:
-        return (), None, None
+        return _Deploy()
     if not isinstance(deploy, dict):
         raise ComposeFileError(f"{where}: expected a mapping")
     for key in deploy:
         if key not in ("resources", "restart_policy"):
             raise ComposeFileError(f"{where}.{key}: not supported by composegen up")
+    restart = None
+    if "restart_policy" in deploy:
+        at = f"{where}.restart_policy"
+        policy = _dict(deploy["restart_policy"], at)
+        for key in policy:
+            if key not in ("condition", "max_attempts"):
+                raise ComposeFileError(
+                    f"{at}.{key}: not supported by composegen up (the engine restarts a "
+                    "container with its own back-off; only condition and max_attempts apply)"
+                )
+        condition = policy.get("condition", "any")
+        if condition not in _CONDITION:
+            raise ComposeFileError(
+                f"{at}.condition: expected none, on-failure or any, got {condition!r}"
+            )
+        attempts = _int(policy.get("max_attempts", 0), f"{at}.max_attempts")
+        if attempts and condition != "on-failure":
+            raise ComposeFileError(
+                f"{at}.max_attempts: the engine counts attempts only with condition: on-failure"
+            )
+        restart = (_CONDITION[condition], attempts)
     res = _dict(deploy.get("resources"), f"{where}.resources")
     for key in res:
         if key not in ("limits", "reservations"):
@@ -417,6 +559,7 @@ def _gpus(deploy: Any, where: str) -> tuple[tuple[Gpu, ...], str | None, int | N
         if key not in ("memory", "cpus", "pids"):
             raise ComposeFileError(f"{where}.resources.limits.{key}: not supported")
     mem = str(limits["memory"]) if "memory" in limits else None
+    pids = _int(limits["pids"], f"{where}.resources.limits.pids") if "pids" in limits else None
     cpus = None
     if "cpus" in limits:
         try:
@@ -435,6 +578,9 @@ def _gpus(deploy: Any, where: str) -> tuple[tuple[Gpu, ...], str | None, int | N
         at = f"{where}.resources.reservations.devices[{i}]"
         if not isinstance(dev, dict):
             raise ComposeFileError(f"{at}: expected a mapping")
+        for key in dev:
+            if key not in ("driver", "count", "device_ids", "capabilities", "options"):
+                raise ComposeFileError(f"{at}.{key}: not supported by composegen up")
         if "count" in dev and "device_ids" in dev:
             raise ComposeFileError(f"{at}: count and device_ids exclude each other")
         count = dev.get("count")
@@ -451,9 +597,15 @@ def _gpus(deploy: Any, where: str) -> tuple[tuple[Gpu, ...], str | None, int | N
                 else None,
                 count=-1 if count == "all" else (int(count) if count is not None else None),
                 capabilities=tuple(str(c) for c in dev.get("capabilities", ["gpu"])),
+                options=tuple(sorted(_mapping(dev.get("options"), f"{at}.options").items())),
             )
         )
-    return tuple(gpus), mem, cpus
+    return _Deploy(tuple(gpus), mem, cpus, pids, restart)
+
+
+_HEALTHCHECK_KEYS = frozenset(
+    {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+)
 
 
 def _healthcheck(value: Any, where: str) -> Healthcheck | None:
@@ -461,6 +613,9 @@ def _healthcheck(value: Any, where: str) -> Healthcheck | None:
         return None
     if not isinstance(value, dict):
         raise ComposeFileError(f"{where}: expected a mapping")
+    for key in value:
+        if key not in _HEALTHCHECK_KEYS:
+            raise ComposeFileError(f"{where}.{key}: not supported by composegen up")
     if value.get("disable"):
         return None
     test = value.get("test")
@@ -480,6 +635,9 @@ def _healthcheck(value: Any, where: str) -> Healthcheck | None:
         timeout_s=duration_s(value.get("timeout", "30s"), f"{where}.timeout"),
         retries=_int(value.get("retries", 3), f"{where}.retries"),
         start_period_s=duration_s(value.get("start_period", "0s"), f"{where}.start_period"),
+        start_interval_s=duration_s(value["start_interval"], f"{where}.start_interval")
+        if "start_interval" in value
+        else None,
     )
 
 
@@ -514,7 +672,17 @@ def _service(
         )
     if "image" not in raw:
         raise ComposeFileError(f"{where}: no image (building is not supported by composegen up)")
-    gpus, mem, cpus = _gpus(raw.get("deploy"), f"{where}.deploy")
+    dep = _deploy(raw.get("deploy"), f"{where}.deploy")
+    restart = _restart(raw.get("restart", "no"), f"{where}.restart")
+    if dep.restart is not None:  # as in Compose, deploy.restart_policy wins over restart:
+        restart = dep.restart
+    pids = _int(raw["pids_limit"], f"{where}.pids_limit") if "pids_limit" in raw else None
+    if dep.pids is not None:
+        if pids is not None and pids != dep.pids:
+            raise ComposeFileError(
+                f"{where}.deploy.resources.limits.pids: {dep.pids} contradicts pids_limit: {pids}"
+            )
+        pids = dep.pids
     networks_raw = raw.get("networks") or ["default"]
     if not isinstance(networks_raw, (list, dict)) or not all(
         isinstance(n, str) for n in networks_raw
@@ -556,19 +724,18 @@ def _service(
             _port(p, f"{where}.ports[{i}]")
             for i, p in enumerate(_list(raw.get("ports"), f"{where}.ports"))
         ),
-        mounts=tuple(
-            _mount(v, directory, f"{where}.volumes[{i}]")
-            for i, v in enumerate(_list(raw.get("volumes"), f"{where}.volumes"))
-        ),
+        mounts=_mounts(raw.get("volumes"), directory, f"{where}.volumes"),
         networks=networks,
         healthcheck=_healthcheck(raw.get("healthcheck"), f"{where}.healthcheck"),
         restart=str(raw.get("restart", "no")),
+        restart_policy=restart,
+        pids_limit=pids,
         labels=_mapping(raw.get("labels"), f"{where}.labels"),
         depends_on=_depends(raw.get("depends_on"), names, f"{where}.depends_on"),
-        gpus=gpus,
+        gpus=dep.gpus,
         shm_size=str(raw["shm_size"]) if "shm_size" in raw else None,
-        mem_limit=mem,
-        nano_cpus=cpus,
+        mem_limit=dep.mem,
+        nano_cpus=dep.cpus,
         security_opt=tuple(str(s) for s in _list(raw.get("security_opt"), f"{where}.security_opt")),
         ulimits=ulimits,
         stop_grace_s=duration_s(raw.get("stop_grace_period", "10s"), f"{where}.stop_grace_period"),
@@ -594,12 +761,12 @@ def load_project(file: Path, name: str | None = None, env_dir: Path | None = Non
     if file.is_dir():
         file = file / "docker-compose.yml"
     directory = file.parent.resolve()
+    from composegen.files import TooLargeError, read_bounded
+
     try:
-        with file.open("rb") as fh:  # bounded: a device (/dev/zero) has no end
-            raw = fh.read(MAX_COMPOSE_BYTES + 1)
-        if len(raw) > MAX_COMPOSE_BYTES:
-            raise ComposeFileError(f"{file}: larger than {MAX_COMPOSE_BYTES} bytes")
-        text = raw.decode("utf-8")
+        text = read_bounded(file, MAX_COMPOSE_BYTES).decode("utf-8")  # a device has no end
+    except TooLargeError:
+        raise ComposeFileError(f"{file}: larger than {MAX_COMPOSE_BYTES} bytes") from None
     except FileNotFoundError:
         raise ComposeFileError(
             f"{file}: no such file", "render one with `composegen render`, or pass -f FILE"

@@ -7,10 +7,10 @@ that has no type of its own: a GPU request the engine cannot honour).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from composegen import __version__
 from composegen.engine.compose import Project, Service
@@ -44,6 +44,60 @@ class GpuUnsupportedError(EngineError):
 
 class ImageMissingError(EngineError):
     pass
+
+
+T = TypeVar("T")
+
+
+def run_parallel(
+    fn: Callable[[T], object], items: Iterable[T], label: Callable[[T], str] = str
+) -> list[tuple[str, BaseException]]:
+    """Run fn(item) for every item, each in its own thread, and wait for all of them. Returns
+    every worker's failure as (label, exception), in the items' order; raises nothing itself,
+    so one failed worker neither hides another's error nor stops the rest."""
+    todo = list(items)
+    failures: list[tuple[int, str, BaseException]] = []
+    lock = threading.Lock()
+
+    def work(i: int, item: T) -> None:
+        try:
+            fn(item)
+        except BaseException as exc:  # reported to the caller, whatever it is
+            with lock:
+                failures.append((i, label(item), exc))
+
+    threads = [
+        threading.Thread(target=work, args=(i, item), daemon=True) for i, item in enumerate(todo)
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return [(name, exc) for _, name, exc in sorted(failures, key=lambda f: f[0])]
+
+
+class ParallelError(EngineError):
+    """Some workers of a parallel step failed: each one's error is in the message."""
+
+    def __init__(self, what: str, failures: list[tuple[str, BaseException]], total: int) -> None:
+        self.failures = failures
+        parts = "; ".join(f"{name}: {first_line(exc)}" for name, exc in failures)
+        super().__init__(
+            f"{what}: {len(failures)} of {total} failed: {parts}",
+            "see the errors above; run the command again once they are fixed",
+        )
+
+
+def raise_failures(what: str, failures: list[tuple[str, BaseException]], total: int) -> None:
+    if failures:
+        raise ParallelError(what, failures, total)
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line, whole (a composegen error's own message without its hint)."""
+    text = exc.message if isinstance(exc, ComposegenError) else str(exc)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def connect(timeout_s: float = 30.0) -> Any:
@@ -91,14 +145,6 @@ def mapped_errors(what: str) -> Iterator[None]:
         raise EngineError(f"{what}: {exc}") from None
 
 
-def _mem_bytes(text: str) -> int:
-    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-    t = text.strip().lower().rstrip("b") or "0"
-    if t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(float(t))
-
-
 @dataclass(frozen=True)
 class Created:
     id: str
@@ -113,7 +159,11 @@ def resource_name(project: Project, name: str) -> str:
     return f"{project.name}_{name}"
 
 
-def create_container(client: Any, project: Project, svc: Service, config_hash: str) -> Created:
+def create_container(
+    client: Any, project: Project, svc: Service, config_hash: str, name: str | None = None
+) -> Created:
+    """Create (not start) the service's container; `name` overrides the usual one (`up`
+    creates a replacement under a temporary name while the old container still runs)."""
     import docker
 
     api = client.api
@@ -129,10 +179,12 @@ def create_container(client: Any, project: Project, svc: Service, config_hash: s
         LABEL_VERSION: "1.29.2",  # the Compose file format these labels follow
         LABEL_MANAGED: f"composegen {__version__}",
     }
-    binds = {}
-    for m in svc.mounts:
-        source = m.source if m.bind else resource_name(project, m.source)
-        binds[source] = {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
+    # a list, not a mapping by source: one volume may be mounted at two targets
+    binds = [
+        f"{m.source if m.bind else resource_name(project, m.source)}:{m.target}:"
+        + ("ro" if m.read_only else "rw")
+        for m in svc.mounts
+    ]
     port_bindings: dict[str, list[tuple[str, int | None]]] = {}
     for p in svc.ports:
         port_bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append(
@@ -144,21 +196,17 @@ def create_container(client: Any, project: Project, svc: Service, config_hash: s
             count=g.count if g.count is not None and g.device_ids is None else None,
             device_ids=list(g.device_ids) if g.device_ids is not None else None,
             capabilities=[list(g.capabilities)],
+            options=dict(g.options) or None,
         )
         for g in svc.gpus
     ]
-    restart = {
-        "no": None,
-        "always": "always",
-        "unless-stopped": "unless-stopped",
-        "on-failure": "on-failure",
-    }.get(svc.restart.split(":")[0])
+    restart, retries = svc.restart_policy
     networks = [resource_name(project, n) for n in svc.networks]
     extra = svc.extra
     host_config = api.create_host_config(
         binds=binds or None,
         port_bindings=port_bindings or None,
-        restart_policy={"Name": restart} if restart else None,
+        restart_policy={"Name": restart, "MaximumRetryCount": retries} if restart else None,
         shm_size=svc.shm_size,
         mem_limit=svc.mem_limit,
         nano_cpus=svc.nano_cpus,
@@ -169,7 +217,7 @@ def create_container(client: Any, project: Project, svc: Service, config_hash: s
         network_mode=networks[0],
         read_only=bool(extra.get("read_only")) or None,
         tmpfs=list(extra["tmpfs"]) if isinstance(extra.get("tmpfs"), list) else extra.get("tmpfs"),
-        pids_limit=extra.get("pids_limit"),
+        pids_limit=svc.pids_limit,
         cap_add=extra.get("cap_add"),
         cap_drop=extra.get("cap_drop"),
         init=extra.get("init"),
@@ -184,6 +232,9 @@ def create_container(client: Any, project: Project, svc: Service, config_hash: s
             "retries": h.retries,
             "start_period": int(h.start_period_s * 1e9),
         }
+        if h.start_interval_s is not None:  # (API 1.44+: up refuses it on older engines)
+            healthcheck = docker.types.Healthcheck(**healthcheck)
+            healthcheck["StartInterval"] = int(h.start_interval_s * 1e9)
 
     def names(net: str) -> list[str]:
         return [svc.name, *svc.aliases.get(net, ())]
@@ -191,7 +242,7 @@ def create_container(client: Any, project: Project, svc: Service, config_hash: s
     networking = api.create_networking_config(
         {networks[0]: api.create_endpoint_config(aliases=names(svc.networks[0]))}
     )
-    name = container_name(project, svc)
+    name = name or container_name(project, svc)
     with mapped_errors(f"service {svc.name}"):
         result = api.create_container(
             image=svc.image,
@@ -246,5 +297,25 @@ def visible_gpus(attrs: dict[str, Any]) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def mem_bytes(text: str) -> int:
-    return _mem_bytes(text)
+PullEvent = Callable[[dict[str, Any]], None]
+
+
+def pull_image(client: Any, image: str, on_event: PullEvent | None = None) -> None:
+    """Pull an image, passing each of the engine's progress events (one per layer and step:
+    {"id", "status", "progressDetail": {"current", "total"}}) to on_event. An error the engine
+    reports in the stream raises ImageMissingError with its whole message."""
+    from docker.errors import APIError, ImageNotFound
+    from docker.utils import parse_repository_tag
+
+    repo, tag = parse_repository_tag(image)
+    try:
+        for event in client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+            if not isinstance(event, dict):
+                continue
+            if event.get("error"):
+                detail = event.get("errorDetail") or {}
+                raise ImageMissingError(str(detail.get("message") or event["error"]).strip())
+            if on_event is not None:
+                on_event(event)
+    except (APIError, ImageNotFound) as exc:
+        raise ImageMissingError(str(exc.explanation or exc).strip()) from None

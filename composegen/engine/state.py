@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +22,14 @@ class LockedError(ComposegenError):
     pass
 
 
+class StateDirError(ComposegenError):
+    pass
+
+
 def _state_dir(directory: Path) -> Path:
+    """`.composegen/` beside the compose file; where that is not writable, a directory of
+    this user's own under the temp directory, named by a stable digest of the project's
+    directory (every process finds the same lock) and writable by this user only."""
     d = directory / ".composegen"
     try:
         d.mkdir(exist_ok=True)
@@ -27,9 +37,28 @@ def _state_dir(directory: Path) -> Path:
             return d
     except OSError:
         pass
-    fallback = Path("/tmp") / f"composegen-{os.getuid()}" / str(abs(hash(str(directory))))
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:24]
+    base = _private_dir(Path(tempfile.gettempdir()) / f"composegen-{os.getuid()}")
+    return _private_dir(base / digest)
+
+
+def _private_dir(path: Path) -> Path:
+    """`path` as a directory (created 0700) that is this user's and that nobody else may
+    write: another user's directory (or a link) there could swap the lock or the state."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise StateDirError(f"{path}: cannot use it for composegen's state: {exc}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise StateDirError(
+            f"{path}: not a directory of yours that only you can write "
+            f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}); composegen keeps "
+            "its lock and state there when the project directory is read-only",
+            "remove it, or make the project directory writable so .composegen/ is used",
+        )
+    return path
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -123,8 +122,11 @@ def plan_cpu(main: Project, cpu: Project) -> list[Step]:
 
 
 def stop_parallel(client: Any, project: str, services: list[str], grace_s: int = 30) -> None:
+    """Stop the services' containers in parallel; every failed stop is raised together."""
+
     def stop(c: Any) -> None:
-        c.stop(timeout=grace_s)
+        with eng.mapped_errors(f"service {c.labels.get(eng.LABEL_SERVICE, c.name)}"):
+            c.stop(timeout=grace_s)
 
     with eng.mapped_errors(f"project {project}"):
         todo = [
@@ -132,11 +134,8 @@ def stop_parallel(client: Any, project: str, services: list[str], grace_s: int =
             for c in client.containers.list(filters={"label": f"{eng.LABEL_PROJECT}={project}"})
             if c.labels.get(eng.LABEL_SERVICE) in services
         ]
-        threads = [threading.Thread(target=stop, args=(c,), daemon=True) for c in todo]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+    failures = eng.run_parallel(stop, todo, lambda c: str(c.labels.get(eng.LABEL_SERVICE, c.name)))
+    eng.raise_failures(f"stopping the GPU services of {project}", failures, len(todo))
 
 
 def to_cpu(client: Any, main: Project, report: engine_up.Report) -> list[str]:

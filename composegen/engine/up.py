@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from composegen.engine import docker as eng
@@ -151,6 +152,8 @@ def _health_log(attrs: dict[str, Any]) -> str:
 
 
 def _failure(svc: Service, container: Any, why: str) -> UpFailed:
+    """The failure of the service's current container: its state now, its health log, and the
+    tail of its logs (the last lines are those of its latest run)."""
     try:
         container.reload()
         attrs = container.attrs
@@ -160,7 +163,10 @@ def _failure(svc: Service, container: Any, why: str) -> UpFailed:
     health = _health_log(attrs)
     if health:
         details.append(f"health log of {svc.name}:\n{health}")
-    details.append(f"last 30 log lines of {svc.name}:\n{_logs_tail(container)}")
+    cid = str(getattr(container, "id", "") or "")[:12]
+    state = attrs.get("State") or {}
+    now = f"container {cid}, {state.get('Status', 'unknown')}" if cid else "container"
+    details.append(f"last 30 log lines of {svc.name} ({now}):\n{_logs_tail(container)}")
     return UpFailed(
         f"service {svc.name} {why}",
         "\n".join(details),
@@ -177,10 +183,32 @@ def _probe_once(svc: Service, container: Any) -> bool:
     return code == 0
 
 
-def wait_ready(svc: Service, container: Any, deadline: float, cancel: threading.Event) -> None:
+def _down_why(state: dict[str, Any], restarts: int) -> str:
+    status = state.get("Status")
+    code = state.get("ExitCode")
+    again = f", restarted {restarts} time{'s' if restarts != 1 else ''} by its restart policy"
+    if status == "restarting":
+        return f"keeps restarting (last exit code {code}{again if restarts else ''})"
+    if status in ("exited", "dead"):
+        return f"{status} (exit code {code}{again if restarts else ''})"
+    return f"was restarted by its restart policy (now {status}{again})"
+
+
+def wait_ready(
+    svc: Service,
+    container: Any,
+    deadline: float,
+    cancel: threading.Event,
+    report: Report | None = None,
+) -> None:
     """Until the service is ready: running and its healthcheck passing (our probe or Docker's).
-    An exited, restarting or unhealthy container ends the wait at once."""
-    first_restarts: int | None = None
+    An unhealthy or exited container ends the wait at once, and so does one that its restart
+    policy restarts, unless that happens within its healthcheck's start period: such a restart
+    is waited out. A failure reports the container's state now."""
+    rep: Report = report or (lambda s, st, d: None)
+    t0 = time.monotonic()
+    grace = svc.healthcheck.start_period_s if svc.healthcheck is not None else 0.0
+    seen: int | None = None  # the restart count already waited out
     while True:
         if cancel.is_set():
             raise UpFailed(f"service {svc.name}: stopped waiting (another service failed)")
@@ -190,11 +218,23 @@ def wait_ready(svc: Service, container: Any, deadline: float, cancel: threading.
             raise UpFailed(f"service {svc.name} disappeared while starting: {exc}") from None
         state = container.attrs.get("State") or {}
         restarts = int(container.attrs.get("RestartCount") or 0)
-        if first_restarts is None:
-            first_restarts = restarts
+        if seen is None:
+            seen = restarts
         status = state.get("Status")
-        if status in ("exited", "dead") or restarts > first_restarts or status == "restarting":
-            raise _failure(svc, container, f"exited (exit code {state.get('ExitCode')})")
+        # The engine decides at the exit whether its restart policy restarts the container:
+        # then its status is "restarting" (never "exited" in between). An exited container
+        # stays down (killed, stopped, on-failure with exit 0, retries used up).
+        if status in ("exited", "dead"):
+            raise _failure(svc, container, _down_why(state, restarts - seen))
+        if status == "restarting" or restarts > seen:
+            if time.monotonic() - t0 >= grace:
+                raise _failure(svc, container, _down_why(state, restarts - seen))
+            if restarts > seen:
+                rep(svc.name, "restarting", f"restart {restarts}, within its start period")
+            seen = restarts
+            if status != "running":
+                time.sleep(0.1)
+                continue
         health = (state.get("Health") or {}).get("Status")
         if health == "unhealthy":
             raise _failure(svc, container, "is unhealthy")
@@ -205,14 +245,20 @@ def wait_ready(svc: Service, container: Any, deadline: float, cancel: threading.
         time.sleep(0.05)
 
 
-def ensure_image(client: Any, svc: Service, pull: str) -> None:
-    from docker.errors import APIError, ImageNotFound
+PullReport = Callable[[str, dict[str, Any]], None]  # (service, the engine's pull event)
 
-    try:
-        client.images.get(svc.image)
-        return
-    except ImageNotFound:
-        pass
+
+def ensure_image(client: Any, svc: Service, pull: str, on_pull: PullReport | None = None) -> None:
+    """The service's image is on the engine afterwards (pulled if missing, unless --pull
+    never), or ImageMissingError says why with the engine's whole message."""
+    from docker.errors import ImageNotFound
+
+    with eng.mapped_errors(f"service {svc.name}"):
+        try:
+            client.images.get(svc.image)
+            return
+        except ImageNotFound:
+            pass
     how = (
         f"docker pull {svc.image} (or build it), or render with --image KEY=IMAGE to use "
         "another image"
@@ -222,13 +268,32 @@ def ensure_image(client: Any, svc: Service, pull: str) -> None:
             f"service {svc.name}: image {svc.image} is not on this engine (--pull never)", how
         )
     try:
-        client.images.pull(svc.image)
-    except (APIError, ImageNotFound) as exc:
+        eng.pull_image(client, svc.image, (lambda ev: on_pull(svc.name, ev)) if on_pull else None)
+    except eng.ImageMissingError as exc:
         raise eng.ImageMissingError(
             f"service {svc.name}: image {svc.image} is not on this engine and could not be "
-            f"pulled: {getattr(exc, 'explanation', None) or exc}",
+            f"pulled: {exc.message}",
             how,
         ) from None
+
+
+def replace_container(client: Any, project: Project, svc: Service, old_id: str) -> Any:
+    """Recreate a changed service, make before break as far as one name allows: the new
+    container is created first under a temporary name (creating claims no port and no GPU),
+    so an engine that refuses it leaves the old one running; then the old one is stopped and
+    removed, the new one takes the service's name and starts. Returns the new container."""
+    import secrets
+
+    final = eng.container_name(project, svc)
+    temp = f"{final}-new-{secrets.token_hex(3)}"
+    created = eng.create_container(client, project, svc, svc.config_hash(), name=temp)
+    old = client.containers.get(old_id)
+    old.stop(timeout=int(svc.stop_grace_s))
+    old.remove(force=True)
+    client.api.rename(created.id, final)
+    container = client.containers.get(created.id)
+    container.start()
+    return container
 
 
 def _dep_ok(cond: str, track: _Track) -> bool:
@@ -248,6 +313,7 @@ def _run_service(
     cancel: threading.Event,
     report: Report,
     errors: list[BaseException],
+    on_pull: PullReport | None = None,
 ) -> None:
     t = tracks[svc.name]
     try:
@@ -259,14 +325,14 @@ def _run_service(
                     raise UpFailed(f"service {svc.name}: gave up waiting for {dep} ({cond})")
                 time.sleep(0.05)
         t0 = time.monotonic()
+        if action in ("create", "recreate"):
+            # the image first: a failed pull leaves the old container serving
+            ensure_image(client, svc, pull, on_pull)
         with eng.mapped_errors(f"service {svc.name}"):
             if action == "recreate":
-                report(svc.name, "recreating", "")
-                old = client.containers.get(existing_id)
-                old.stop(timeout=int(svc.stop_grace_s))
-                old.remove(force=True)
-            if action in ("create", "recreate"):
-                ensure_image(client, svc, pull)
+                report(svc.name, "recreating", svc.image)
+                container = replace_container(client, project, svc, str(existing_id))
+            elif action == "create":
                 report(svc.name, "creating", svc.image)
                 created = eng.create_container(client, project, svc, svc.config_hash())
                 container = client.containers.get(created.id)
@@ -286,7 +352,7 @@ def _run_service(
             if d == svc.name
         ):
             report(svc.name, "waiting", "health")
-            wait_ready(svc, container, deadline, cancel)
+            wait_ready(svc, container, deadline, cancel, report)
             t.ready_after_s = time.monotonic() - t0
             report(svc.name, "healthy", f"{t.ready_after_s:.1f}s")
         t.ready.set()
@@ -294,7 +360,7 @@ def _run_service(
         t.failed.set()
         cancel.set()
         errors.append(exc)
-        report(svc.name, "failed", str(exc).splitlines()[0][:200])
+        report(svc.name, "failed", eng.first_line(exc))
 
 
 @dataclass(frozen=True)
@@ -304,6 +370,35 @@ class UpResult:
     gpu_map: dict[str, tuple[str, ...]]
     gateway: str | None
     seconds: float
+
+
+START_INTERVAL_API = (1, 44)
+
+
+def check_engine_supports(client: Any, project: Project) -> None:
+    """Refuse, before anything changes, what the file asks and this engine cannot do:
+    healthcheck start_interval needs Engine API 1.44 (Docker 25)."""
+    wanted = [
+        s.name
+        for s in project.services
+        if s.healthcheck is not None and s.healthcheck.start_interval_s is not None
+    ]
+    if not wanted:
+        return
+    version = str(getattr(client.api, "api_version", "") or "0.0")
+    try:
+        have = tuple(int(x) for x in version.split(".")[:2])
+    except ValueError:
+        have = (0, 0)
+    if have < START_INTERVAL_API:
+        from composegen.engine.compose import ComposeFileError
+
+        raise ComposeFileError(
+            f"{project.file}: services.{wanted[0]}.healthcheck.start_interval: needs Docker "
+            f"Engine API 1.44 (Docker 25), this engine speaks {version}",
+            "remove the key (composegen up probes readiness itself from the first second), "
+            "or upgrade the engine",
+        )
 
 
 def _engine_alive(client: Any) -> bool:
@@ -416,8 +511,10 @@ def up(
     pull: str = "missing",
     remove_orphans: bool = True,
     reload_on_removal: bool = True,
+    on_pull: PullReport | None = None,
 ) -> UpResult:
     rep: Report = report or (lambda s, st, d: None)
+    check_engine_supports(client, project)
     t0 = time.monotonic()
     deadline = t0 + wait_timeout_s
     if wait:  # the HTTP client is needed only at the end: load it while containers start
@@ -463,6 +560,7 @@ def up(
                 cancel,
                 rep,
                 errors,
+                on_pull,
             ),
             name=f"up-{s.name}",
             daemon=True,
@@ -480,8 +578,7 @@ def up(
         raise
     if errors and not _engine_alive(client):
         raise eng.NoEngineError(
-            "the Docker engine went away while up was waiting "
-            f"({str(errors[0]).splitlines()[0][:160]})",
+            f"the Docker engine went away while up was waiting ({eng.first_line(errors[0])})",
             "start it again, then run `composegen up`: it converges",
         )
     if errors:
@@ -507,67 +604,222 @@ def up(
 def down(
     client: Any, project_name: str, volumes: bool = False, report: Report | None = None
 ) -> tuple[int, int, int]:
+    """Remove the project's containers (in parallel), networks and, with `volumes`, named
+    volumes, all found by the project's label. Everything that can be removed is; then every
+    failure is raised together (ParallelError, exit 1)."""
     rep: Report = report or (lambda s, st, d: None)
     label = f"{eng.LABEL_PROJECT}={project_name}"
     with eng.mapped_errors(f"project {project_name}"):
         containers = client.containers.list(all=True, filters={"label": label})
 
-        def stop(c: Any) -> None:
-            rep(c.labels.get(eng.LABEL_SERVICE, c.name), "stopping", "")
-            try:
-                c.stop(timeout=10)
-            finally:
-                c.remove(force=True)
-            rep(c.labels.get(eng.LABEL_SERVICE, c.name), "removed", "")
+    def name(c: Any) -> str:
+        return str((c.labels or {}).get(eng.LABEL_SERVICE, c.name))
 
-        threads = [threading.Thread(target=stop, args=(c,), daemon=True) for c in containers]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        nets = client.networks.list(filters={"label": label})
-        for n in nets:
-            n.remove()
-        vols = 0
-        if volumes:
-            for v in client.volumes.list(filters={"label": label}):
-                v.remove(force=True)
+    def stop(c: Any) -> None:
+        rep(name(c), "stopping", "")
+        stop_error = None
+        try:
+            with eng.mapped_errors(f"service {name(c)}"):
+                c.stop(timeout=10)
+        except eng.EngineError as exc:
+            stop_error = exc
+        with eng.mapped_errors(f"service {name(c)}"):
+            c.remove(force=True)  # kills what did not stop
+        rep(name(c), "removed", f"killed: {stop_error.message}" if stop_error else "")
+
+    failures = eng.run_parallel(stop, containers, name)
+    for who, exc in failures:
+        rep(who, "failed", eng.first_line(exc))
+    total = len(containers)
+    nets = vols = 0
+    with eng.mapped_errors(f"project {project_name}"):
+        found_nets = client.networks.list(filters={"label": label})
+        found_vols = client.volumes.list(filters={"label": label}) if volumes else []
+    for kind, items in (("network", found_nets), ("volume", found_vols)):
+        for item in items:
+            total += 1
+            try:
+                with eng.mapped_errors(f"{kind} {item.name}"):
+                    item.remove() if kind == "network" else item.remove(force=True)
+            except eng.EngineError as exc:
+                failures.append((f"{kind} {item.name}", exc))
+                continue
+            if kind == "network":
+                nets += 1
+            else:
                 vols += 1
-    return len(containers), len(nets), vols
+    eng.raise_failures(f"down {project_name}", failures, total)
+    return len(containers), nets, vols
+
+
+# --- status ---------------------------------------------------------------------------------
+
+STOPPED_FOR_FALLBACK = "stopped (fallback)"
 
 
 @dataclass(frozen=True)
 class Row:
     service: str
     container: str
-    state: str
-    health: str
+    state: str  # Docker's, or "stopped (fallback)" for a GPU service stopped on purpose
+    health: str  # Docker's healthcheck status, "-" without one
+    ready: str  # composegen's own readiness: "yes", "no", or "-" (not running)
     gpus: tuple[str, ...]
     ports: tuple[str, ...]
     mode: str
 
 
-def status(client: Any, project_name: str) -> list[Row]:
-    rows = []
+@dataclass(frozen=True)
+class StatusReport:
+    rows: list[Row]
+    problems: list[str]  # empty: the stack serves
+
+    @property
+    def serving(self) -> bool:
+        return not self.problems
+
+
+def _ready(container: Any, running: bool, health: str) -> bool:
+    """composegen's readiness, as `up` decides it: running, and Docker says healthy or the
+    container's own healthcheck command passes when run now (with exec, as `up` probes).
+    The command is read from the container, so this holds for the CPU variant's services
+    and for a stack whose compose file is gone."""
+    if not running:
+        return False
+    if health == "healthy":
+        return True
+    check = (container.attrs.get("Config") or {}).get("Healthcheck") or {}
+    test = [str(t) for t in check.get("Test") or []]
+    if not test or test[0] == "NONE":
+        return True
+    cmd = test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", " ".join(test[1:])]
+    timeout_s = (check.get("Timeout") or 30_000_000_000) / 1e9
+    return eng.exec_with_timeout(container, cmd, timeout_s) == 0
+
+
+def status(
+    client: Any,
+    project_name: str,
+    project: Project | None = None,
+    in_fallback: bool = False,
+) -> StatusReport:
+    """Each container of the project with Docker's state and health next to composegen's own
+    readiness (probed as `up` does), and what keeps the stack from serving: the gateway not
+    running or not ready, or a service down or not ready. In cpu-fallback, GPU services
+    stopped on purpose are no problem. `project` (None when the file is gone) tells whether
+    the stack has a gateway at all."""
     with eng.mapped_errors(f"project {project_name}"):
-        for c in client.containers.list(
+        found = client.containers.list(
             all=True, filters={"label": f"{eng.LABEL_PROJECT}={project_name}"}
-        ):
-            a = c.attrs
-            st = a.get("State") or {}
-            ports = []
-            for cport, binds in ((a.get("NetworkSettings") or {}).get("Ports") or {}).items():
-                for b in binds or []:
-                    ports.append(f"{b.get('HostIp')}:{b.get('HostPort')}->{cport}")
-            rows.append(
-                Row(
-                    service=c.labels.get(eng.LABEL_SERVICE, ""),
-                    container=c.name,
-                    state=str(st.get("Status")),
-                    health=str((st.get("Health") or {}).get("Status") or "-"),
-                    gpus=eng.visible_gpus(a),
-                    ports=tuple(sorted(ports)),
-                    mode=c.labels.get("io.composegen.mode", "-"),
-                )
+        )
+    ready: dict[str, bool] = {}
+
+    def probe(c: Any) -> None:
+        st = c.attrs.get("State") or {}
+        health = str((st.get("Health") or {}).get("Status") or "-")
+        ready[c.id] = _ready(c, st.get("Status") == "running", health)
+
+    for who, exc in eng.run_parallel(probe, found, lambda c: str(c.name)):
+        del who, exc  # a probe that raised: not ready
+    rows = []
+    problems = []
+    gateways = 0
+    for c in sorted(found, key=lambda c: str((c.labels or {}).get(eng.LABEL_SERVICE, ""))):
+        a = c.attrs
+        st = a.get("State") or {}
+        labels = c.labels or {}
+        ports = []
+        for cport, binds in ((a.get("NetworkSettings") or {}).get("Ports") or {}).items():
+            for b in binds or []:
+                ports.append(f"{b.get('HostIp')}:{b.get('HostPort')}->{cport}")
+        service = str(labels.get(eng.LABEL_SERVICE, ""))
+        state = str(st.get("Status"))
+        mode = str(labels.get("io.composegen.mode", "-"))
+        is_ready = ready.get(c.id, False)
+        health = str((st.get("Health") or {}).get("Status") or "-")
+        if in_fallback and mode == "gpu" and state != "running":
+            state = STOPPED_FOR_FALLBACK
+        elif labels.get("io.composegen.service") == "gateway":
+            gateways += 1
+            if state != "running":
+                problems.append(f"gateway {service} is {state}")
+            elif not is_ready:
+                problems.append(f"gateway {service} is not ready (health {health})")
+        elif state != "running":
+            problems.append(f"{service} is {state}")
+        elif not is_ready:
+            problems.append(f"{service} is not ready (health {health})")
+        rows.append(
+            Row(
+                service=service,
+                container=str(c.name),
+                state=state,
+                health=health,
+                ready=("yes" if is_ready else "no") if st.get("Status") == "running" else "-",
+                gpus=eng.visible_gpus(a),
+                ports=tuple(sorted(ports)),
+                mode=mode,
             )
-    return sorted(rows, key=lambda r: r.service)
+        )
+    if not found:
+        problems.append("no containers")
+    elif gateways == 0 and any(
+        s.labels.get("io.composegen.service") == "gateway"
+        for s in (project.services if project is not None else ())
+    ):
+        problems.append("the gateway has no container")
+    return StatusReport(rows, problems)
+
+
+# --- state of the project -------------------------------------------------------------------
+
+
+class InFallbackError(ComposegenError):
+    """`up` on a stack that `fallback --cpu` moved to CPU."""
+
+
+def refuse_in_fallback(directory: Path, project: str) -> None:
+    """`up` converges docker-compose.yml, which does not hold the CPU services: in cpu-fallback
+    it would remove the containers the gateway routes to. Refused (exit 1): the way back to
+    the GPUs is `fallback --restore` (make before break), staying on CPU needs nothing."""
+    from composegen.engine.state import read_mode
+
+    mode = read_mode(directory, project)
+    if mode.get("mode") == "cpu-fallback":
+        since = f" since {mode['since']}" if mode.get("since") else ""
+        raise InFallbackError(
+            f"project {project} runs in cpu-fallback mode{since}: `up` would remove the CPU "
+            "services the gateway routes to",
+            "run `composegen fallback --restore` to go back to the GPUs (it also works on a "
+            "stopped stack); `composegen status` shows the stack as it is",
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """The project `down` and `status` act on: from its compose file, or from its labels."""
+
+    name: str
+    directory: Path
+    project: Project | None  # None: the file could not be read
+    note: str | None  # why the labels were used
+
+
+def target_from_labels(client: Any, name: str, why: str, default_dir: Path) -> Target:
+    """`down -p NAME` and `status -p NAME` when the compose file is gone or broken: the
+    project's containers carry its name and working directory (where its lock and mode
+    are kept) in their Compose labels; without containers, `default_dir` (-C or -f's)."""
+    from composegen.engine.compose import project_name
+
+    pname = project_name(name, {}, {}, Path("."))
+    with eng.mapped_errors(f"project {pname}"):
+        found = client.containers.list(all=True, filters={"label": f"{eng.LABEL_PROJECT}={pname}"})
+    # the CPU variant's containers name fallback/ below the stack's directory: take the top
+    workdirs = [Path(w) for c in found if (w := (c.labels or {}).get(eng.LABEL_WORKDIR))]
+    directory = min(workdirs, key=lambda p: len(p.parts)) if workdirs else None
+    return Target(
+        pname,
+        directory or default_dir,
+        None,
+        f"composegen: warning: {why}; using project {pname} as its containers' labels describe it",
+    )

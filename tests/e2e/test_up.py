@@ -10,6 +10,7 @@ named volumes. Everything is created under test project names and removed by the
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -24,6 +25,10 @@ from composegen import app
 from composegen.profiles import Overrides
 from tests.conftest import ROOT
 from tests.stack_checks import inventory_file
+
+# per test run: several checkouts may run these tests on one engine at once, and a fixed project
+# name would let one run's clean-up remove the other's containers
+RUN = f"{os.getpid() % 100000}"
 
 CASES = {
     "rag-a100": "a100_8x80",
@@ -95,7 +100,7 @@ def render_stack(name: str, tmp: Path, tags: dict[str, str], *sets: str) -> Stac
         reference=inv is None,
         overrides=Overrides(sets=all_sets, images=images),
     )
-    return Stack(name, f"cg-e2e-{name}", tmp / name, port, built)
+    return Stack(name, f"cg-e2e-{name}-{RUN}", tmp / name, port, built)
 
 
 def containers(client: Any, project: str) -> dict[str, Any]:
@@ -324,7 +329,9 @@ def test_exited_service_ends_wait_at_once(docker_client: Any, stack_factory: Any
     done, events = up(st, "--wait-timeout", "200")
     assert done.returncode == 1
     failed = [e for e in events if e.get("event") == "failed"]
-    assert failed and "exited" in failed[0]["error"]
+    # the state now: exited, or being restarted by its policy, with the exit code of the crash
+    assert failed and "exit code 1" in failed[0]["error"]
+    assert "exited" in failed[0]["error"] or "keeps restarting" in failed[0]["error"]
     # it did not sit out the deadline
     assert events[-1]["t"] < 60 if "t" in events[-1] else True
 
@@ -400,3 +407,120 @@ def test_engine_that_cannot_honour_the_gpu_request(stack_factory: Any) -> None:
     assert done.returncode == 1
     assert "cannot honour NVIDIA GPU requests" in done.stderr
     assert "composegen fallback --cpu" in done.stderr
+
+
+# --- the engine layer's failure paths on a real engine (issue 9 items 12, 20; issue 10 items 9,
+# 10, 14) ------------------------------------------------------------------------------------
+
+FLAKY = """
+services:
+  flaky:
+    image: {image}
+    # the first run fails, the restart policy's second run serves (the root fs survives it)
+    command: ["sh", "-c", "if [ -e /ran ]; then exec sleep 600; fi; : > /ran; exit 1"]
+    restart: always
+    healthcheck:
+      test: ["CMD", "sh", "-c", "[ -e /ran ]"]
+      interval: 30s
+      start_period: {start_period}
+"""
+
+
+def _flaky(tmp_path: Path, image: str, start_period: str) -> Path:
+    d = tmp_path / f"flaky-{start_period}"
+    d.mkdir()
+    (d / "docker-compose.yml").write_text(FLAKY.format(image=image, start_period=start_period))
+    return d
+
+
+def test_restart_within_the_start_period_is_waited_out_on_the_engine(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    project = f"cg-e2e-flaky-{RUN}"
+    _cleanup(docker_client, project)
+    try:
+        d = _flaky(tmp_path, busybox_image, "60s")
+        done = cli("up", "-C", str(d), "-p", project, "--wait-timeout", "60")
+        assert done.returncode == 0, done.stderr
+        flaky = containers(docker_client, project)["flaky"]
+        flaky.reload()
+        assert flaky.attrs["RestartCount"] >= 1 and flaky.status == "running"
+        # status agrees with up: running, ready, exit 0
+        st = cli("status", "-C", str(d), "-p", project, "--json")
+        assert st.returncode == 0, st.stdout + st.stderr
+        row = json.loads(st.stdout)["services"][0]
+        assert (row["state"], row["ready"]) == ("running", "yes")
+    finally:
+        _cleanup(docker_client, project)
+
+
+def test_restart_outside_the_start_period_reports_the_current_container(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    project = f"cg-e2e-flaky0-{RUN}"
+    _cleanup(docker_client, project)
+    try:
+        d = _flaky(tmp_path, busybox_image, "0s")
+        done = cli("up", "-C", str(d), "-p", project, "--wait-timeout", "60", "--json")
+        assert done.returncode == 1
+        failed = [json.loads(x) for x in done.stdout.splitlines() if '"failed"' in x]
+        event = next(e for e in failed if e.get("event") == "failed")
+        assert "service flaky" in event["error"]
+        cid = containers(docker_client, project)["flaky"].id[:12]
+        assert f"(container {cid}, " in event["details"]
+    finally:
+        _cleanup(docker_client, project)
+
+
+def test_pull_failure_keeps_the_old_container_and_shows_the_whole_error(
+    docker_client: Any, stack_factory: Any
+) -> None:
+    st = stack_factory("zenglow-personas")
+    done, _ = up(st)
+    assert done.returncode == 0, done.stderr
+    before = {s: c.id for s, c in containers(docker_client, st.project).items()}
+    compose = st.directory / "docker-compose.yml"
+    compose.write_text(
+        compose.read_text().replace(
+            "image: composegen-test/ollama-stub:1", "image: registry.example.invalid/ollama:9", 1
+        )
+    )
+    again = cli("up", "-C", str(st.directory), "-p", st.project, "--wait-timeout", "60")
+    assert again.returncode == 1
+    # the engine's own words, to their end
+    assert "registry.example.invalid" in again.stderr and "no such host" in again.stderr
+    after = containers(docker_client, st.project)
+    assert {s: c.id for s, c in after.items()} == before
+    assert all(c.status == "running" for c in after.values())
+
+
+def test_up_in_cpu_fallback_is_refused_and_changes_nothing(
+    docker_client: Any, stack_factory: Any
+) -> None:
+    st = stack_factory("rma-shared")
+    done, _ = up(st)
+    assert done.returncode == 0, done.stderr
+    fb = cli("fallback", "-C", str(st.directory), "-p", st.project, "--cpu", timeout=400)
+    assert fb.returncode == 0, fb.stderr
+    before = {s: (c.id, c.status) for s, c in containers(docker_client, st.project).items()}
+    again, _ = up(st)
+    assert again.returncode == 1
+    assert "cpu-fallback" in again.stderr and "composegen fallback --restore" in again.stderr
+    assert {s: (c.id, c.status) for s, c in containers(docker_client, st.project).items()} == before
+    status = cli("status", "-C", str(st.directory), "-p", st.project, "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    states = {r["service"]: r["state"] for r in json.loads(status.stdout)["services"]}
+    assert "stopped (fallback)" in states.values(), states
+
+
+def test_down_by_name_after_the_file_is_gone(docker_client: Any, stack_factory: Any) -> None:
+    st = stack_factory("zenglow-personas")
+    done, _ = up(st)
+    assert done.returncode == 0, done.stderr
+    (st.directory / "docker-compose.yml").unlink()
+    status = cli("status", "-C", str(st.directory), "-p", st.project)
+    assert status.returncode == 0, status.stderr
+    down = cli("down", "-C", str(st.directory), "-p", st.project)
+    assert down.returncode == 0, down.stderr
+    assert "no such file" in down.stderr and "labels" in down.stderr
+    assert containers(docker_client, st.project) == {}

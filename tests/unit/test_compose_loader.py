@@ -214,3 +214,148 @@ def test_up_missing_file_is_bad_input(tmp_path: Path) -> None:
     proc = run_cli("up", "-C", str(tmp_path / "nowhere"))
     assert proc.returncode == 2
     assert "docker-compose.yml: no such file" in proc.stderr
+
+
+# --- .env as Compose reads it (issue 9 item 18) -------------------------------------------------
+
+DOTENV = """# comment
+export EXPORTED=yes
+PLAIN=plain value # a comment
+HASH_NO_SPACE=a#b
+SQ='single ${PLAIN} \\n # not a comment' # trailing
+DQ="double ${PLAIN} \\t tab" # trailing
+NESTED=${PLAIN}-x
+DEFAULTED=${UNSET_H3_VAR:-fallback}
+FROM_PROC=${PROC_H3_VAR}
+DOLLAR=$PLAIN
+EMPTY=
+SPACED =  around
+MULTI="line1
+line2"
+ESC="a \\"quoted\\" word"
+"""
+DOTENV_KEYS = [
+    "EXPORTED",
+    "PLAIN",
+    "HASH_NO_SPACE",
+    "SQ",
+    "DQ",
+    "NESTED",
+    "DEFAULTED",
+    "FROM_PROC",
+    "DOLLAR",
+    "EMPTY",
+    "SPACED",
+    "MULTI",
+    "ESC",
+]
+
+
+def test_dotenv_matches_docker_compose_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same .env and compose file through composegen's loader and through Compose's own
+    `config`: every variable comes out the same."""
+    import os
+    import subprocess
+
+    import yaml
+
+    from tests.stack_checks import DOCKER_COMPOSE, need_docker_compose
+
+    need_docker_compose()
+    env_lines = "\n".join(f"      {k}: ${{{k}}}" for k in DOTENV_KEYS)
+    f = write(
+        tmp_path, f"services:\n  a:\n    image: img:1\n    environment:\n{env_lines}\n", DOTENV
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    for k in (*DOTENV_KEYS, "UNSET_H3_VAR"):
+        clean.pop(k, None)
+        monkeypatch.delenv(k, raising=False)
+    clean["PROC_H3_VAR"] = "from the process"
+    monkeypatch.setenv("PROC_H3_VAR", "from the process")
+    done = subprocess.run(
+        [DOCKER_COMPOSE, "config"],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    theirs = yaml.safe_load(done.stdout)["services"]["a"]["environment"]
+    theirs = {k: str(v).replace("$$", "$") for k, v in theirs.items()}  # config escapes $
+    ours = dict(load_project(f).service("a").environment)
+    assert ours == theirs
+    # what the comparison covers, in Compose's words
+    assert ours["SQ"] == "single plain value \\n # not a comment"
+    assert ours["DQ"] == "double plain value \t tab"
+    assert ours["MULTI"] == "line1\nline2"
+    assert ours["FROM_PROC"] == "from the process"
+    assert ours["DOLLAR"] == "$PLAIN"
+
+
+def test_dotenv_line_compose_cannot_read_is_named(tmp_path: Path) -> None:
+    f = write(tmp_path, "services:\n  a: {image: img:1}\n", env='A=1\nB="open\n')
+    with pytest.raises(ComposeFileError, match=r"\.env:2: B: the \" is not closed"):
+        load_project(f)
+    f = write(tmp_path, "services:\n  a: {image: img:1}\n", env="A='x' y\n")
+    with pytest.raises(ComposeFileError, match=r"\.env:1: A: unexpected text after the value"):
+        load_project(f)
+
+
+# --- keys the loader applies or refuses by name (issue 9 items 18 and 19) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        (
+            "    deploy: {restart_policy: {condition: on-failure, delay: 5s}}\n",
+            "services.a.deploy.restart_policy.delay: not supported by composegen up",
+        ),
+        (
+            "    deploy: {restart_policy: {condition: sometimes}}\n",
+            "services.a.deploy.restart_policy.condition: expected none, on-failure or any",
+        ),
+        (
+            "    deploy: {restart_policy: {condition: any, max_attempts: 3}}\n",
+            "max_attempts: the engine counts attempts only with condition: on-failure",
+        ),
+        ("    restart: sometimes\n", "services.a.restart: expected no, always"),
+        (
+            "    pids_limit: 100\n    deploy: {resources: {limits: {pids: 200}}}\n",
+            "limits.pids: 200 contradicts pids_limit: 100",
+        ),
+        (
+            "    deploy: {resources: {reservations: {devices: [{driver: nvidia, count: 1, "
+            "capabilities: [gpu], device_id: [0]}]}}}\n",
+            "devices[0].device_id: not supported by composegen up",
+        ),
+        (
+            "    healthcheck: {test: [CMD, 'true'], start_intervall: 1s}\n",
+            "services.a.healthcheck.start_intervall: not supported by composegen up",
+        ),
+        (
+            "    volumes: ['data:/models', './models:/models:ro']\n",
+            "services.a.volumes[1]: duplicate mount point /models (also services.a.volumes[0])",
+        ),
+    ],
+)
+def test_keys_refused_by_name(tmp_path: Path, service: str, message: str) -> None:
+    f = write(tmp_path, f"services:\n  a:\n    image: img:1\n{service}volumes:\n  data: {{}}\n")
+    with pytest.raises(ComposeFileError) as err:
+        load_project(f)
+    assert message in str(err.value)
+
+
+def test_restart_and_pids_are_parsed_for_the_engine(tmp_path: Path) -> None:
+    f = write(
+        tmp_path,
+        "services:\n  a: {image: img:1, restart: 'on-failure:5', pids_limit: 64}\n"
+        "  b: {image: img:1, deploy: {restart_policy: {condition: none}}, restart: always}\n",
+    )
+    p = load_project(f)
+    assert (p.service("a").restart_policy, p.service("a").pids_limit) == (("on-failure", 5), 64)
+    assert p.service("b").restart_policy == ("", 0)  # deploy.restart_policy wins, as in Compose
