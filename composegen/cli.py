@@ -562,6 +562,11 @@ def _project_or_labels(directory: str | None, file: str | None, project_name: st
     show_default=True,
     help="Pull images that are not on the engine, or never pull.",
 )
+@click.option(
+    "--no-models",
+    is_flag=True,
+    help="Do not fetch missing models before start nor load the Ollama models after.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
 def up(
     directory: str | None,
@@ -570,6 +575,7 @@ def up(
     wait_timeout: float,
     no_wait: bool,
     pull: str,
+    no_models: bool,
     as_json: bool,
 ) -> None:
     """Start the stack of a compose file through the Docker engine and wait until it is healthy.
@@ -579,6 +585,10 @@ def up(
     where possible. Unchanged services are left alone, changed ones recreated, removed ones
     removed. Readiness is probed actively with each service's own healthcheck, then the gateway
     is probed over HTTP. Every container's GPUs are checked against the file.
+
+    Serving (unless --no-models): first the models missing from the stack's stores are fetched
+    (as `composegen models pull`), then, once healthy, each Ollama model is loaded once with
+    the stack's keep-alive.
     """
     from composegen.engine import docker as eng
     from composegen.engine import up as engine_up
@@ -587,8 +597,12 @@ def up(
 
     project = _load_project(directory, file, project_name)
     client = eng.connect()
+    models = None
+    loaded: list[tuple[str, str]] = []
     with project_lock(project.directory, project.name, "up"):
         engine_up.refuse_in_fallback(project.directory, project.name)
+        if not no_models:
+            models = _fill_stores(client, project, as_json)
         with Progress(
             [s.name for s in project.services], as_json, f"composegen up {project.name}"
         ) as prog:
@@ -602,6 +616,9 @@ def up(
                     pull=pull,
                     on_pull=prog.pull,
                 )
+                if not no_models and not no_wait:
+                    loaded = engine_up.load_ollama_models(client, project, prog.event, wait_timeout)
+                    # (the residency check of the loaded models, serving/verify.py, goes here)
             except ComposegenError as exc:
                 details = getattr(exc, "details", "")
                 prog.emit({"event": "failed", "error": exc.one_line(), "details": details})
@@ -620,6 +637,13 @@ def up(
                 "gpus": result.gpu_map,
                 "gateway": result.gateway,
                 "seconds": round(result.seconds, 3),
+                "models": None
+                if models is None
+                else {
+                    "fetched": [{"store": s, "model": m, "bytes": b} for s, m, b in models.fetched],
+                    "present": len(models.present),
+                    "loaded": [{"service": s, "model": m} for s, m in loaded],
+                },
             }
         )
         return
@@ -634,6 +658,81 @@ def up(
         click.echo(f"  GPU {','.join(ids)} -> {svc}")
     if result.gateway:
         click.echo(f"  gateway answers at {result.gateway}")
+    if models is not None:
+        click.echo(
+            f"  models: {len(models.fetched)} fetched, {len(models.present)} already there, "
+            f"{len(loaded)} loaded"
+        )
+
+
+def _fill_stores(client: Any, project: Any, as_json: bool) -> Any:
+    from composegen.engine import up as engine_up
+    from composegen.serving.pull import ModelProgress
+
+    with ModelProgress(as_json) as mprog:
+        return engine_up.fill_model_stores(client, project, mprog)
+
+
+@cli.group(context_settings=CONTEXT)
+def models() -> None:
+    """The models of a rendered stack (the profile's, recorded in its compose files)."""
+
+
+@models.command("pull", context_settings=CONTEXT)
+@_project_opts
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
+def models_pull(
+    directory: str | None, file: str | None, project_name: str | None, as_json: bool
+) -> None:
+    """Fill every model store of the stack, the CPU variants' too, with what is missing.
+
+    Each store is filled once (replicas sharing a store, or a GPU service and its CPU variant,
+    pull a model once) by a one-shot fetch container on the egress network PROJECT_fetch:
+    Ollama stores by the service's own image (`/api/pull`, resumable), Hugging Face caches by
+    the profile's hf-fetch image (HF_TOKEN and HF_ENDPOINT from .env). Models already there are
+    not fetched again. The running stack is left alone; exit 1 names the model, the service
+    and the cause of a failure.
+    """
+    from composegen.engine import docker as eng
+    from composegen.engine.state import project_lock
+    from composegen.serving import pull as serving_pull
+
+    project = _load_project(directory, file, project_name)
+    client = eng.connect()
+    with (
+        project_lock(project.directory, project.name, "models pull"),
+        serving_pull.ModelProgress(as_json) as mprog,
+    ):
+        plan, result = serving_pull.pull_stack(client, project, mprog)
+    for why in result.skipped:
+        click.echo(f"composegen: warning: {why}", err=True)
+    if as_json:
+        click.echo(
+            _json_line(
+                {
+                    "event": "done",
+                    "ok": not result.failures,
+                    "fetched": [{"store": s, "model": m, "bytes": b} for s, m, b in result.fetched],
+                    "present": [{"store": s, "model": m} for s, m in result.present],
+                    "failures": [
+                        {
+                            "model": f.model,
+                            "services": list(f.services),
+                            "kind": f.kind,
+                            "message": f.message,
+                        }
+                        for f in result.failures
+                    ],
+                }
+            ),
+        )
+    else:
+        total = sum(b for _, _, b in result.fetched)
+        click.echo(
+            f"{project.name}: {len(plan.stores)} store(s), {len(result.fetched)} model(s) "
+            f"fetched ({total / 1e6:.1f} MB), {len(result.present)} already there"
+        )
+    serving_pull.raise_failures(result)
 
 
 @cli.command(context_settings=CONTEXT)

@@ -43,6 +43,7 @@ class Model:
     trust_remote_code: bool = False  # its code is in the repository: vLLM needs the flag
     architecture: str | None = None  # e.g. Qwen2ForCausalLM, BertModel
     servers: tuple[str, ...] = ()  # which servers can serve it: vllm, tei, ollama, speaches
+    revision: str | None = None  # a Hugging Face branch, tag or commit; None: the default branch
 
 
 @dataclass(frozen=True)
@@ -614,6 +615,7 @@ def _models(items: Any) -> tuple[Model, ...]:
             trust_remote_code=bool(m.get("trust_remote_code", False)),
             architecture=m.get("architecture"),
             servers=tuple(m.get("servers", ())),
+            revision=m.get("revision"),
         )
         for m in items or ()
     )

@@ -249,6 +249,64 @@ def fill_commands(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]
     return out
 
 
+HF_SERVERS = ("vllm", "tei", "speaches")
+FETCH_IMAGE_KEY = "hf-fetch"
+
+
+def model_store(svc: Service, inst: Instance) -> tuple[str, str] | None:
+    """(source, path inside the container) of the store the instance reads its models from:
+    ("ollama", its OLLAMA_MODELS) or ("huggingface", its hub cache directory). None: the
+    service fetches nothing (an app whose models are in its image or in-process)."""
+    if not inst.models:
+        return None
+    env = dict(svc.env)
+    if inst.device == "cpu" and svc.cpu is not None:
+        env.update(svc.cpu.env)
+    if svc.kind == "ollama":
+        return "ollama", alias_store(svc, inst) or env.get("OLLAMA_MODELS") or OLLAMA_DEFAULT_STORE
+    if svc.server_kind not in HF_SERVERS:
+        return None
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(var):
+            return "huggingface", env[var]
+    if env.get("HF_HOME"):
+        return "huggingface", env["HF_HOME"].rstrip("/") + "/hub"
+    if svc.server_kind == "tei":  # the TEI image sets HUGGINGFACE_HUB_CACHE=/data
+        return "huggingface", "/data"
+    mounts = [v.split(":")[1] for v in svc.volumes]
+    home = next((m for m in mounts if m.rstrip("/").endswith("/huggingface")), None)
+    # vLLM and speaches read $HF_HOME/hub, HF_HOME defaulting to ~/.cache/huggingface
+    return "huggingface", (home or "/root/.cache/huggingface").rstrip("/") + "/hub"
+
+
+def model_labels(prof: Profile, svc: Service, inst: Instance) -> dict[str, str]:
+    """What `composegen models pull` reads from the compose files: where each service's models
+    come from (io.composegen.model-source), the store inside the container that must hold
+    them (model-store), the Hugging Face revision (model-revision), the `ollama cp` aliases
+    its store needs (model-aliases: REAL=PUBLIC,...), and the fetch image of a Hugging Face
+    store (fetch-image: the profile's hf-fetch image)."""
+    store = model_store(svc, inst)
+    if store is None:
+        return {}
+    source, path = store
+    out = {"io.composegen.model-source": source, "io.composegen.model-store": path}
+    if source == "ollama":
+        aliases = [
+            f"{m.name}={public_name(svc, m) or m.name}"
+            for m in inst.models
+            if (public_name(svc, m) or m.name) != m.name
+        ]
+        if aliases and alias_store(svc, inst) is not None:
+            out["io.composegen.model-aliases"] = ",".join(aliases)
+    else:
+        revisions = [f"{m.name}@{m.revision}" for m in inst.models if m.revision]
+        if revisions:
+            out["io.composegen.model-revisions"] = ",".join(revisions)
+        if FETCH_IMAGE_KEY in prof.images:
+            out["io.composegen.fetch-image"] = prof.images[FETCH_IMAGE_KEY]
+    return {k: v.replace("$", "$$") for k, v in out.items()}  # Compose interpolates labels
+
+
 # --- compose ----------------------------------------------------------------------------------
 
 
@@ -319,6 +377,7 @@ def _service_block(
         "io.composegen.models": ",".join(m.name for m in inst.models),
         "io.composegen.healthy-after": str(h.healthy_after),
     }
+    block["labels"].update(model_labels(prof, svc, inst))
     need = svc.gpu
     if (
         not on_cpu

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -319,3 +319,124 @@ def pull_image(client: Any, image: str, on_event: PullEvent | None = None) -> No
                 on_event(event)
     except (APIError, ImageNotFound) as exc:
         raise ImageMissingError(str(exc.explanation or exc).strip()) from None
+
+
+# --- one-shot helper containers (composegen models pull: fetch containers) ------------------
+
+
+def ensure_network(client: Any, name: str, labels: dict[str, str], internal: bool = False) -> None:
+    """A bridge network, created when missing (an egress network unless `internal`)."""
+    from docker.errors import NotFound
+
+    with mapped_errors(f"network {name}"):
+        try:
+            client.networks.get(name)
+        except NotFound:
+            client.networks.create(name, driver="bridge", internal=internal, labels=labels)
+
+
+def remove_network(client: Any, name: str) -> None:
+    """Remove a network; one that is gone already is fine."""
+    from docker.errors import NotFound
+
+    with mapped_errors(f"network {name}"), suppress(NotFound):
+        client.networks.get(name).remove()
+
+
+def run_oneoff(
+    client: Any,
+    *,
+    image: str,
+    name: str,
+    labels: dict[str, str],
+    environment: dict[str, str],
+    volumes: dict[str, str],
+    network: str,
+    command: list[str] | None = None,
+    entrypoint: list[str] | None = None,
+    publish: int | None = None,
+) -> Any:
+    """Start a detached one-shot container (removed by the caller): `volumes` maps a volume
+    name to its target (read-write); `publish` a container TCP port on 127.0.0.1 at a port
+    the engine picks. A container of the same name left by an interrupted run is replaced.
+    The image is pulled when missing."""
+    from docker.errors import ImageNotFound, NotFound
+
+    with mapped_errors(f"container {name}"):
+        with suppress(NotFound):
+            client.containers.get(name).remove(force=True)
+        try:
+            client.images.get(image)
+        except ImageNotFound:
+            pull_image(client, image)
+        return client.containers.run(
+            image,
+            command=command,
+            entrypoint=entrypoint,
+            name=name,
+            labels=labels,
+            environment=environment,
+            volumes={v: {"bind": t, "mode": "rw"} for v, t in volumes.items()},
+            network=network,
+            ports={f"{publish}/tcp": ("127.0.0.1", None)} if publish else None,
+            security_opt=["no-new-privileges:true"],
+            detach=True,
+        )
+
+
+def published_port(container: Any, port: int) -> int | None:
+    """The host port the engine gave a container's TCP port (None: not published yet)."""
+    container.reload()
+    ports = ((container.attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp")
+    for p in ports or []:
+        if p.get("HostPort"):
+            return int(p["HostPort"])
+    return None
+
+
+def stdout_lines(container: Any) -> Iterator[str]:
+    """The container's stdout, line by line, as it comes, until it exits."""
+    buf = b""
+    for chunk in container.logs(stdout=True, stderr=False, stream=True, follow=True):
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line.decode("utf-8", "replace")
+    if buf:
+        yield buf.decode("utf-8", "replace")
+
+
+def wait_exit(container: Any, timeout_s: float) -> int | None:
+    """The container's exit code, None when it is still running after timeout_s."""
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from requests.exceptions import ReadTimeout
+
+    try:
+        res = container.wait(timeout=timeout_s)
+    except (ReadTimeout, RequestsConnectionError):
+        return None
+    return int(res.get("StatusCode", 1))
+
+
+def remove_quietly(container: Any) -> None:
+    # gone already, or the engine went away: nothing else to clean
+    with suppress(Exception):
+        container.remove(force=True)
+
+
+def exec_output(container: Any, cmd: list[str], timeout_s: float) -> tuple[int | None, str]:
+    """Run a command in the container: (exit code or None when it took too long, its output)."""
+    out: list[tuple[int, str]] = []
+
+    def run() -> None:
+        try:
+            res = container.exec_run(cmd, stdout=True, stderr=True, demux=False)
+            text = (res.output or b"").decode("utf-8", "replace")
+            out.append((int(res.exit_code if res.exit_code is not None else 1), text))
+        except Exception as exc:  # the container went away
+            out.append((1, str(exc)))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return out[0] if out else (None, "")

@@ -823,3 +823,104 @@ def target_from_labels(client: Any, name: str, why: str, default_dir: Path) -> T
         None,
         f"composegen: warning: {why}; using project {pname} as its containers' labels describe it",
     )
+
+
+# --- serving: models fetched before start, Ollama models loaded after (issue 11) ---------------
+
+
+def fill_model_stores(client: Any, project: Project, emit: Callable[[dict[str, Any]], None]) -> Any:
+    """`up`'s first step (unless --no-models): fetch what is missing from every model store of
+    the stack, the CPU variant's included, before any container starts. vLLM, TEI and speaches
+    run with HF_HUB_OFFLINE=1 on an internal network and exit at start when their model is not
+    in the cache, so the fetch comes first. A failure raises PullError (exit 1) with nothing
+    started or changed."""
+    from composegen.serving import pull as serving_pull
+
+    _, result = serving_pull.pull_stack(client, project, emit)
+    serving_pull.raise_failures(result)
+    return result
+
+
+# A POST from inside the Ollama container to its own server (bash's /dev/tcp: the real image
+# has bash and no curl). `docker exec` rather than a helper container on the stack's network:
+# it needs no extra image, reaches the server whatever network it sits on (the backend network
+# is internal, unreachable from the host), and the server sees a local client. $1: the JSON
+# body (an argument, never part of the script), $2: the port.
+_GENERATE = (
+    'exec 3<>"/dev/tcp/127.0.0.1/$2" || exit 3; '
+    "printf 'POST /api/generate HTTP/1.0\\r\\nHost: localhost\\r\\n"
+    "Content-Type: application/json\\r\\nContent-Length: %s\\r\\n\\r\\n%s' "
+    '"${#1}" "$1" >&3; cat <&3'
+)
+
+
+def _ollama_port(svc: Service) -> int:
+    host = str(svc.environment.get("OLLAMA_HOST") or "")
+    tail = host.rsplit(":", 1)[-1] if ":" in host else ""
+    return int(tail) if tail.isdigit() else 11434
+
+
+def load_ollama_models(
+    client: Any, project: Project, report: Report, timeout_s: float = 600.0
+) -> list[tuple[str, str]]:
+    """Load each model of each Ollama service once: a generate call with no prompt and the
+    stack's keep-alive (the service's OLLAMA_KEEP_ALIVE), so the first real request does not
+    wait for a load, and a model that cannot load fails `up` now. Returns (service, model)."""
+    import json
+
+    loaded: list[tuple[str, str]] = []
+    todo = [
+        s
+        for s in project.services
+        if s.labels.get("io.composegen.model-source") == "ollama"
+        and s.labels.get("io.composegen.models")
+    ]
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def one(svc: Service) -> None:
+        found = client.containers.list(
+            filters={
+                "label": [f"{eng.LABEL_PROJECT}={project.name}", f"{eng.LABEL_SERVICE}={svc.name}"]
+            }
+        )
+        if not found:
+            raise UpFailed(f"service {svc.name}: no running container to load its models in")
+        keep_alive = svc.environment.get("OLLAMA_KEEP_ALIVE")
+        for model in [m for m in svc.labels["io.composegen.models"].split(",") if m]:
+            body: dict[str, Any] = {"model": model, "stream": False}
+            if keep_alive:
+                body["keep_alive"] = (
+                    int(keep_alive) if keep_alive.lstrip("-").isdigit() else keep_alive
+                )
+            report(svc.name, "loading", model)
+            cmd = ["bash", "-c", _GENERATE, "composegen", json.dumps(body), str(_ollama_port(svc))]
+            code, out = eng.exec_output(found[0], cmd, timeout_s)
+            head, _, payload = out.replace("\r\n", "\n").partition("\n\n")
+            status = head.split("\n", 1)[0]
+            if code is None:
+                why = f"no answer within {timeout_s:.0f}s"
+            elif code != 0 or " 200 " not in status + " ":
+                try:
+                    why = str(json.loads(payload).get("error") or status)
+                except (ValueError, AttributeError):
+                    why = (status or out.strip() or f"exit {code}")[:200]
+            else:
+                with lock:
+                    loaded.append((svc.name, model))
+                continue
+            with lock:
+                failures.append(f"service {svc.name}: model {model} did not load: {why}")
+            report(svc.name, "failed", f"{model}: {why}")
+            return
+        report(svc.name, "loaded", svc.labels["io.composegen.models"])
+
+    errors = eng.run_parallel(one, todo, lambda s: s.name)
+    failures += [f"{name}: {eng.first_line(exc)}" for name, exc in errors]
+    if failures:
+        raise UpFailed(
+            failures[0] + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
+            hint="`composegen models pull` fetches missing models; `composegen up --no-models` "
+            "starts the stack without loading them",
+        )
+    return loaded

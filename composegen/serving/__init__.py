@@ -1,0 +1,1 @@
+"""Serving: the models a stack needs, fetched into its stores and loaded (issue 11)."""
