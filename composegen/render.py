@@ -197,11 +197,15 @@ def fill_commands(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]
             continue
         vol, mount = svc.volumes[0].split(":")[:2]
         volume = f"{prof.name}_{vol.replace('{instance}', '0')}"
-        gpu_models = [m.name for m in svc.models]
         insts = [i for i in plan.of_service(svc.name) if i.device == "gpu"]
         insts += [i for i in cplan.of_service(svc.name) if i.device == "cpu"]
+        # the models the plan chose (a smaller alternative on a small GPU), not the profile's
+        # first choice
+        gpu_models = list(
+            dict.fromkeys(m.name for i in insts if i.device == "gpu" for m in i.models)
+        ) or [m.name for m in svc.models]
         stores: dict[str, tuple[str, list[Model]]] = {}  # alias store -> (image, models)
-        plain = list(gpu_models)  # what the service's own store holds
+        plain: list[str] = []  # what the service's own store holds
         for inst in insts:
             store = alias_store(svc, inst)
             if store is None:
@@ -216,10 +220,11 @@ def fill_commands(prof: Profile, plan: Plan, cplan: Plan) -> list[dict[str, Any]
             own = dict(svc.env).get("OLLAMA_MODELS")
             script = "ollama serve & sleep 5; " + "; ".join(f"ollama pull {q(n)}" for n in plain)
             env = f"-e OLLAMA_MODELS={q(own)} " if own else ""
-            lines.append(
-                f"docker run --rm -v {q(volume)}:{q(mount)} {env}--entrypoint sh {q(image)} "
-                f"-c {q(script)}"
-            )
+            if plain:
+                lines.append(
+                    f"docker run --rm -v {q(volume)}:{q(mount)} {env}--entrypoint sh {q(image)} "
+                    f"-c {q(script)}"
+                )
             for store, (store_image, models) in stores.items():
                 steps = [f"ollama pull {q(m.name)}" for m in models]
                 steps += [
@@ -305,6 +310,28 @@ def model_labels(prof: Profile, svc: Service, inst: Instance) -> dict[str, str]:
         if FETCH_IMAGE_KEY in prof.images:
             out["io.composegen.fetch-image"] = prof.images[FETCH_IMAGE_KEY]
     return {k: v.replace("$", "$$") for k, v in out.items()}  # Compose interpolates labels
+
+
+def model_stores(
+    compose: Mapping[str, Any], cpu_compose: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """STACK.md's table of what `composegen models pull` fetches into which store, computed
+    from the labels of the files being rendered, as the command computes it."""
+    from composegen.serving.models import members_of_compose, stack_models
+
+    mp = stack_models(members_of_compose(compose, "gpu"), members_of_compose(cpu_compose, "cpu"))
+    return [
+        {
+            "source": "Hugging Face" if s.source == "huggingface" else "Ollama",
+            "where": s.where,
+            "path": s.path,
+            "models": [str(w) for w in s.models],
+            "aliases": [f"{p} -> {r}" for r, p in s.aliases],
+            "services": list(s.services),
+            "modes": list(s.modes),
+        }
+        for s in mp.stores
+    ]
 
 
 # --- compose ----------------------------------------------------------------------------------
@@ -682,6 +709,7 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
         "cpu_services": [i.name for i in cplan.instances if i.name.endswith("-cpu")],
         "model_names": model_names(prof, plan, cplan),
         "fill": fill_commands(prof, plan, cplan),
+        "stores": model_stores(compose, cpu_compose),
     }
     files = [
         OutFile("docker-compose.yml", dump_yaml(compose, header)),
