@@ -324,15 +324,18 @@ def pull_image(client: Any, image: str, on_event: PullEvent | None = None) -> No
 # --- one-shot helper containers (composegen models pull: fetch containers) ------------------
 
 
-def ensure_network(client: Any, name: str, labels: dict[str, str], internal: bool = False) -> None:
-    """A bridge network, created when missing (an egress network unless `internal`)."""
+def ensure_network(client: Any, name: str, labels: dict[str, str], internal: bool = False) -> bool:
+    """A bridge network, created when missing (an egress network unless `internal`); True
+    when this call created it."""
     from docker.errors import NotFound
 
     with mapped_errors(f"network {name}"):
         try:
             client.networks.get(name)
+            return False
         except NotFound:
             client.networks.create(name, driver="bridge", internal=internal, labels=labels)
+            return True
 
 
 def remove_network(client: Any, name: str) -> None:

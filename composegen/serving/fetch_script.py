@@ -8,7 +8,7 @@ JSON object per line on stdout:
   {"event": "file", "model": R, "file": F, "total": N, "completed": N}
   {"event": "done", "model": R, "revision": SHA, "fetched_bytes": N}   (0: all was cached)
   {"event": "error", "model": R, "kind": "gated|not_found|disk_full|network|other",
-   "message": "..."}  and exit 1
+   "message": "..."}  (the other models are still fetched; the script then exits 1)
 
 A file already in the cache is not fetched again; a file whose download was cut off is
 resumed by huggingface_hub from its `.incomplete` blob. Progress inside a file comes from a
@@ -127,12 +127,14 @@ def fetch(repo, revision):
 
 
 os.makedirs(cache, exist_ok=True)
+failed = False
 for m in spec["models"]:
     repo = m["name"]
     try:
         fetch(repo, m.get("revision"))
-    except BaseException as exc:
+    except Exception as exc:  # reported; the other models of the store are still fetched
         kind = kind_of(exc)
         emit(event="error", model=repo, kind=kind, message=message(kind, exc, repo))
-        sys.exit(1)
+        failed = True
+sys.exit(1 if failed else 0)
 """

@@ -529,7 +529,9 @@ def pull(
         return result
     run = _Run(client, project, env or {}, out, result, api_factory, timeout_s)
     network = fetch_network(project)
-    eng.ensure_network(client, network, {eng.LABEL_PROJECT: project, "io.composegen.fetch": "true"})
+    # one this run did not create (an operator's, with a mirror on it) is left as it was
+    labels = {eng.LABEL_PROJECT: project, "io.composegen.fetch": "true"}
+    created = eng.ensure_network(client, network, labels)
     try:
 
         def one(store: Store) -> None:
@@ -540,7 +542,8 @@ def pull(
 
         failures = eng.run_parallel(one, plan.stores, lambda s: s.where)
     finally:
-        eng.remove_network(client, network)
+        if created:
+            eng.remove_network(client, network)
     for where, exc in failures:
         store = next(s for s in plan.stores if s.where == where)
         text = eng.first_line(exc)
