@@ -542,6 +542,9 @@ def pull(
 
         failures = eng.run_parallel(one, plan.stores, lambda s: s.where)
     finally:
+        # after Ctrl-C the workers may still hold their containers: remove every fetch
+        # container of the project (a later run resumes what they had fetched)
+        _remove_fetch_containers(client, project)
         if created:
             eng.remove_network(client, network)
     for where, exc in failures:
@@ -549,6 +552,17 @@ def pull(
         text = eng.first_line(exc)
         run.fail(store, ", ".join(str(w) for w in store.models), "other", text)
     return result
+
+
+def _remove_fetch_containers(client: Any, project: str) -> None:
+    try:
+        found = client.containers.list(
+            all=True, filters={"label": [f"{eng.LABEL_PROJECT}={project}", "io.composegen.fetch"]}
+        )
+    except Exception:  # the engine went away: nothing more can be cleaned now
+        return
+    for c in found:
+        eng.remove_quietly(c)
 
 
 def raise_failures(result: PullResult) -> None:

@@ -112,7 +112,7 @@ class Containers:
         return [
             c
             for c in self.engine.containers_.values()
-            if want <= {f"{k}={v}" for k, v in c.labels.items()}
+            if want <= {f"{k}={v}" for k, v in c.labels.items()} | set(c.labels)
         ]
 
 
