@@ -385,8 +385,10 @@ def test_status_shows_readiness_fallback_stops_and_exit_code(
     cs["llm"].attrs["Config"]["Healthcheck"]["Test"] = ["CMD", "true"]
     # cpu-fallback: the GPU service stopped on purpose is no problem
     cs["llm"].set_state("exited", 137)
+    cs["llm"].attrs["State"]["Health"] = {"Status": "unhealthy"}  # Docker's last verdict stays
     report = engine_up.status(client, "proj", project, in_fallback=True)
-    assert {r.service: r.state for r in report.rows}["llm"] == engine_up.STOPPED_FOR_FALLBACK
+    llm = {r.service: r for r in report.rows}["llm"]
+    assert (llm.state, llm.health, llm.ready) == (engine_up.STOPPED_FOR_FALLBACK, "-", "-")
     assert report.serving
     # outside fallback the same stop is a problem; a restarting gateway is one too
     cs["gateway"].set_state("restarting", 1)
