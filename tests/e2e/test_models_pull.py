@@ -245,9 +245,11 @@ def test_rag_a100_fetches_through_the_fake_hub_once(
     done = json.loads(first.stdout.strip().splitlines()[-1])
     fetched = {f["model"] for f in done["fetched"]}
     assert fetched == set(RAG_REPOS)
-    assert all(f["bytes"] == 2000188 for f in done["fetched"])  # config.json + 2,000,003 B
+    # each repo: its config.json (it names the repo, so its size varies) and 2,000,003 B of
+    # weights; every byte the hub served is one the fetch reports, once
+    assert all(2000003 < f["bytes"] < 2000003 + 1000 for f in done["fetched"]), done["fetched"]
     served = _served(h)
-    assert served == 2000188 * len(RAG_REPOS)
+    assert served == sum(f["bytes"] for f in done["fetched"])
     # in the volume, where each server reads it (TEI: the root; the others: hub/)
     volume = f"{st.project}_hf-cache"
     assert _read(
