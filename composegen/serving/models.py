@@ -61,6 +61,11 @@ class Store:
     services: tuple[str, ...] = ()
     modes: tuple[str, ...] = ()
     keep_alive: str | None = None  # Ollama: the services' OLLAMA_KEEP_ALIVE
+    users: tuple[tuple[str, tuple[str, ...]], ...] = ()  # model -> the services that run it
+
+    def services_of(self, model: str) -> tuple[str, ...]:
+        """The services that run `model` (all the store's when it is none of them)."""
+        return dict(self.users).get(model) or self.services
 
     @property
     def where(self) -> str:
@@ -137,6 +142,7 @@ def plan_models(members: Iterable[Member]) -> ModelPlan:
                 "services": [],
                 "modes": [],
                 "keep_alive": None,
+                "users": {},
             },
         )
         s["image"] = s["image"] or image
@@ -144,6 +150,9 @@ def plan_models(members: Iterable[Member]) -> ModelPlan:
             want = Want(n, revisions.get(n))
             if want not in s["models"]:
                 s["models"].append(want)
+            users = s["users"].setdefault(n, [])
+            if m.name not in users:
+                users.append(m.name)
         for pair in _split(m.labels.get(L + "model-aliases", "")):
             real, _, public = pair.partition("=")
             if public and (real, public) not in s["aliases"]:
@@ -167,6 +176,7 @@ def plan_models(members: Iterable[Member]) -> ModelPlan:
             services=tuple(s["services"]),
             modes=tuple(s["modes"]),
             keep_alive=s["keep_alive"],
+            users=tuple((k, tuple(v)) for k, v in s["users"].items()),
         )
         for (src, vol, sub), s in stores.items()
     ]

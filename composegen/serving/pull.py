@@ -308,7 +308,7 @@ class _Run:
         self.lock = threading.Lock()
 
     def fail(self, store: Store, model: str, kind: str, message: str) -> None:
-        f = Failure(model, store.services, kind, message)
+        f = Failure(model, store.services_of(model), kind, message)
         with self.lock:
             self.result.failures.append(f)
         self.emit(
@@ -316,7 +316,7 @@ class _Run:
                 "event": "error",
                 "store": store.where,
                 "model": model,
-                "services": ",".join(store.services),
+                "services": ",".join(store.services_of(model)),
                 "kind": kind,
                 "detail": message,
             }

@@ -474,6 +474,10 @@ def test_gated_repo_without_token_is_one_line_naming_the_model(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("composegen: error: model ")
     assert "gated repository and no token" in lines[0] and "HF_TOKEN" in lines[0]
+    # the first model of each store: whisper's (hf-cache:/hub), the embeddings' (hf-cache:/)
+    assert "model ivrit-ai/whisper-large-v3-ct2 (service whisper): " in lines[0] or (
+        "model sentence-transformers/all-MiniLM-L6-v2 (service embeddings): " in lines[0]
+    )
     assert all(c.removed for c in engine.started) and "proj_fetch" not in engine.networks.items
     assert engine.networks.removed == ["proj_fetch"]
 
