@@ -602,7 +602,7 @@ def up(
     with project_lock(project.directory, project.name, "up"):
         engine_up.refuse_in_fallback(project.directory, project.name)
         if not no_models:
-            models = _fill_stores(client, project, as_json)
+            models = _fill_stores(client, project, as_json, pull)
         with Progress(
             [s.name for s in project.services], as_json, f"composegen up {project.name}"
         ) as prog:
@@ -665,12 +665,12 @@ def up(
         )
 
 
-def _fill_stores(client: Any, project: Any, as_json: bool) -> Any:
+def _fill_stores(client: Any, project: Any, as_json: bool, pull: str) -> Any:
     from composegen.engine import up as engine_up
     from composegen.serving.pull import ModelProgress
 
     with ModelProgress(as_json) as mprog:
-        return engine_up.fill_model_stores(client, project, mprog)
+        return engine_up.fill_model_stores(client, project, mprog, pull)
 
 
 @cli.group(context_settings=CONTEXT)

@@ -358,11 +358,12 @@ def run_oneoff(
     command: list[str] | None = None,
     entrypoint: list[str] | None = None,
     publish: int | None = None,
+    pull: bool = True,
 ) -> Any:
     """Start a detached one-shot container (removed by the caller): `volumes` maps a volume
     name to its target (read-write); `publish` a container TCP port on 127.0.0.1 at a port
     the engine picks. A container of the same name left by an interrupted run is replaced.
-    The image is pulled when missing."""
+    The image is pulled when missing, unless not `pull` (ImageMissingError names it)."""
     from docker.errors import ImageNotFound, NotFound
 
     with mapped_errors(f"container {name}"):
@@ -371,7 +372,16 @@ def run_oneoff(
         try:
             client.images.get(image)
         except ImageNotFound:
-            pull_image(client, image)
+            if not pull:
+                raise ImageMissingError(
+                    f"image {image} is not on this engine (--pull never)"
+                ) from None
+            try:
+                pull_image(client, image)
+            except ImageMissingError as exc:
+                raise ImageMissingError(
+                    f"image {image} is not on this engine and could not be pulled: {exc.message}"
+                ) from None
         return client.containers.run(
             image,
             command=command,

@@ -829,7 +829,9 @@ def target_from_labels(client: Any, name: str, why: str, default_dir: Path) -> T
 # --- serving: models fetched before start, Ollama models loaded after (issue 11) ---------------
 
 
-def fill_model_stores(client: Any, project: Project, emit: Callable[[dict[str, Any]], None]) -> Any:
+def fill_model_stores(
+    client: Any, project: Project, emit: Callable[[dict[str, Any]], None], pull: str = "missing"
+) -> Any:
     """`up`'s first step (unless --no-models): fetch what is missing from every model store of
     the stack, the CPU variant's included, before any container starts. vLLM, TEI and speaches
     run with HF_HUB_OFFLINE=1 on an internal network and exit at start when their model is not
@@ -837,7 +839,7 @@ def fill_model_stores(client: Any, project: Project, emit: Callable[[dict[str, A
     started or changed."""
     from composegen.serving import pull as serving_pull
 
-    _, result = serving_pull.pull_stack(client, project, emit)
+    _, result = serving_pull.pull_stack(client, project, emit, pull_images=pull != "never")
     serving_pull.raise_failures(result)
     return result
 

@@ -248,6 +248,9 @@ def fetch_network(project: str) -> str:
 def _labels(project: str, service: str) -> dict[str, str]:
     return {
         eng.LABEL_PROJECT: project,
+        # a one-off container of the project, as `docker-compose run` labels them (no service
+        # of the file, so nothing that looks for the stack's own containers takes it for one)
+        eng.LABEL_SERVICE: f"{service}-fetch",
         eng.LABEL_ONEOFF: "True",
         "io.composegen.fetch": service,
     }
@@ -297,7 +300,9 @@ class _Run:
         result: PullResult,
         api_factory: Callable[[str], OllamaApi],
         timeout_s: float,
+        pull_images: bool = True,
     ) -> None:
+        self.pull_images = pull_images
         self.client = client
         self.project = project
         self.env = env
@@ -353,6 +358,7 @@ class _Run:
             },
             volumes={f"{self.project}_{store.volume}": store.mount},
             network=fetch_network(self.project),
+            pull=self.pull_images,
             command=["serve"],
             publish=OLLAMA_PORT,
         )
@@ -455,6 +461,7 @@ class _Run:
             environment=env,
             volumes={f"{self.project}_{store.volume}": store.mount},
             network=fetch_network(self.project),
+            pull=self.pull_images,
             entrypoint=["python3"],
             command=["-c", SCRIPT, json.dumps(spec)],
         )
@@ -519,6 +526,7 @@ def pull(
     emit: Event | None = None,
     api_factory: Callable[[str], OllamaApi] = HttpOllama,
     timeout_s: float = 3600.0,
+    pull_images: bool = True,
 ) -> PullResult:
     """Fill every store of the plan; returns what was fetched, what was there, and every
     failure (the caller decides the exit code). The fetch containers and the fetch network
@@ -527,7 +535,7 @@ def pull(
     result = PullResult(skipped=[f"{s.service}: {s.why}" for s in plan.skipped])
     if not plan.stores:
         return result
-    run = _Run(client, project, env or {}, out, result, api_factory, timeout_s)
+    run = _Run(client, project, env or {}, out, result, api_factory, timeout_s, pull_images)
     network = fetch_network(project)
     # one this run did not create (an operator's, with a mirror on it) is left as it was
     labels = {eng.LABEL_PROJECT: project, "io.composegen.fetch": "true"}
@@ -541,6 +549,12 @@ def pull(
                 run.huggingface(store)
 
         failures = eng.run_parallel(one, plan.stores, lambda s: s.where)
+        for where, exc in list(failures):
+            if isinstance(exc, eng.ImageMissingError):  # the store's fetch image: named
+                failures.remove((where, exc))
+                store = next(s for s in plan.stores if s.where == where)
+                for w in store.models:
+                    run.fail(store, str(w), "image", exc.message)
     finally:
         # after Ctrl-C the workers may still hold their containers: remove every fetch
         # container of the project (a later run resumes what they had fetched)
@@ -575,6 +589,8 @@ def raise_failures(result: PullResult) -> None:
             "not_found": "check the repository and revision in the profile and re-render",
             "disk_full": "free space where the Docker volumes live, then run it again (it resumes)",
             "network": "check the host's network (or HF_ENDPOINT), then run it again (it resumes)",
+            "image": "docker pull the image (or build it), or render with --image KEY=IMAGE to "
+            "use another image",
         }.get(first.kind, "run `composegen models pull` again once it is fixed (it resumes)")
         raise PullError(first.line() + more, hint)
 
@@ -605,7 +621,7 @@ def prepare_volumes(client: Any, directory: Path, gpu_project: Any) -> None:
 
 
 def pull_stack(
-    client: Any, project: Any, emit: Event | None = None
+    client: Any, project: Any, emit: Event | None = None, pull_images: bool = True
 ) -> tuple[ModelPlan, PullResult]:
     """`composegen models pull` on a loaded compose file: its stores and the CPU variant's,
     the volumes made first, HF_TOKEN / HF_ENDPOINT from the stack's .env."""
@@ -615,4 +631,4 @@ def pull_stack(
     if plan.stores:
         prepare_volumes(client, project.directory, project)
     env = read_dotenv(project.directory / ".env")
-    return plan, pull(client, project.name, plan, env=env, emit=emit)
+    return plan, pull(client, project.name, plan, env=env, emit=emit, pull_images=pull_images)

@@ -568,3 +568,16 @@ def test_up_no_models_touches_no_store(
     code, _, err = call(["up", "-C", str(d), "-p", "proj"], capsys)
     assert code == 0, err
     assert calls == ["fill", "up", "load"]
+
+
+def test_a_missing_fetch_image_with_pull_never_names_the_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = render(tmp_path, capsys, REPLICAS)
+    plan = serving_pull.stack_plan(d, project_of(d))
+    result = serving_pull.pull(Engine(set()), "proj", plan, pull_images=False)
+    assert {f.kind for f in result.failures} == {"image"}
+    with pytest.raises(serving_pull.PullError) as exc:
+        serving_pull.raise_failures(result)
+    assert "image ollama/ollama:0.12.6 is not on this engine (--pull never)" in exc.value.message
+    assert exc.value.hint is not None and "docker pull" in exc.value.hint
