@@ -187,7 +187,8 @@ class HubHandler(StubHandler):
             self.doc(200, {"status": "ok", "hub": "composegen-test fake Hugging Face hub"})
         elif path == "/_stub/stats":
             with STATS_LOCK:
-                self.answer(200, json.dumps(STATS).encode(), {})
+                body = json.dumps(STATS).encode()
+            self.answer(200, body, {})
         elif path.startswith("/api/models/"):
             self.api_models(path[len("/api/models/") :])
         elif "/resolve/" in path:
@@ -293,9 +294,10 @@ class HubHandler(StubHandler):
             return
         key = f"{repo}/{name}"
         cut = 0
-        if CUT_AFTER > 0 and start == 0 and key not in CUT_DONE:
-            CUT_DONE.add(key)
-            cut = CUT_AFTER
+        with STATS_LOCK:
+            if CUT_AFTER > 0 and start == 0 and key not in CUT_DONE:
+                CUT_DONE.add(key)
+                cut = CUT_AFTER
         sent = 0
         began = time.monotonic()
         try:
