@@ -115,6 +115,10 @@ def names(port: int) -> list[str]:
     return [m["name"] for m in json.loads(http(port, "/api/tags")[1])["models"]]
 
 
+# a store where no pull ever succeeded: no manifest, no line in the pull log
+NOTHING = "test ! -e /root/.ollama/models/manifests -a ! -e /root/.ollama/stub-pulls.log"
+
+
 def sh(c: Any, script: str) -> tuple[int, str]:
     res = c.exec_run(["sh", "-c", script])
     return res.exit_code, res.output.decode()
@@ -263,9 +267,7 @@ def test_unknown_models_fail_like_ollama(docker_client: Any, images: dict[str, s
         assert cli.exit_code == 1
         assert b"Error: pull model manifest: file does not exist" in cli.output
         assert names(port) == []
-        code, out = sh(
-            c, "test ! -e /root/.ollama/models/manifests -a ! -e /root/.ollama/stub-pulls.log"
-        )
+        code, out = sh(c, NOTHING)
         assert code == 0, out  # nothing written, nothing logged
         # the CLI streams a real pull like `ollama pull`, and the model is then listed
         ok = c.exec_run(["ollama", "pull", "nomic-embed-text"])
@@ -274,6 +276,32 @@ def test_unknown_models_fail_like_ollama(docker_client: Any, images: dict[str, s
         assert lines[0] == "pulling manifest" and lines[-1] == "success"
         assert any("100%" in line for line in lines)
         assert names(port) == ["nomic-embed-text:latest"]
+
+
+@ENGINE
+def test_a_full_disk_fails_the_pull_and_names_the_cause(
+    docker_client: Any, images: dict[str, str]
+) -> None:
+    """A 1 MiB store (tmpfs) cannot take a model of 1-4 MB: the error is Ollama's wording."""
+    vol = docker_client.volumes.create(
+        driver="local",
+        driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=1m"},
+        labels={TEST_LABEL: "1"},
+    )
+    try:
+        mount = {vol.name: {"bind": "/root/.ollama"}}
+        with ollama(docker_client, images["ollama"], {}, volumes=mount) as c:
+            port = ready(c)
+            status, steps = pull(port, "llava:7b")
+            assert status == 200
+            error = steps[-1]["error"]
+            assert error.startswith("write /root/.ollama/models/blobs/sha256-"), steps[-2:]
+            assert error.endswith("-partial: no space left on device"), error
+            assert "success" not in [s.get("status") for s in steps]
+            assert names(port) == []
+            assert sh(c, NOTHING)[0] == 0  # no manifest, no pull logged
+    finally:
+        vol.remove(force=True)
 
 
 # ---- residency: /api/ps follows the GPUs the server process was given ---------------------------
@@ -326,6 +354,14 @@ def test_ps_reports_vram_from_the_gpus_the_server_was_given(
         assert m["size_vram"] == expected
         table = c.exec_run(["ollama", "ps"]).output.decode().splitlines()
         assert table[1].startswith("llama3.2:latest") and processor in table[1], table
+        if processor == "100% GPU":  # told at run time that it lost its GPU, then 1/4 offload
+            assert sh(c, "echo 0 > /run/stub-gpu-fraction")[0] == 0
+            now = json.loads(http(port, "/api/ps")[1])["models"][0]
+            assert (now["size"], now["size_vram"]) == (m["size"], 0)
+            assert sh(c, "echo 0.25 > /run/stub-gpu-fraction")[0] == 0
+            now = json.loads(http(port, "/api/ps")[1])["models"][0]
+            assert now["size_vram"] == m["size"] // 4
+            assert "75%/25% CPU/GPU" in c.exec_run(["ollama", "ps"]).output.decode()
         # keep_alive 0 unloads
         assert http(port, "/api/generate", {"model": "llama3.2", "keep_alive": 0})[0] == 200
         assert json.loads(http(port, "/api/ps")[1])["models"] == []

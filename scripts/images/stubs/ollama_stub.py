@@ -56,7 +56,12 @@ Server:
                        expires_at, details. size_vram == size when the server process sees a
                        non-empty NVIDIA_VISIBLE_DEVICES (not "void"/"none"), 0 when it is empty
                        or absent (the model runs on the CPU), int(size * STUB_GPU_FRACTION) when
-                       that is set (0..1, partial offload; only with a GPU visible).
+                       that is set (0..1, partial offload; only with a GPU visible; 0: the
+                       server lost its GPU and runs on the CPU). The file /run/stub-gpu-fraction,
+                       when present, overrides STUB_GPU_FRACTION at once (a test can `docker
+                       exec ... sh -c 'echo 0 > /run/stub-gpu-fraction'` in a running stack).
+  A pull that cannot write (a full disk, a read-only store) ends with {"error": "write <path>:
+  no space left on device"} (the cause as Ollama words it) and leaves no manifest.
   POST /api/embed, /api/embeddings   small deterministic vectors
   anything else: a 200 JSON echo. Switches of every stub: see stubkit.py.
 """
@@ -109,6 +114,7 @@ PREINSTALLED = env_list("STUB_MODELS", "llama3.2")
 UNKNOWN = set(env_list("STUB_UNKNOWN_MODELS"))
 REQUIRE_MODELS = os.environ.get("STUB_REQUIRE_MODELS", "") == "1"
 PULL_RATE = env_float("STUB_PULL_RATE_MBPS", 0.0) * 1_000_000  # bytes per second, 0: no limit
+FRACTION_FILE = Path("/run/stub-gpu-fraction")  # overrides STUB_GPU_FRACTION while present
 LOADED: dict[str, float] = {}  # model -> expiry (time.time()), inf for ever
 LOCK = threading.Lock()
 
@@ -127,6 +133,8 @@ def gpu_fraction() -> float:
     if not gpu_visible():
         return 0.0
     raw = os.environ.get("STUB_GPU_FRACTION", "").strip()
+    with contextlib.suppress(OSError):
+        raw = FRACTION_FILE.read_text().strip() or raw
     if not raw:
         return 1.0
     try:
@@ -278,17 +286,18 @@ def fetch_layer(dig: str, data: bytes, sent: list[int]) -> Iterator[dict[str, An
             done = 0  # not a prefix of this layer: start over
         yield {**base, "completed": done}
         started = time.monotonic()
-        with partial.open("r+b" if done else "wb") as out:
+        with partial.open("r+b" if done else "wb", buffering=0) as out:
             out.seek(done)
             out.truncate()
             fetched = 0
             while done < len(data):
-                chunk = data[done : done + CHUNK]
-                out.write(chunk)
-                out.flush()
-                done += len(chunk)
-                fetched += len(chunk)
-                sent[0] += len(chunk)
+                try:
+                    wrote = out.write(data[done : done + CHUNK]) or 0
+                except OSError as exc:  # name the file, as Ollama's "write <path>: ..." does
+                    raise OSError(exc.errno, exc.strerror, str(partial)) from exc
+                done += wrote
+                fetched += wrote
+                sent[0] += wrote
                 if PULL_RATE > 0:
                     ahead = fetched / PULL_RATE - (time.monotonic() - started)
                     if ahead > 0:
@@ -301,8 +310,9 @@ def pull_steps(name: str) -> Iterator[dict[str, Any]]:
     """The progress objects of one pull, as Ollama streams them; an "error" object ends it."""
     try:
         yield from _pull_steps(name)
-    except OSError as exc:  # a full disk, a read-only store: the cause, as Ollama reports it
-        yield {"error": f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")}
+    except OSError as exc:  # a full disk, a read-only store: the cause, as Ollama words it
+        cause = (exc.strerror or str(exc)).lower()
+        yield {"error": f"write {exc.filename}: {cause}" if exc.filename else cause}
 
 
 def _pull_steps(name: str) -> Iterator[dict[str, Any]]:
