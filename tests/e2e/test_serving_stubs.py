@@ -598,3 +598,53 @@ def test_fake_hub_serves_the_pinned_client_on_the_host(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def ollama_on_host(models: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    full = {
+        **{k: v for k, v in os.environ.items() if k != "NVIDIA_VISIBLE_DEVICES"},
+        "OLLAMA_MODELS": str(models),
+        "OLLAMA_HOST": f"127.0.0.1:{port}",
+        "STUB_MODELS": "",
+        "PYTHONPATH": str(STUBS),
+        **env,
+    }
+    server = subprocess.Popen(
+        [sys.executable, str(STUBS / "ollama_stub.py"), "serve"],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: http(port, "/")[0] == 200, timeout=15, step=0.1)
+    return server, port
+
+
+def test_ollama_stub_store_on_the_host(tmp_path: Path) -> None:
+    """No engine needed: two stub servers on one store directory, one pulls, the other sees
+    it; residency follows NVIDIA_VISIBLE_DEVICES of each server process."""
+    models = tmp_path / "models"
+    a, port_a = ollama_on_host(models, {"NVIDIA_VISIBLE_DEVICES": "2"})
+    b, port_b = ollama_on_host(models, {})
+    try:
+        assert names(port_b) == []
+        status, steps = pull(port_a, "qwen2.5:0.5b")
+        assert status == 200 and steps[-1]["status"] == "success", steps[-2:]
+        assert names(port_b) == ["qwen2.5:0.5b"]
+        log = (models / "stub-pulls.log").read_text().splitlines()
+        assert log == (tmp_path / "stub-pulls.log").read_text().splitlines()
+        assert len(log) == 1 and " pulled qwen2.5:0.5b " in log[0]
+        assert pull(port_b, "unknown-thing")[1][-1] == {
+            **pull(port_b, "unknown-thing")[1][-1],
+            "error": "pull model manifest: file does not exist",
+        }
+        for port in (port_a, port_b):
+            assert http(port, "/api/generate", {"model": "qwen2.5:0.5b"})[0] == 200
+        on_gpu = json.loads(http(port_a, "/api/ps")[1])["models"][0]
+        on_cpu = json.loads(http(port_b, "/api/ps")[1])["models"][0]
+        assert on_gpu["size"] == on_cpu["size"] > 1_000_000
+        assert (on_gpu["size_vram"], on_cpu["size_vram"]) == (on_gpu["size"], 0)
+    finally:
+        for server in (a, b):
+            server.terminate()
+            server.wait(timeout=10)
