@@ -36,15 +36,29 @@ def _image(docker_client: Any, tags: dict[str, str], key: str, default: str) -> 
 
 
 def _read(docker_client: Any, tags: dict[str, str], volume: str, path: str) -> str:
-    """A file of a volume, read by a throwaway container ('' when missing)."""
-    out = docker_client.containers.run(
+    """A file of a volume ('' when missing), copied out of a container that is never started
+    (reading a started container's output can race with its log)."""
+    import io
+    import tarfile
+
+    from docker.errors import NotFound
+
+    c = docker_client.containers.create(
         tags["debian"],
-        ["sh", "-c", f"cat /v/{path} 2>/dev/null || true"],
+        ["true"],
         volumes={volume: {"bind": "/v", "mode": "ro"}},
         labels={TEST_LABEL: "1"},
-        remove=True,
     )
-    return out.decode() if isinstance(out, bytes) else str(out)
+    try:
+        stream, _ = c.get_archive(f"/v/{path}")
+    except NotFound:
+        return ""
+    finally:
+        c.remove(force=True)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.next()
+        f = tar.extractfile(member) if member is not None else None
+        return f.read().decode() if f is not None else ""
 
 
 def _pulls(docker_client: Any, tags: dict[str, str], volume: str, sub: str = "") -> list[str]:
@@ -252,9 +266,8 @@ def test_rag_a100_fetches_through_the_fake_hub_once(
     assert served == sum(f["bytes"] for f in done["fetched"])
     # in the volume, where each server reads it (TEI: the root; the others: hub/)
     volume = f"{st.project}_hf-cache"
-    assert _read(
-        docker_client, tags, volume, "models--sentence-transformers--all-MiniLM-L6-v2/refs/main"
-    )
+    tei = "models--sentence-transformers--all-MiniLM-L6-v2/refs/main"
+    assert _read(docker_client, tags, volume, tei)
     assert _read(docker_client, tags, volume, "hub/models--Qwen--Qwen2.5-7B-Instruct/refs/main")
 
     second = cli("models", "pull", "-C", str(st.directory), "-p", st.project, "--json", timeout=300)
