@@ -10,9 +10,9 @@ JSON object per line on stdout:
   {"event": "error", "model": R, "kind": "gated|not_found|disk_full|network|other",
    "message": "..."}  (the other models are still fetched; the script then exits 1)
 
-A file already in the cache is not fetched again; a file whose download was cut off is
-resumed by huggingface_hub from its `.incomplete` blob. Progress inside a file comes from a
-thread that watches the size of that blob.
+A file already in the cache is not fetched again, so an interrupted run resumes file by file
+(huggingface_hub 2.x names a partial blob per process: a file cut in the middle starts over).
+Progress inside a file comes from a thread that watches the size of the `.incomplete` blob.
 """
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ def hub(docker_client: Any, tags: dict[str, str]) -> Any:
     made: list[Any] = []
     nets: list[str] = []
 
-    def start(network: str, gated: str = "") -> Any:
+    def start(network: str, gated: str = "", rate_mbps: float = 0.0) -> Any:
         # the fetch network made beforehand: `models pull` uses it and leaves it (not its own)
         docker_client.networks.create(network, driver="bridge", labels={TEST_LABEL: "1"})
         nets.append(network)
@@ -204,6 +204,7 @@ def hub(docker_client: Any, tags: dict[str, str]) -> Any:
                 "PORT": "8080",
                 "STUB_HF_REPOS": ",".join(r for r in RAG_REPOS if r != gated),
                 "STUB_HF_GATED_REPOS": gated,
+                **({"STUB_HF_RATE_MBPS": str(rate_mbps)} if rate_mbps else {}),
             },
             labels={TEST_LABEL: "1"},
             detach=True,
@@ -296,3 +297,55 @@ def test_gated_repo_without_token_is_one_line_naming_the_model(
     # the one service that runs it, not every service of the shared cache
     assert "dots.ocr (service ocr): gated repository and no token: set HF_TOKEN" in lines[-1]
     assert containers(docker_client, st.project) == {}
+
+
+def test_an_interrupted_pull_resumes_where_it_stopped(
+    docker_client: Any, stack_factory: Any, tags: dict[str, str], hub: Any
+) -> None:
+    """Ctrl-C during a slow download: the fetch containers are removed, and the next run
+    fetches only what was not complete: the files finished before the interrupt are not sent
+    again. (huggingface_hub 2.4 names its partial blob per process, so a file cut in the middle
+    starts over; Ollama's partial layers are continued, by the server itself.)"""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.e2e.test_up import ROOT
+
+    st = stack_factory("rag-a100")
+    _rag(st, docker_client, tags)
+    h = hub(f"{st.project}_fetch", rate_mbps=1.0)
+    args = ["models", "pull", "-C", str(st.directory), "-p", st.project, "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "composegen", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(300):  # bounded: 30 s, until both stores' first weights went out
+            if _served(h) > 4100000:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    left = docker_client.containers.list(
+        all=True,
+        filters={"label": [f"com.docker.compose.project={st.project}", "io.composegen.fetch"]},
+    )
+    assert left == []  # (the fetch network is the test's own here, and stays)
+    first = _served(h)
+    done = cli(*args, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = json.loads(done.stdout.strip().splitlines()[-1])
+    present = {p["model"] for p in final["present"]}
+    fetched = {f["model"] for f in final["fetched"]}
+    assert present and fetched and present | fetched == set(RAG_REPOS), final
+    # the second run sent exactly what it fetched: nothing of the models already complete
+    assert _served(h) - first == sum(f["bytes"] for f in final["fetched"])
