@@ -581,3 +581,22 @@ def test_a_missing_fetch_image_with_pull_never_names_the_image(
         serving_pull.raise_failures(result)
     assert "image ollama/ollama:0.12.6 is not on this engine (--pull never)" in exc.value.message
     assert exc.value.hint is not None and "docker pull" in exc.value.hint
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_progress_shows_bytes_rate_and_eta(as_json: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from composegen.serving import pull as mod
+
+    clock = iter([0.0, 0.0, 1.0, 2.0, 3.0, 4.0])
+    monkeypatch.setattr(mod.time, "monotonic", lambda: next(clock))
+    lines: list[str] = []
+    prog = serving_pull.ModelProgress(as_json, tty=False, out=lines.append)
+    base = {"event": "progress", "store": "models:/", "model": "mixtral:8x7b", "services": "o"}
+    for done in (0, 1048576, 2097152):
+        prog({**base, "completed": done, "total": 4194304})
+    if as_json:
+        last = json.loads(lines[-1])
+        assert (last["completed"], last["total"], last["rate"]) == (2097152, 4194304, 1048576)
+        assert last["eta_s"] == 2.0
+    else:
+        assert lines[-1].endswith("mixtral:8x7b (o): 50% 2.1/4.2 MB, 1.0 MB/s, ETA 2s"), lines
