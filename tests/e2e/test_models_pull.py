@@ -349,3 +349,24 @@ def test_an_interrupted_pull_resumes_where_it_stopped(
     assert present and fetched and present | fetched == set(RAG_REPOS), final
     # the second run sent exactly what it fetched: nothing of the models already complete
     assert _served(h) - first == sum(f["bytes"] for f in final["fetched"])
+
+
+def test_disk_full_is_named(
+    docker_client: Any, stack_factory: Any, tags: dict[str, str], hub: Any
+) -> None:
+    """The cache volume is a 1 MiB tmpfs: the 2 MB weights do not fit."""
+    st = stack_factory("rag-a100")
+    _rag(st, docker_client, tags)
+    hub(f"{st.project}_fetch")
+    docker_client.volumes.create(
+        f"{st.project}_hf-cache",
+        driver="local",
+        driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=1m"},
+        labels={"com.docker.compose.project": st.project, "com.docker.compose.volume": "hf-cache"},
+    )
+    done = cli("models", "pull", "-C", str(st.directory), "-p", st.project, timeout=300)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("composegen:")]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("composegen: error: model ")
+    assert "disk full (no space left on the device that holds the cache volume)" in lines[0]

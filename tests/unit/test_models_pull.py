@@ -600,3 +600,20 @@ def test_progress_shows_bytes_rate_and_eta(as_json: bool, monkeypatch: pytest.Mo
         assert last["eta_s"] == 2.0
     else:
         assert lines[-1].endswith("mixtral:8x7b (o): 50% 2.1/4.2 MB, 1.0 MB/s, ETA 2s"), lines
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("pull model manifest: file does not exist", "unknown_model"),
+        ("write /models/blobs/sha256-8eeb52df-partial: no space left on device", "disk_full"),
+        (
+            'pull model manifest: Get "https://registry.ollama.ai/v2/library/x/manifests/y": '
+            "dial tcp: lookup registry.ollama.ai: no such host",
+            "network",
+        ),
+        ("digest mismatch, file must be downloaded again", "other"),
+    ],
+)
+def test_ollama_pull_errors_are_told_apart(text: str, kind: str) -> None:
+    assert serving_pull.ollama_failure(text) == kind
