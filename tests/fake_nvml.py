@@ -356,7 +356,7 @@ def init_hangs() -> Scenario:
 
 
 # Host PIDs of the serving scenarios below; tests write /proc/PID/cgroup files for them.
-SERVING_PIDS = {"ollama-1": 41873, "ollama-2": 41902, "ollama-3": 41958, "ollama-4": 42011}
+SERVING_PIDS = {"ollama-0": 41873, "ollama-1": 41902, "ollama-2": 41958, "ollama-3": 42011}
 
 
 def _serving(s: Scenario, used_mib: dict[int, list[tuple[str, int]]]) -> Scenario:
@@ -369,27 +369,27 @@ def _serving(s: Scenario, used_mib: dict[int, list[tuple[str, int]]]) -> Scenari
 def replicas_serving() -> Scenario:
     """ollama-replicas on 4x A100-64GB, each replica's runner on its own GPU: Mixtral 8x7B
     Q4_0 as ollama loads it (26.4 GB of weights + KV cache: 28193 MiB)."""
-    return _serving(a100_4x64(), {i: [(f"ollama-{i + 1}", 28193)] for i in range(4)})
+    return _serving(a100_4x64(), {i: [(f"ollama-{i}", 28193)] for i in range(4)})
 
 
 def replicas_misplaced() -> Scenario:
-    """Replica 3 (planned on GPU 2) runs on GPU 0 beside replica 1, and GPU 2 is idle: what
+    """Replica ollama-2 (planned on GPU 2) runs on GPU 0 beside ollama-0, and GPU 2 is idle: what
     a container sees when CUDA_VISIBLE_DEVICES with host indices overrides its pinning."""
     return _serving(
         a100_4x64(),
         {
-            0: [("ollama-1", 28193), ("ollama-3", 28193)],
-            1: [("ollama-2", 28193)],
-            3: [("ollama-4", 28193)],
+            0: [("ollama-0", 28193), ("ollama-2", 28193)],
+            1: [("ollama-1", 28193)],
+            3: [("ollama-3", 28193)],
         },
     )
 
 
 def replicas_spread() -> Scenario:
-    """Replica 2 holds memory on its GPU 1 and also on GPU 3 (OLLAMA_SCHED_SPREAD with a
+    """Replica ollama-1 holds memory on its GPU 1 and also on GPU 3 (OLLAMA_SCHED_SPREAD with a
     container that sees every GPU); NVML cannot say how much on GPU 3 (WDDM-like None)."""
     s = replicas_serving()
-    s.gpus[3].processes.append((SERVING_PIDS["ollama-2"], None))
+    s.gpus[3].processes.append((SERVING_PIDS["ollama-1"], None))
     return s
 
 
