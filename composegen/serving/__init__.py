@@ -1,1 +1,1 @@
-"""Serving: the models a stack holds, how they get there, and the proof that they serve."""
+"""Serving: the models a stack needs, fetched into its stores and loaded (issue 11)."""
