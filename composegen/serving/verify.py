@@ -688,12 +688,19 @@ def verify(
         except NvmlUnavailable as exc:
             nvml_why = exc.reason
 
+    from composegen.engine.state import read_mode
+
+    in_fallback = read_mode(directory, project.name).get("mode") == "cpu-fallback"
+
     def one(c: Any) -> ServiceReport:
         labels = c.labels or {}
         name = _svc_label(c)
         attrs = c.attrs or {}
         if (attrs.get("State") or {}).get("Status") != "running":
             state = (attrs.get("State") or {}).get("Status")
+            if in_fallback and labels.get("io.composegen.mode") == "gpu":
+                why = f"{name} is {state}: stopped by `fallback --cpu`, its CPU variant serves"
+                return ServiceReport(name, (Check("running", "skipped", why),))
             return ServiceReport(name, (Check("running", "failed", f"{name} is {state}"),))
         try:
             svc: Service | None = prof.service(str(labels.get("io.composegen.service", "")))

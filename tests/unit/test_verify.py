@@ -608,6 +608,21 @@ def test_a_stopped_replica_fails(tmp_path: Path, nvml_scenario: Install) -> None
     assert not report.ok
 
 
+def test_a_gpu_replica_stopped_by_the_cpu_fallback_is_skipped(
+    tmp_path: Path, nvml_scenario: Install
+) -> None:
+    from composegen.engine.state import write_mode
+
+    project, eng = _replicas(tmp_path)
+    nvml_scenario("no_library")
+    eng.state["ollama-1"] = "exited"
+    write_mode(project.directory, project.name, "cpu-fallback", "composegen fallback --cpu")
+    report = _run(project, eng, _gateway([]))
+    check = _check(report, "ollama-1", "running")
+    assert check.status == "skipped" and "fallback --cpu" in check.detail
+    assert report.ok
+
+
 def test_status_models_column(tmp_path: Path) -> None:
     project, eng = _replicas(tmp_path)
     eng.ps["ollama-1"] = {"models": []}
