@@ -514,7 +514,13 @@ def probe_for(svc: Service) -> Probe:
             "embed",
             "embed one sentence",
             json={"inputs": "composegen verify embeds this sentence."},
-            expect=lambda d: isinstance(d, list) and len(d) > 0,
+            # TEI answers a list of vectors; a dict with them under "embeddings" (Ollama's
+            # and some proxies' shape) or "data" (OpenAI's) is an answer too
+            expect=lambda d: (
+                bool(d if isinstance(d, list) else (d.get("embeddings") or d.get("data")))
+                if isinstance(d, (list, dict))
+                else False
+            ),
         )
     if server == "speaches":
         return Probe(

@@ -327,6 +327,10 @@ def test_each_server_gets_its_tiny_request() -> None:
     )
     tei = v.probe_for(rag.service("embeddings"))
     assert tei.path == "embed" and isinstance(tei.json, dict) and tei.json["inputs"]
+    assert tei.expect is not None
+    assert tei.expect([[0.0123, -0.0456, 0.0789]])  # TEI's answer: one vector per input
+    assert not tei.expect([]) and not tei.expect({"error": "Input validation error"})
+    assert not tei.expect({"embeddings": []}) and not tei.expect("ok")
     whisper = v.probe_for(rag.service("whisper"))
     assert whisper.path == "v1/audio/transcriptions" and whisper.files is not None
     assert whisper.data == {"model": "ivrit-ai/whisper-large-v3-ct2"}
