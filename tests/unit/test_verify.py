@@ -656,3 +656,35 @@ def test_verify_without_a_rendered_stack_is_bad_input(
     with pytest.raises(SystemExit) as done:
         cli.main(["verify", "-C", str(tmp_path / "nowhere")])
     assert done.value.code == 2
+
+
+def test_verify_command_prints_and_exits_by_the_result(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    nvml_scenario: Install,
+) -> None:
+    import functools
+
+    from composegen.engine import docker as eng_mod
+
+    project, eng = _replicas(tmp_path)
+    nvml_scenario("no_library")
+    monkeypatch.setattr(eng_mod, "connect", lambda *a, **k: eng.client())
+    monkeypatch.setattr(v, "verify", functools.partial(v.verify, transport=_gateway([])))
+    args = ["verify", "-C", str(project.directory), "-p", project.name]
+    capsys.readouterr()  # what render printed
+    cli.main([*args, "--json"])  # returns: exit 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    eng.ps["ollama-2"] = _ps(("mixtral:8x7b", 29562699776, 0))
+    with pytest.raises(SystemExit) as done:
+        cli.main([*args, "--json"])
+    assert done.value.code == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False
+    assert [s["name"] for s in data["services"] if not s["ok"]] == ["ollama-2"]
+    with pytest.raises(SystemExit) as done:
+        cli.main(args)
+    assert done.value.code == 1
+    out = capsys.readouterr().out
+    assert "NOT serving" in out and "ollama-2" in out and "gpu_fraction 0" in out
