@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, TypeVar, get_args
 
@@ -223,8 +224,23 @@ _NON_NEGATIVE = frozenset(
 )
 
 
+# A saved inventory's strings reach rendered files (the compose header names the source, device
+# ids are UUIDs, STACK.md names the GPUs): no control character in them (a newline would add
+# lines). Free text (why a GPU or the engine is unusable, warnings) may hold tabs and newlines.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_FREE_TEXT = frozenset({"health_reason", "no_gpu_reason", "warnings", "error"})
+
+
 def _check_scalar(name: str, annotation: str, value: Any, where: str) -> Any:
     checked = _check_type(name, annotation, value, where)
+    if isinstance(checked, str):
+        m = (_TEXT_CONTROL if name in _FREE_TEXT else _CONTROL).search(checked)
+        if m:
+            raise BadInputError(
+                f"{where}: {checked[:60]!r} holds the control character {m.group()!r}",
+                "save the inventory again with `composegen detect --save FILE`, or remove it",
+            )
     if isinstance(checked, float) and not math.isfinite(checked):
         raise BadInputError(f"{where}: expected a finite number, got {value!r}")
     if name in _NON_NEGATIVE and isinstance(checked, (int, float)) and checked < 0:

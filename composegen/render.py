@@ -18,7 +18,7 @@ from typing import Any
 from composegen import __version__
 from composegen.errors import BadInputError
 from composegen.files import OutFile
-from composegen.plan import Instance, Plan
+from composegen.plan import NOMINAL_SHARE_PCT, Instance, Plan
 from composegen.profile_checks import HEALTH_PATH, public_name
 from composegen.profiles import Model, Profile, Service
 
@@ -623,6 +623,8 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
         "cpu_services": [i.name for i in cplan.instances if i.name.endswith("-cpu")],
         "model_names": model_names(prof, plan, cplan),
         "fill": fill_commands(prof, plan, cplan),
+        "tiered": [s.name for s in prof.services if s.gpu and s.gpu.replicas == "tiers"],
+        "tier_share_pct": NOMINAL_SHARE_PCT,
     }
     files = [
         OutFile("docker-compose.yml", dump_yaml(compose, header)),

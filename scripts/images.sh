@@ -3,16 +3,25 @@
 # (see ../shared/design/TEST-ENGINE.md: no registry, no network but the Debian mirror).
 #
 #   scripts/images.sh          build what is missing or out of date, one line per image
-#   scripts/images.sh --list   print the four tags, one per line
+#   scripts/images.sh --list   print the six tags, one per line
 #
 #   composegen-test/debian:bookworm   debootstrap minbase + python3, nginx-light, curl, bash
-#   composegen-test/model-stub:1      vLLM / TEI / speaches / Open WebUI stand-in (stubs/)
-#   composegen-test/ollama-stub:1     Ollama stand-in, with an `ollama` CLI for healthchecks
+#   composegen-test/model-stub:1      vLLM / TEI / speaches / Open WebUI stand-in (stubs/),
+#                                     with an `nvidia-smi` stand-in
+#   composegen-test/ollama-stub:1     Ollama stand-in, with an `ollama` CLI for healthchecks,
+#                                     an on-disk model store and an `nvidia-smi` stand-in
 #   composegen-test/nginx:1           nginx-light run like the official nginx image
+#   composegen-test/hf-hub:1          a fake Hugging Face hub (stubs/hf_hub_stub.py)
+#   composegen-test/hf-fetch:1        the base + the real huggingface_hub client, at the version
+#                                     pinned in pyproject.toml's `test` extra
 #
 # Each image carries the label io.composegen.test.inputs=<sha256 of its build inputs> and is
 # rebuilt only when that changes. The debootstrapped rootfs is cached as a tarball under
 # .ci-work/images/ keyed by the package list, so a fresh engine does not redo debootstrap.
+# `docker build` has no network: huggingface_hub and its dependencies are downloaded on this
+# machine with `pip download` (wheels for the base's Python), cached under
+# .ci-work/images/wheels-hf-<version>-cp311-<arch>/, and installed in the image from there;
+# the wheels' checksums are part of hf-fetch's inputs.
 # Needs a running engine (scripts/engine.sh start); installs debootstrap with apt if missing.
 # COMPOSEGEN_DEBIAN_MIRROR overrides the mirror read from the machine's apt sources.
 set -euo pipefail
@@ -26,14 +35,20 @@ BASE=composegen-test/debian:bookworm
 MODEL=composegen-test/model-stub:1
 OLLAMA=composegen-test/ollama-stub:1
 NGINX=composegen-test/nginx:1
+HFHUB=composegen-test/hf-hub:1
+HFFETCH=composegen-test/hf-fetch:1
 
 SUITE=bookworm
 VARIANT=minbase
 PACKAGES=python3,nginx-light,curl,ca-certificates,bash
 ROOTFS_RECIPE=1 # bump when strip_rootfs changes
+PYVER=3.11      # bookworm's python3: the wheels are for it
+ARCH="$(uname -m)"
+# the one pin, shared with pyproject.toml's test extra (the host-side tests drive the same client)
+HF_HUB_VERSION="$(sed -n 's/.*"huggingface_hub==\([0-9][0-9a-z.]*\)".*/\1/p' "$ROOT/pyproject.toml" | head -n 1)"
 
 if [ "${1:-}" = "--list" ]; then
-    printf '%s\n' "$BASE" "$MODEL" "$OLLAMA" "$NGINX"
+    printf '%s\n' "$BASE" "$MODEL" "$OLLAMA" "$NGINX" "$HFHUB" "$HFFETCH"
     exit 0
 elif [ $# -gt 0 ]; then
     echo "usage: $0 [--list]" >&2
@@ -175,15 +190,16 @@ build_base() {
 
 # ---- images built from Dockerfiles on the base ---------------------------------------------------
 
-# build TAG DOCKERFILE FILES...: inputs are the base image id, the Dockerfile and the files (with
-# their modes) it copies.
-build_on_base() {
-    local tag="$1" dockerfile="$2" inputs
-    shift 2
+# build_in CONTEXT TAG DOCKERFILE FILES...: inputs are the base image id, the Dockerfile (in
+# scripts/images/) and the files (with their modes, relative to CONTEXT) it copies.
+build_in() {
+    local context="$1" tag="$2" dockerfile="$3" inputs
+    shift 3
     inputs="$(
-        cd "$HERE"
         docker image inspect -f '{{.Id}}' "$BASE"
-        for f in "$dockerfile" "$@"; do
+        printf '%s %s\n' "$dockerfile" "$(sha256sum <"$HERE/$dockerfile" | cut -d' ' -f1)"
+        cd "$context"
+        for f in "$@"; do
             printf '%s %s %s\n' "$f" "$(stat -c %a "$f")" "$(sha256sum <"$f" | cut -d' ' -f1)"
         done
     )"
@@ -193,7 +209,7 @@ build_on_base() {
         return
     fi
     if ! DOCKER_BUILDKIT=0 docker build -q --label "$LABEL=$inputs" -t "$tag" \
-        -f "$HERE/$dockerfile" "$HERE" >"$WORK/build.log" 2>&1; then
+        -f "$HERE/$dockerfile" "$context" >"$WORK/build.log" 2>&1; then
         cat "$WORK/build.log" >&2
         die "docker build of $tag failed"
     fi
@@ -201,11 +217,56 @@ build_on_base() {
     echo "$tag: built"
 }
 
+build_on_base() { build_in "$HERE" "$@"; }
+
+# ---- huggingface_hub wheels for hf-fetch ---------------------------------------------------------
+
+# Sets WHEELS: a folder of the wheels of huggingface_hub==$HF_HUB_VERSION and its dependencies
+# (plus pip, which installs them in the image and is not kept), downloaded once per version.
+fetch_wheels() {
+    [ -n "$HF_HUB_VERSION" ] || die "no \"huggingface_hub==X\" pin in pyproject.toml's test extra"
+    WHEELS="$WORK/wheels-hf-$HF_HUB_VERSION-cp${PYVER/./}-$ARCH"
+    [ -f "$WHEELS/.complete" ] && return
+    local py="$ROOT/.venv/bin/python"
+    [ -x "$py" ] || py=python3
+    rm -rf "$WHEELS.tmp"
+    mkdir -p "$WHEELS.tmp"
+    say "pip download huggingface_hub==$HF_HUB_VERSION (python $PYVER, $ARCH)"
+    if ! "$py" -m pip download -q --disable-pip-version-check --no-cache-dir -d "$WHEELS.tmp" \
+        --only-binary=:all: --implementation cp --python-version "$PYVER" \
+        --platform "manylinux2014_$ARCH" --platform "manylinux_2_17_$ARCH" \
+        --platform "manylinux_2_28_$ARCH" \
+        "huggingface_hub==$HF_HUB_VERSION" pip >"$WORK/wheels.log" 2>&1; then
+        grep -v 'is ignored' "$WORK/wheels.log" | tail -n 20 >&2
+        die "pip download of huggingface_hub==$HF_HUB_VERSION failed (log: $WORK/wheels.log)"
+    fi
+    touch "$WHEELS.tmp/.complete"
+    rm -rf "$WHEELS"
+    mv "$WHEELS.tmp" "$WHEELS"
+    find "$WORK" -maxdepth 1 -name 'wheels-hf-*' ! -path "$WHEELS" -exec rm -rf {} +
+}
+
+build_hf_fetch() {
+    fetch_wheels
+    local context="$WORK/hf-fetch-context"
+    rm -rf "$context"
+    mkdir -p "$context/wheels"
+    cp -l "$WHEELS"/*.whl "$context/wheels/" 2>/dev/null || cp "$WHEELS"/*.whl "$context/wheels/"
+    local files=()
+    for f in "$context"/wheels/*.whl; do files+=("wheels/${f##*/}"); done
+    build_in "$context" "$HFFETCH" Dockerfile.hf-fetch "${files[@]}"
+    rm -rf "$context"
+}
+
 BUILT=0
 build_base
-build_on_base "$MODEL" Dockerfile.model-stub stubs/stubkit.py stubs/model_stub.py
-build_on_base "$OLLAMA" Dockerfile.ollama-stub stubs/stubkit.py stubs/ollama_stub.py
+build_on_base "$MODEL" Dockerfile.model-stub stubs/stubkit.py stubs/model_stub.py \
+    stubs/nvidia_smi.py
+build_on_base "$OLLAMA" Dockerfile.ollama-stub stubs/stubkit.py stubs/ollama_stub.py \
+    stubs/nvidia_smi.py
 build_on_base "$NGINX" Dockerfile.nginx
+build_on_base "$HFHUB" Dockerfile.hf-hub stubs/stubkit.py stubs/hf_hub_stub.py
+build_hf_fetch
 # images replaced by a rebuild stay behind untagged: drop ours
 [ "$BUILT" = 0 ] || docker image prune -f --filter "label=$LABEL" >/dev/null 2>&1 || true
 

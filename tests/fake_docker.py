@@ -1,12 +1,61 @@
-"""A fake Docker client at the docker-py boundary, for the engine layer's unit tests.
+"""The one fake Docker client at the docker-py boundary, for the engine layer's unit tests.
 
-It answers the calls composegen.engine makes (containers, networks, volumes, images, the low
-level `api.create_*` calls) with in-memory objects that raise docker-py's own exceptions, and
-keeps a journal of what happened, in order: `("start", service)`, `("stop", service)`,
-`("remove", service)`, `("exec", service, cmd)`, `("create", service)`. A test can make any
-exec fail (`exec_codes`) or run a hook on it (`on_exec`, e.g. to read nginx.conf at a reload).
-Containers are healthy as soon as they run (so `up` never waits), unless their service is in
-`unhealthy`.
+It answers the calls composegen.engine makes (client.containers / images / networks / volumes,
+client.api.create_container / rename / pull / connect_container_to_network) from an in-memory
+engine and raises docker-py's own exceptions (APIError, ImageNotFound, NotFound, requests'
+ConnectionError) where a test says so. Host configs are built by docker-py's own HostConfig for
+the client's API version (1.41 unless told), so an argument that engine would refuse fails here
+too. Containers are safe to drive from the engine layer's worker threads.
+
+Public names (stable: tests import them; add to them, do not rename):
+
+- `FakeDocker(scenario="", images=None, api_version="1.41")`: the client.
+  - `images`: the images on the engine; None means every image except those in
+    `missing_images`. A pull (`client.api.pull`) adds the image, unless the scenario is
+    "image-missing".
+  - Named scenarios:
+    - "image-missing": a pull fails as a registry that cannot be reached does (`NO_SUCH_HOST`);
+    - "create-fails": the engine refuses to create any container (APIError 500);
+    - "stop-fails": stopping and removing the containers of service `bad` raise APIError 500
+      ("permission denied", "device or resource busy");
+    - "no-engine": every call after set-up (`add`, `add_container`) fails as a lost
+      connection does (the same as setting `online = False`);
+    - "killed": the started container of service `llm` is killed (exit 137; its restart
+      policy does not restart a container killed by hand);
+    - "restart-loop": the started container of service `llm` exits once and is restarted by
+      its policy (status restarting, RestartCount 1), then runs and passes its healthcheck.
+  - What happened, in order, two views of the same events:
+    - `journal`: tuples by service: `("create", service)`, `("start", service)`,
+      `("stop", service)`, `("remove", service)`, `("exec", service, cmd_tuple)`;
+      `index(*entry)` gives the position of the first entry starting so (-1 when absent);
+    - `calls`: strings by container or resource name: "create NAME", "start NAME",
+      "stop NAME", "remove NAME", "rename OLD NEW", "pull REPO:TAG", "create network NAME",
+      "remove network NAME" (and "volume" alike);
+    - `execs`: every command run with exec, as lists.
+  - Knobs a test sets:
+    - `fail(operation, service, message=None)`: that operation on that service's containers
+      raises APIError 500 (operations: "stop", "remove", "start", "create"; service "*":
+      any); the refused operation is not recorded in `journal` / `calls`;
+    - `failing`: the set of (operation, service) that `fail` fills;
+    - `exec_codes[cmd_tuple] = code`: the exit code of that exec command (default: 0 while
+      the container runs, except `["false"]`; 1 when it does not run);
+    - `on_exec(container, cmd)`: a hook run at each exec, after it is journaled (e.g. to read
+      nginx.conf at a reload);
+    - `unhealthy`: services whose containers report Docker health "unhealthy" (the others
+      with a healthcheck report "healthy" as soon as they run, so `up` never waits);
+    - `missing_images`: images not on the engine when `images` is None;
+    - `online`: False makes every call fail as a lost connection does.
+  - Set-up and views:
+    - `add(project, service, status="running")`: a container made before the test (e.g. by
+      docker-compose), named PROJECT_SERVICE_1, labelled with the project and the service;
+    - `add_container(name, labels, status="running", healthcheck=None)`: the same with any
+      name and labels;
+    - `services(project, all=True)`: {service: container} of the project;
+    - `api.created`: the keyword arguments of every create_container call.
+- `FakeContainer`: `id`, `name`, `labels`, `service`, `status`, `attrs` (a plain dict a test may
+  change; `set_state(status, exit_code=0)` replaces its State), `image`, `logged` (bytes).
+- `LABEL_PROJECT`, `LABEL_SERVICE`: Compose's labels; `API_VERSION`: "1.41"; `NO_SUCH_HOST`:
+  the engine's message for a registry that cannot be reached.
 """
 
 from __future__ import annotations
@@ -17,16 +66,42 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from docker.errors import ImageNotFound, NotFound
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
+from requests.exceptions import ConnectionError as RequestsConnectionError
 
 LABEL_PROJECT = "com.docker.compose.project"
 LABEL_SERVICE = "com.docker.compose.service"
+API_VERSION = "1.41"
+NO_SUCH_HOST = (
+    'Get "https://registry.example.invalid/v2/": dial tcp: lookup registry.example.invalid '
+    "on 127.0.0.53:53: no such host"
+)
+
+_MESSAGES = {
+    "stop": "cannot stop container: {id}: permission denied",
+    "remove": "cannot remove container {id}: device or resource busy",
+    "start": "cannot start container {id}: OCI runtime start failed",
+    "create": "OCI runtime create failed: no space left on device",
+}
+
+
+def _api_error(message: str, status: int = 500) -> APIError:
+    class Response:
+        status_code = status
+        reason = "Internal Server Error" if status >= 500 else "Conflict"
+        url = "http+docker://localhost/v1.41/fake"
+
+        def json(self) -> dict[str, str]:
+            return {"message": message}
+
+    return APIError(message, response=Response(), explanation=message)  # type: ignore[arg-type]
 
 
 def _matches(labels: dict[str, str], filters: dict[str, Any] | None) -> bool:
-    wanted = (filters or {}).get("label", [])
-    for item in [wanted] if isinstance(wanted, str) else wanted:
-        key, _, value = item.partition("=")
+    wanted = (filters or {}).get("label") or []
+    for want in [wanted] if isinstance(wanted, str) else wanted:
+        key, _, value = want.partition("=")
         if labels.get(key) != value:
             return False
     return True
@@ -34,11 +109,25 @@ def _matches(labels: dict[str, str], filters: dict[str, Any] | None) -> bool:
 
 class FakeContainer:
     def __init__(self, engine: FakeDocker, cid: str, name: str, spec: dict[str, Any]) -> None:
-        self.engine, self.id, self.name = engine, cid, name
+        self.engine = engine
+        self.id = cid
+        self.name = name
         self.labels: dict[str, str] = dict(spec.get("labels") or {})
         self.image = spec.get("image")
-        self.host_config: dict[str, Any] = dict(spec.get("host_config") or {})
-        self.status = "created"
+        self.spec = spec
+        check = spec.get("healthcheck")
+        # as the engine records it (docker-py's ContainerConfig converts the same way)
+        healthcheck = docker.types.Healthcheck(**check) if check else None
+        self.attrs: dict[str, Any] = {
+            "Id": cid,
+            "State": {"Status": "created", "ExitCode": 0},
+            "RestartCount": 0,
+            "HostConfig": dict(spec.get("host_config") or {}),
+            "Config": {"Hostname": cid[:12], "Env": [], "Healthcheck": healthcheck},
+            "NetworkSettings": {"Ports": {}},
+        }
+        self.reloads = 0
+        self.logged = b"starting\n"
         self.gone = False
 
     @property
@@ -46,63 +135,80 @@ class FakeContainer:
         return self.labels.get(LABEL_SERVICE, self.name)
 
     @property
-    def attrs(self) -> dict[str, Any]:
-        running = self.status == "running"
-        return {
-            "State": {
-                "Status": self.status,
-                "ExitCode": 0,
-                "Health": {"Status": self._health(running), "Log": []},
-            },
-            "RestartCount": 0,
-            "HostConfig": {
-                "DeviceRequests": [dict(r) for r in self.host_config.get("device_requests") or []]
-                or None
-            },
-            "Config": {"Hostname": self.id[:12], "Env": []},
-            "NetworkSettings": {"Ports": {}},
-        }
+    def status(self) -> str:
+        return str(self.attrs["State"]["Status"])
 
-    def _health(self, running: bool) -> str:
-        if not running:
-            return "starting"
-        return "unhealthy" if self.service in self.engine.unhealthy else "healthy"
+    def set_state(self, status: str, exit_code: int = 0) -> None:
+        self.attrs["State"] = {"Status": status, "ExitCode": exit_code}
 
     def _alive(self) -> None:
+        self.engine._check()
         if self.gone:
-            raise NotFound(f"No such container: {self.id}")
+            raise NotFound(
+                f"No such container: {self.id}", explanation=f"No such container: {self.id}"
+            )
+
+    def _refresh_health(self) -> None:
+        """Docker's health of a container with a healthcheck: healthy once it runs."""
+        test = (self.attrs["Config"].get("Healthcheck") or {}).get("Test") or []
+        if not test or test[0] == "NONE" or self.status != "running":
+            return
+        sick = self.service in self.engine.unhealthy
+        self.attrs["State"]["Health"] = {"Status": "unhealthy" if sick else "healthy", "Log": []}
 
     def reload(self) -> None:
         self._alive()
+        scenario = self.engine.scenario
+        llm = self.service == "llm" and self.status != "created"
+        if llm and scenario == "killed":
+            self.set_state("exited", 137)
+        if llm and scenario == "restart-loop":
+            # reload 1: exited, being restarted; reload 2: running again (restart 1)
+            self.reloads += 1
+            if self.reloads == 1:
+                self.set_state("restarting", 1)
+                self.attrs["RestartCount"] = 1
+                self.logged += b"run 1: fatal: cannot bind\n"
+            elif self.reloads == 2:
+                self.set_state("running")
+                self.logged += b"run 2: listening\n"
+        self._refresh_health()
 
     def start(self) -> None:
         self._alive()
-        self.status = "running"
-        self.engine.log("start", self.service)
+        self.engine._refuse("start", self)
+        self.set_state("running")
+        self._refresh_health()
+        self.engine._record("start", self)
 
     def stop(self, timeout: int | None = None) -> None:
         self._alive()
-        self.engine.log("stop", self.service)
-        self.engine.fail_if("stop", self.service)
-        self.status = "exited"
+        self.engine._refuse("stop", self)
+        self.set_state("exited", 0)
+        self.engine._record("stop", self)
 
     def remove(self, force: bool = False) -> None:
         self._alive()
-        self.engine.log("remove", self.service)
+        self.engine._refuse("remove", self)
         self.gone = True
         with self.engine.lock:
             self.engine.containers_by_id.pop(self.id, None)
+        self.engine._record("remove", self)
 
     def exec_run(self, cmd: list[str], **_: Any) -> SimpleNamespace:
         self._alive()
-        self.engine.log("exec", self.service, tuple(cmd))
-        if self.engine.on_exec is not None:
-            self.engine.on_exec(self, list(cmd))
-        code = self.engine.exec_codes.get(tuple(cmd), 0)
+        engine = self.engine
+        with engine.lock:
+            engine.execs.append(list(cmd))
+            engine.journal.append(("exec", self.service, tuple(cmd)))
+        if engine.on_exec is not None:
+            engine.on_exec(self, list(cmd))
+        running = self.status == "running"
+        code = engine.exec_codes.get(tuple(cmd), 0 if running and cmd != ["false"] else 1)
         return SimpleNamespace(exit_code=code, output=b"")
 
     def logs(self, tail: int = 30) -> bytes:
-        return b""
+        return self.logged
 
 
 class _Containers:
@@ -110,101 +216,176 @@ class _Containers:
         self.engine = engine
 
     def list(self, all: bool = False, filters: dict[str, Any] | None = None) -> list[Any]:
+        self.engine._check()
         with self.engine.lock:
             found = list(self.engine.containers_by_id.values())
         return [c for c in found if (all or c.status == "running") and _matches(c.labels, filters)]
 
     def get(self, key: str) -> FakeContainer:
+        self.engine._check()
         with self.engine.lock:
             for c in self.engine.containers_by_id.values():
                 if key in (c.id, c.name):
                     return c
-        raise NotFound(f"No such container: {key}")
-
-
-class _Resources:
-    """Networks or volumes: get / create / list, each removable."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.items: dict[str, SimpleNamespace] = {}
-
-    def get(self, name: str) -> SimpleNamespace:
-        if name not in self.items:
-            raise NotFound(f"{self.kind} {name} not found")
-        return self.items[name]
-
-    def create(self, name: str, labels: dict[str, str] | None = None, **_: Any) -> SimpleNamespace:
-        item = SimpleNamespace(name=name, labels=labels or {})
-        item.remove = lambda force=False: self.items.pop(name, None)
-        self.items[name] = item
-        return item
-
-    def list(self, filters: dict[str, Any] | None = None) -> list[SimpleNamespace]:
-        return [i for i in self.items.values() if _matches(i.labels, filters)]
+        raise NotFound(f"No such container: {key}", explanation=f"No such container: {key}")
 
 
 class _Images:
     def __init__(self, engine: FakeDocker) -> None:
         self.engine = engine
 
-    def get(self, image: str) -> SimpleNamespace:
-        if image in self.engine.missing_images:
-            raise ImageNotFound(f"No such image: {image}")
-        return SimpleNamespace(id=f"sha256:{abs(hash(image)):x}")
+    def get(self, name: str) -> Any:
+        self.engine._check()
+        if not self.engine.has_image(name):
+            raise ImageNotFound(f"No such image: {name}", explanation=f"No such image: {name}")
+        return SimpleNamespace(id=f"sha256:{sum(name.encode()):064x}", tags=[name])
 
-    def pull(self, image: str) -> SimpleNamespace:
-        raise ImageNotFound(f"pull access denied for {image}")
+
+class _Named:
+    """Networks or volumes: get / create / list, each removable."""
+
+    def __init__(self, engine: FakeDocker, kind: str) -> None:
+        self.engine = engine
+        self.kind = kind
+        self.items: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        self.engine._check()
+        if name not in self.items:
+            raise NotFound(f"{self.kind} {name} not found", explanation="not found")
+        return self.items[name]
+
+    def create(self, name: str, labels: dict[str, str] | None = None, **_: Any) -> Any:
+        self.engine._check()
+        self.engine.calls.append(f"create {self.kind} {name}")
+        item = SimpleNamespace(name=name, labels=labels or {})
+
+        def remove(force: bool = False) -> None:
+            self.engine.calls.append(f"remove {self.kind} {name}")
+            self.items.pop(name, None)
+
+        item.remove = remove
+        self.items[name] = item
+        return item
+
+    def list(self, filters: dict[str, Any] | None = None) -> list[Any]:
+        self.engine._check()
+        return [i for i in self.items.values() if _matches(i.labels, filters)]
 
 
 class _Api:
     def __init__(self, engine: FakeDocker) -> None:
         self.engine = engine
+        self.api_version = engine.api_version
+        self.created: list[dict[str, Any]] = []
 
-    def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
-        return kwargs
+    def create_host_config(self, **kw: Any) -> Any:
+        return docker.types.HostConfig(version=self.api_version, **kw)
 
-    def create_networking_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        return config
+    def create_networking_config(self, endpoints: dict[str, Any]) -> Any:
+        return docker.types.NetworkingConfig(endpoints)
 
-    def create_endpoint_config(self, **kwargs: Any) -> dict[str, Any]:
-        return kwargs
+    def create_endpoint_config(self, **kw: Any) -> Any:
+        return docker.types.EndpointConfig(self.api_version, **kw)
 
-    def create_container(self, **spec: Any) -> dict[str, str]:
+    def create_container(self, **kw: Any) -> dict[str, str]:
         engine = self.engine
-        cid = f"{next(engine.ids):064x}"
-        c = FakeContainer(engine, cid, str(spec["name"]), spec)
+        engine._check()
+        name = str(kw["name"])
+        service = str((kw.get("labels") or {}).get(LABEL_SERVICE, name))
+        for key in (("create", "*"), ("create", service)):
+            if key in engine.failing:
+                raise _api_error(engine.messages.get(key, _MESSAGES["create"]))
         with engine.lock:
+            if any(c.name == name for c in engine.containers_by_id.values()):
+                raise _api_error(f'Conflict. The container name "/{name}" is already in use', 409)
+            cid = f"{next(engine.ids):064x}"
+            c = FakeContainer(engine, cid, name, kw)
             engine.containers_by_id[cid] = c
-        engine.log("create", c.service)
+            self.created.append(kw)
+        engine._record("create", c)
         return {"Id": cid}
 
     def connect_container_to_network(self, cid: str, net: str, **_: Any) -> None:
-        return None
+        self.engine._check()
 
     def rename(self, cid: str, name: str) -> None:
-        with self.engine.lock:
-            self.engine.containers_by_id[cid].name = name
+        engine = self.engine
+        engine._check()
+        with engine.lock:
+            c = engine.containers_by_id[cid]
+            engine.calls.append(f"rename {c.name} {name}")
+            c.name = name
+
+    def pull(self, repo: str, tag: str | None = None, **_: Any) -> Any:
+        engine = self.engine
+        engine._check()
+        engine.calls.append(f"pull {repo}:{tag}")
+        if engine.scenario == "image-missing":
+            raise _api_error(NO_SUCH_HOST)
+        engine.missing_images.discard(f"{repo}:{tag}")
+        if engine.images_present is not None:
+            engine.images_present.add(f"{repo}:{tag}")
+        return iter(
+            [
+                {"status": f"Pulling from {repo}", "id": tag},
+                {"status": "Pulling fs layer", "id": "a1b2c3d4e5f6"},
+                {
+                    "status": "Downloading",
+                    "id": "a1b2c3d4e5f6",
+                    "progressDetail": {"current": 1_048_576, "total": 31_457_280},
+                },
+                {"status": "Pull complete", "id": "a1b2c3d4e5f6"},
+            ]
+        )
 
 
 class FakeDocker:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
+    def __init__(
+        self, scenario: str = "", images: set[str] | None = None, api_version: str = API_VERSION
+    ) -> None:
+        self.scenario = scenario
+        self.api_version = api_version
+        self.lock = threading.RLock()
         self.ids = itertools.count(1)
         self.containers_by_id: dict[str, FakeContainer] = {}
         self.journal: list[tuple[Any, ...]] = []
+        self.calls: list[str] = []
+        self.execs: list[list[str]] = []
         self.exec_codes: dict[tuple[str, ...], int] = {}
-        self.failing: set[tuple[str, str]] = set()  # (operation, service) that raise
+        self.failing: set[tuple[str, str]] = set()
+        self.messages: dict[tuple[str, str], str] = {}
         self.on_exec: Callable[[FakeContainer, list[str]], None] | None = None
+        self.images_present: set[str] | None = set(images) if images is not None else None
         self.missing_images: set[str] = set()
-        self.unhealthy: set[str] = set()  # services whose containers report unhealthy
+        self.unhealthy: set[str] = set()
+        self.online = scenario != "no-engine"
         self.containers = _Containers(self)
-        self.networks = _Resources("network")
-        self.volumes = _Resources("volume")
+        self.networks = _Named(self, "network")
+        self.volumes = _Named(self, "volume")
         self.images = _Images(self)
         self.api = _Api(self)
+        if scenario == "create-fails":
+            self.fail("create", "*")
+        elif scenario == "stop-fails":
+            self.fail("stop", "bad")
+            self.fail("remove", "bad")
+
+    # --- what a test sets and reads ---------------------------------------------------------
+
+    def fail(self, operation: str, service: str, message: str | None = None) -> None:
+        """That operation on that service's containers ("*": any) raises APIError 500."""
+        self.failing.add((operation, service))
+        if message is not None:
+            self.messages[(operation, service)] = message
+
+    def has_image(self, name: str) -> bool:
+        if name in self.missing_images:
+            return False
+        return self.images_present is None or name in self.images_present
 
     def ping(self) -> bool:
+        self._check()
         return True
 
     def log(self, *entry: Any) -> None:
@@ -212,22 +393,30 @@ class FakeDocker:
             self.journal.append(entry)
 
     def fail_if(self, operation: str, service: str) -> None:
-        if (operation, service) in self.failing:
-            from docker.errors import APIError
-
-            raise APIError(f"{operation} {service}: refused by the fake engine")
+        """Raise APIError if (operation, service) is set to fail."""
+        for key in ((operation, service), (operation, "*")):
+            if key in self.failing:
+                message = self.messages.get(key, f"{operation} {service}: refused")
+                raise _api_error(message)
 
     def add(self, project: str, service: str, status: str = "running") -> FakeContainer:
         """A container that exists before the test (e.g. made by docker-compose)."""
-        cid = f"{next(self.ids):064x}"
-        c = FakeContainer(
-            self,
-            cid,
-            f"{project}_{service}_1",
-            {"labels": {LABEL_PROJECT: project, LABEL_SERVICE: service}},
+        return self.add_container(
+            f"{project}_{service}_1", {LABEL_PROJECT: project, LABEL_SERVICE: service}, status
         )
-        c.status = status
+
+    def add_container(
+        self,
+        name: str,
+        labels: dict[str, str],
+        status: str = "running",
+        healthcheck: dict[str, Any] | None = None,
+    ) -> FakeContainer:
+        """A container with any name and labels that exists before the code under test runs."""
         with self.lock:
+            cid = f"{next(self.ids):064x}"
+            c = FakeContainer(self, cid, name, {"labels": labels, "healthcheck": healthcheck})
+            c.set_state(status)
             self.containers_by_id[cid] = c
         return c
 
@@ -239,7 +428,25 @@ class FakeDocker:
 
     def index(self, *entry: Any) -> int:
         """Position of the first journal entry starting with `entry`; -1 when absent."""
-        for n, e in enumerate(self.journal):
-            if e[: len(entry)] == entry:
-                return n
+        with self.lock:
+            for n, e in enumerate(self.journal):
+                if e[: len(entry)] == entry:
+                    return n
         return -1
+
+    # --- inside the fake --------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if not self.online:
+            raise RequestsConnectionError("('Connection aborted.', FileNotFoundError(2))")
+
+    def _refuse(self, operation: str, c: FakeContainer) -> None:
+        for key in ((operation, c.service), (operation, "*")):
+            if key in self.failing:
+                default = _MESSAGES.get(operation, "{id}: refused").format(id=c.id)
+                raise _api_error(self.messages.get(key, default))
+
+    def _record(self, operation: str, c: FakeContainer) -> None:
+        with self.lock:
+            self.journal.append((operation, c.service))
+            self.calls.append(f"{operation} {c.name}")

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from composegen import app
 from composegen import failover_policy as policy
+from composegen.engine import docker as eng
 from composegen.engine import switch
 from composegen.engine import up as engine_up
 from composegen.engine.compose import Project, load_project
@@ -185,7 +186,25 @@ def to_cpu(project: Project, io: Io, *, dry_run: bool = False) -> Outcome:
         if _mode(project) == "cpu-fallback":  # another run switched while we waited
             io.say(f"{project.name} is already in cpu-fallback mode")
             return Outcome("none", False)
-        stopped = switch.to_cpu(client, project, report)
+        try:
+            stopped = switch.to_cpu(client, project, report)
+        except BaseException as exc:
+            # once the gateway routes to the CPU variants (and the GPU routes are saved), the
+            # stack is in cpu-fallback whatever fails after: record it, so `status` and
+            # `fallback --restore` see the truth
+            if not _routes_to_cpu(project.directory):
+                raise
+            write_mode(
+                project.directory,
+                project.name,
+                "cpu-fallback",
+                "composegen fallback --cpu (some GPU services did not stop)",
+            )
+            if isinstance(exc, eng.ParallelError):
+                for who, why in exc.failures:
+                    report(who, "failed", eng.first_line(why))
+                raise _stops_failed(project, len(cpu.services), exc) from None
+            raise
         write_mode(project.directory, project.name, "cpu-fallback", "composegen fallback --cpu")
     line = (
         f"{project.name}: on CPU ({len(cpu.services)} service(s)); stopped {len(stopped)} GPU "
@@ -193,6 +212,27 @@ def to_cpu(project: Project, io: Io, *, dry_run: bool = False) -> Outcome:
     )
     io.say(line)
     return Outcome("cpu", True, (line,))
+
+
+def _routes_to_cpu(directory: Path) -> bool:
+    """nginx.conf holds the CPU routes (switch.reload_nginx puts the old file back when the
+    gateway refuses the new one, so this is what the gateway serves)."""
+    try:
+        conf = (directory / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+        cpu = (directory / "fallback" / "nginx.cpu.conf").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return conf == cpu
+
+
+def _stops_failed(project: Project, on_cpu: int, exc: eng.ParallelError) -> ComposegenError:
+    failed = "; ".join(f"{who}: {eng.first_line(why)}" for who, why in exc.failures)
+    return ComposegenError(
+        f"{project.name}: on CPU ({on_cpu} service(s)) and recorded as cpu-fallback, but "
+        f"{len(exc.failures)} GPU service(s) did not stop: {failed}",
+        "the gateway no longer routes to them; stop them with `docker stop`, or run "
+        "`composegen fallback --restore` to return to the GPUs",
+    )
 
 
 def gpus_failed(

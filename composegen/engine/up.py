@@ -739,6 +739,7 @@ def status(
         health = str((st.get("Health") or {}).get("Status") or "-")
         if in_fallback and mode == "gpu" and state != "running":
             state = STOPPED_FOR_FALLBACK
+            health = "-"  # Docker keeps the last probe's verdict; stopped on purpose is not ill
         elif labels.get("io.composegen.service") == "gateway":
             gateways += 1
             if state != "running":

@@ -1,8 +1,10 @@
 """The local TEST-ONLY images (scripts/images.sh) for end-to-end tests: stand-ins for the real
-model servers, Ollama and nginx, built from a debootstrapped Debian base with no registry.
+model servers, Ollama, nginx and the Hugging Face hub, plus the real huggingface_hub client
+(hf-fetch), built from a debootstrapped Debian base with no registry.
 
     from tests.e2e.images import ensure_images
-    tags = ensure_images()  # {"debian": ..., "model": ..., "ollama": ..., "nginx": ...}
+    tags = ensure_images()
+    # {"debian": ..., "model": ..., "ollama": ..., "nginx": ..., "hf-hub": ..., "hf-fetch": ...}
 
 Call it from a fixture that already depends on `docker_client` so a missing engine skips (or
 fails in CI) by conftest.py's rule before any build is tried.
@@ -18,7 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "images.sh"
-KEYS = ("debian", "model", "ollama", "nginx")  # the order `images.sh --list` prints them in
+# the order `images.sh --list` prints them in
+KEYS = ("debian", "model", "ollama", "nginx", "hf-hub", "hf-fetch")
 
 
 @functools.lru_cache(maxsize=1)

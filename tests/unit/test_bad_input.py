@@ -590,6 +590,55 @@ def _inventory_cases() -> list[Case]:
             [inventory()],
             "--inventory and --reference exclude each other",
         ),
+        # control characters in a saved inventory's strings would reach rendered files
+        c(
+            "inv-source-newline",
+            render,
+            [inventory(setp("source", "nvml\nservices: {evil: {image: busybox}}"))],
+            "inv.json",
+            "source",
+            "control character '\\n'",
+        ),
+        c(
+            "inv-source-line-separator",
+            detect,
+            [inventory(setp("source", "nvml\u2028x"))],
+            "inv.json",
+            "source",
+            "control character '\\u2028'",
+        ),
+        c(
+            "inv-gpu-name-escape",
+            plan,
+            [inventory(setp(f"{g0}.name", "NVIDIA A100-SXM4-64GB\x1b[2J"))],
+            "inv.json",
+            "gpus[0].name",
+            "control character '\\x1b'",
+        ),
+        c(
+            "inv-gpu-uuid-newline",
+            render,
+            [inventory(setp(f"{g0}.uuid", "GPU-5b1e8c4a\n    privileged: true"))],
+            "inv.json",
+            "gpus[0].uuid",
+            "control character '\\n'",
+        ),
+        c(
+            "inv-mig-uuid-cr",
+            profiles,
+            [inventory(setp(f"{g0}.mig_devices", [{"index": 0, "uuid": "MIG-1\rMIG-2"}]))],
+            "inv.json",
+            "gpus[0].mig_devices[0].uuid",
+            "control character '\\r'",
+        ),
+        c(
+            "inv-health-reason-escape",
+            detect,
+            [inventory(setp(f"{g0}.health_reason", "lost\x1b]0;title\x07"))],
+            "inv.json",
+            "gpus[0].health_reason",
+            "control character '\\x1b'",
+        ),
     ]
 
 

@@ -1,5 +1,5 @@
 """The engine layer's failure paths (`up`, `down`, `status`, the parallel stop of fallback),
-against the fake Docker client of tests/fake_docker_client.py: no engine needed."""
+against the fake Docker client of tests/fake_docker.py: no engine needed."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from composegen.engine import up as engine_up
 from composegen.engine.compose import ComposeFileError, Project, load_project
 from composegen.engine.state import write_mode
 from composegen.errors import EXIT_BAD_INPUT, EXIT_RUNTIME
-from tests.fake_docker_client import NO_SUCH_HOST, FakeClient
+from tests.fake_docker import NO_SUCH_HOST, FakeDocker
 from tests.unit.test_cli_detect import call
 
 STACK = """
@@ -54,10 +54,10 @@ def labels(project: Project, service: str, config_hash: str = "old") -> dict[str
     }
 
 
-def running_stack(client: FakeClient, project: Project, changed: str = "llm") -> dict[str, Any]:
+def running_stack(client: FakeDocker, project: Project, changed: str = "llm") -> dict[str, Any]:
     """The stack as a previous `up` left it; `changed` has another config hash than the file."""
     return {
-        s.name: client.add(
+        s.name: client.add_container(
             f"proj-{s.name}-1",
             labels(project, s.name, "old" if s.name == changed else s.config_hash()),
         )
@@ -69,7 +69,7 @@ def running_stack(client: FakeClient, project: Project, changed: str = "llm") ->
 
 
 def test_failed_pull_leaves_the_old_container_serving(tmp_path: Path) -> None:
-    client = FakeClient("image-missing", images={"img:1"})
+    client = FakeDocker("image-missing", images={"img:1"})
     project = stack(tmp_path, image="registry.example.invalid/llm:2")
     old = running_stack(client, project)
     seen: list[tuple[str, str, str]] = []
@@ -87,7 +87,7 @@ def test_failed_pull_leaves_the_old_container_serving(tmp_path: Path) -> None:
 
 
 def test_refused_create_leaves_the_old_container_serving(tmp_path: Path) -> None:
-    client = FakeClient("create-fails")
+    client = FakeDocker("create-fails")
     project = stack(tmp_path)
     old = running_stack(client, project)
     with pytest.raises(eng.EngineError, match="refused: OCI runtime create failed") as err:
@@ -99,7 +99,7 @@ def test_refused_create_leaves_the_old_container_serving(tmp_path: Path) -> None
 
 
 def test_recreate_creates_the_new_container_before_it_removes_the_old(tmp_path: Path) -> None:
-    client = FakeClient()
+    client = FakeDocker()
     project = stack(tmp_path)
     running_stack(client, project)
     result = engine_up.up(client, project, wait_timeout_s=5)
@@ -113,7 +113,7 @@ def test_recreate_creates_the_new_container_before_it_removes_the_old(tmp_path: 
 
 
 def test_missing_image_is_pulled_with_progress_per_layer(tmp_path: Path) -> None:
-    client = FakeClient(images={"img:1"})
+    client = FakeDocker(images={"img:1"})
     project = stack(tmp_path, image="img:2")
     events: list[tuple[str, dict[str, Any]]] = []
     engine_up.up(client, project, wait_timeout_s=5, on_pull=lambda s, e: events.append((s, e)))
@@ -171,7 +171,7 @@ def test_pull_progress_lines_and_json_events(capsys: pytest.CaptureFixture[str])
 
 
 def test_engine_gone_is_one_runtime_error(tmp_path: Path) -> None:
-    client = FakeClient()
+    client = FakeDocker()
     project = stack(tmp_path)
     client.online = False
     with pytest.raises(eng.NoEngineError, match="lost the Docker engine") as err:
@@ -202,10 +202,10 @@ def test_run_parallel_collects_every_error_in_order() -> None:
 
 
 def test_down_reports_the_container_it_could_not_remove(tmp_path: Path) -> None:
-    client = FakeClient("stop-fails")
+    client = FakeDocker("stop-fails")
     project = stack(tmp_path)
     running_stack(client, project)
-    bad = client.add("proj-bad-1", {eng.LABEL_PROJECT: "proj", eng.LABEL_SERVICE: "bad"})
+    bad = client.add_container("proj-bad-1", {eng.LABEL_PROJECT: "proj", eng.LABEL_SERVICE: "bad"})
     client.networks.create("proj_default", labels={eng.LABEL_PROJECT: "proj"})
     seen: list[tuple[str, str, str]] = []
     with pytest.raises(eng.ParallelError) as err:
@@ -220,9 +220,11 @@ def test_down_reports_the_container_it_could_not_remove(tmp_path: Path) -> None:
 
 
 def test_fallback_parallel_stop_reports_a_failed_stop() -> None:
-    client = FakeClient("stop-fails")
-    good = client.add("proj-good-1", {eng.LABEL_PROJECT: "proj", eng.LABEL_SERVICE: "good"})
-    client.add("proj-bad-1", {eng.LABEL_PROJECT: "proj", eng.LABEL_SERVICE: "bad"})
+    client = FakeDocker("stop-fails")
+    good = client.add_container(
+        "proj-good-1", {eng.LABEL_PROJECT: "proj", eng.LABEL_SERVICE: "good"}
+    )
+    client.add_container("proj-bad-1", {eng.LABEL_PROJECT: "proj", eng.LABEL_SERVICE: "bad"})
     with pytest.raises(eng.ParallelError, match=r"1 of 2 failed: bad: .*permission denied"):
         switch.stop_parallel(client, "proj", ["good", "bad"])
     assert good.status == "exited"
@@ -232,7 +234,7 @@ def test_fallback_parallel_stop_reports_a_failed_stop() -> None:
 
 
 def test_restart_within_the_start_period_is_waited_out(tmp_path: Path) -> None:
-    client = FakeClient("restart-loop")
+    client = FakeDocker("restart-loop")
     project = stack(tmp_path, start_period="60s")
     seen: list[tuple[str, str, str]] = []
     result = engine_up.up(
@@ -244,7 +246,7 @@ def test_restart_within_the_start_period_is_waited_out(tmp_path: Path) -> None:
 
 
 def test_restart_after_the_start_period_reports_the_current_container(tmp_path: Path) -> None:
-    client = FakeClient("restart-loop")
+    client = FakeDocker("restart-loop")
     project = stack(tmp_path, start_period="0s")
     with pytest.raises(engine_up.UpFailed) as err:
         engine_up.up(client, project, wait_timeout_s=30)
@@ -255,7 +257,7 @@ def test_restart_after_the_start_period_reports_the_current_container(tmp_path: 
 
 
 def test_exited_container_ends_the_wait_even_within_its_start_period(tmp_path: Path) -> None:
-    client = FakeClient("killed")
+    client = FakeDocker("killed")
     project = stack(tmp_path, start_period="600s")
     with pytest.raises(engine_up.UpFailed) as err:
         engine_up.up(client, project, wait_timeout_s=600)
@@ -290,7 +292,7 @@ def test_restart_policy_pids_device_options_and_both_mounts_reach_the_engine(
 ) -> None:
     (tmp_path / "docker-compose.yml").write_text(APPLIED)
     project = load_project(tmp_path / "docker-compose.yml", "proj")
-    client = FakeClient()
+    client = FakeDocker()
     engine_up.up(client, project, wait=False)
     host = client.api.created[0]["host_config"]
     # deploy.restart_policy wins over restart:, as in Compose
@@ -307,13 +309,13 @@ def test_start_interval_is_refused_by_name_on_an_engine_before_1_44(tmp_path: Pa
         )
     )
     project = load_project(tmp_path / "docker-compose.yml", "proj")
-    client = FakeClient()
+    client = FakeDocker()
     with pytest.raises(ComposeFileError) as err:
         engine_up.up(client, project, wait=False)
     assert err.value.exit_code == EXIT_BAD_INPUT
     assert "services.llm.healthcheck.start_interval: needs Docker Engine API 1.44" in str(err.value)
     assert client.calls == []  # refused before anything changed
-    newer = FakeClient(api_version="1.44")
+    newer = FakeDocker(api_version="1.44")
     engine_up.up(newer, project, wait=False)
     assert newer.api.created[0]["healthcheck"]["StartInterval"] == 1_000_000_000
 
@@ -328,7 +330,7 @@ def test_up_in_cpu_fallback_is_refused_and_points_at_restore(
     write_mode(tmp_path, "proj", "cpu-fallback", "composegen fallback --cpu")
     with pytest.raises(engine_up.InFallbackError):
         engine_up.refuse_in_fallback(tmp_path, "proj")
-    client = FakeClient()
+    client = FakeDocker()
     monkeypatch.setattr(eng, "connect", lambda *a, **k: client)
     code, _, err = call(["up", "-C", str(tmp_path), "-p", "proj", "--no-wait"], capsys)
     assert code == 1
@@ -346,7 +348,7 @@ def test_down_and_status_by_name_when_the_file_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = stack(tmp_path)
-    client = FakeClient()
+    client = FakeDocker()
     running_stack(client, project, changed="")
     (tmp_path / "docker-compose.yml").write_text("services: [broken\n")
     monkeypatch.setattr(eng, "connect", lambda *a, **k: client)
@@ -366,7 +368,7 @@ def test_status_shows_readiness_fallback_stops_and_exit_code(
     import json
 
     project = stack(tmp_path)
-    client = FakeClient()
+    client = FakeDocker()
     cs = running_stack(client, project, changed="")
     # Docker's first scheduled check has not run yet; the container's own check passes now
     cs["llm"].attrs["State"]["Health"] = {"Status": "starting"}
@@ -382,12 +384,14 @@ def test_status_shows_readiness_fallback_stops_and_exit_code(
     ]
     cs["llm"].attrs["Config"]["Healthcheck"]["Test"] = ["CMD", "true"]
     # cpu-fallback: the GPU service stopped on purpose is no problem
-    cs["llm"]._set("exited", 137)
+    cs["llm"].set_state("exited", 137)
+    cs["llm"].attrs["State"]["Health"] = {"Status": "unhealthy"}  # Docker's last verdict stays
     report = engine_up.status(client, "proj", project, in_fallback=True)
-    assert {r.service: r.state for r in report.rows}["llm"] == engine_up.STOPPED_FOR_FALLBACK
+    llm = {r.service: r for r in report.rows}["llm"]
+    assert (llm.state, llm.health, llm.ready) == (engine_up.STOPPED_FOR_FALLBACK, "-", "-")
     assert report.serving
     # outside fallback the same stop is a problem; a restarting gateway is one too
-    cs["gateway"]._set("restarting", 1)
+    cs["gateway"].set_state("restarting", 1)
     report = engine_up.status(client, "proj", project)
     assert report.problems == ["gateway gateway is restarting", "llm is exited"]
     monkeypatch.setattr(eng, "connect", lambda *a, **k: client)

@@ -125,6 +125,37 @@ def test_restore_from_cpu_is_make_before_break(fake: FakeDocker, tmp_path: Path)
     assert said.lines[-1].endswith("back on its GPU plan")
 
 
+def test_cpu_fallback_whose_gpu_stop_fails_is_recorded_and_reported(
+    fake: FakeDocker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = rendered(tmp_path, "zenglow-personas", "consumer_pair")
+    main = project_of(out)
+    engine_up.up(fake, main)
+    gpu_conf = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    cpu_conf = (out / "fallback" / "nginx.cpu.conf").read_text(encoding="utf-8")
+    fake.fail("stop", "leonardo")
+    code, _, err = call(["fallback", "-C", str(out), "--cpu"], capsys)
+    # the gateway routes to the CPU variants, and the mode says so
+    assert (out / "nginx" / "nginx.conf").read_text(encoding="utf-8") == cpu_conf
+    assert (out / switch.GPU_CONF_BACKUP).read_text(encoding="utf-8") == gpu_conf
+    assert read_mode(out, main.name)["mode"] == "cpu-fallback"
+    # the failed stop is reported, by name with the engine's reason, and the exit code is 1
+    assert code == 1 and "Traceback" not in err, err
+    assert "1 GPU service(s) did not stop: leonardo:" in err
+    assert "permission denied" in err and "recorded as cpu-fallback" in err
+    assert fake.services(main.name)["jarvis"].status == "exited"
+    assert fake.services(main.name)["leonardo"].status == "running"
+    # a second --cpu does not switch again, and --restore sees the truth and returns
+    said = Said()
+    assert failover.to_cpu(main, io_for(fake, said)).action == "none"
+    fake.failing.clear()
+    failover.restore(main, io_for(fake, said), inventory=inventory_file(tmp_path, "consumer_pair"))
+    assert said.lines[-1].endswith("back on its GPU plan")
+    assert (out / "nginx" / "nginx.conf").read_text(encoding="utf-8") == gpu_conf
+    assert set(fake.services(main.name)) == {"gateway", "leonardo", "jarvis"}
+    assert read_mode(out, main.name)["mode"] == "gpu"
+
+
 def test_pin_upstreams_changes_only_upstream_servers() -> None:
     conf = (
         "upstream jarvis {\n        server jarvis:11434 max_fails=3;\n    }\n"

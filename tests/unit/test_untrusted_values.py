@@ -254,15 +254,24 @@ def test_healthcheck_script_url_for_bind(tmp_path: Path, bind: str, url: str) ->
 
 def test_inventory_source_cannot_write_into_the_compose_file(tmp_path: Path) -> None:
     """The compose file's header names the inventory's `source`, which a saved inventory file
-    sets: a newline there ended the comment and wrote YAML (here a second `services:`)."""
+    sets: a newline there ended the comment and wrote YAML (here a second `services:`).
+    Loading such a file is refused (test_bad_input: inv-source-newline); render escapes the
+    header as a second line of defence, for an inventory that did not come from a file."""
+    from composegen.errors import BadInputError
+    from composegen.plan import make_plan
     from tests.stack_checks import scenario_inventory
 
+    evil = "x\nservices:\n  evil: {image: busybox, privileged: true}\n#"
     doc = json.loads(scenario_inventory("single_8gb").to_json())
-    doc["source"] = "x\nservices:\n  evil: {image: busybox, privileged: true}\n#"
+    doc["source"] = evil
     inv = tmp_path / "inv.json"
     inv.write_text(json.dumps(doc), encoding="utf-8")
-    built = app.build("zenglow-personas", inventory=str(inv))
-    text = {f.path: f.text for f in built.files}["docker-compose.yml"]
+    with pytest.raises(BadInputError, match=r"source: .* holds the control character"):
+        app.build("zenglow-personas", inventory=str(inv))
+    prof = profiles.load("zenglow-personas")
+    plan = make_plan(replace(scenario_inventory("single_8gb"), source=evil), prof)
+    files = render.render(prof, plan, render.RenderOptions())
+    text = {f.path: f.text for f in files}["docker-compose.yml"]
     header, body = text.split("\n", 1)
     assert header.startswith("# Rendered by composegen") and "\\nservices:" in header
     assert "evil" not in body
