@@ -682,6 +682,9 @@ def verify(
         reports.append(
             ServiceReport(str((g.labels or {}).get(LABEL_SERVICE, "gateway")), tuple(checks))
         )
+    elif _gateway_url(project) is not None:
+        gone = Check("running", "failed", "the gateway has no container: run `composegen up`")
+        reports.append(ServiceReport("gateway", (gone,)))
 
     nvml_gpus: list[GpuProcesses] | None = None
     nvml_why = ""

@@ -612,6 +612,19 @@ def test_a_stopped_replica_fails(tmp_path: Path, nvml_scenario: Install) -> None
     assert not report.ok
 
 
+def test_a_stack_without_its_gateway_container_fails(
+    tmp_path: Path, nvml_scenario: Install
+) -> None:
+    project, eng = _replicas(tmp_path)
+    nvml_scenario("no_library")
+    eng.containers = [
+        c for c in eng.containers if c.labels["com.docker.compose.service"] != "gateway"
+    ]
+    report = _run(project, eng, _gateway([]))
+    assert _check(report, "gateway", "running").detail.startswith("the gateway has no container")
+    assert not report.ok
+
+
 def test_a_gpu_replica_stopped_by_the_cpu_fallback_is_skipped(
     tmp_path: Path, nvml_scenario: Install
 ) -> None:
