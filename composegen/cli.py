@@ -775,6 +775,7 @@ def status(
     `fallback --cpu` excepted)."""
     from composegen.engine import up as engine_up
     from composegen.engine.state import read_mode
+    from composegen.serving import verify as serving
 
     client, project = _project_or_labels(directory, file, project_name)
     mode = read_mode(project.directory, project.name)
@@ -782,6 +783,7 @@ def status(
         client, project.name, project.project, mode.get("mode") == "cpu-fallback"
     )
     rows = report.rows
+    models = serving.models_by_container(client, project.name, project.directory)
     if as_json:
         click.echo(
             _json(
@@ -800,6 +802,7 @@ def status(
                             "gpus": list(r.gpus),
                             "ports": list(r.ports),
                             "mode": r.mode,
+                            "models": _models_json(models.get(r.container)),
                         }
                         for r in rows
                     ],
@@ -818,7 +821,7 @@ def status(
         title=f"{project.name}: mode {mode.get('mode')}"
         + (f" since {mode['since']} ({mode.get('why')})" if mode.get("since") else "")
     )
-    for col in ("service", "state", "health", "ready", "GPUs", "ports"):
+    for col in ("service", "state", "health", "ready", "GPUs", "ports", "models"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -828,6 +831,7 @@ def status(
             r.ready,
             ",".join(r.gpus) or "-",
             " ".join(r.ports) or "-",
+            serving.models_text(models.get(r.container)),
         )
     if rows:
         _console().print(table)
@@ -841,6 +845,57 @@ def status(
 
 
 cli.add_command(status, name="ps")
+
+
+@cli.command(context_settings=CONTEXT)
+@_project_opts
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=1),
+    default=120,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up on one gateway request after this long (a cold model load takes a while).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(
+    directory: str | None,
+    file: str | None,
+    project_name: str | None,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Check that the stack serves, from the outside in: each gateway route answers a tiny real
+    request, each Ollama model sits on its GPU (/api/ps), `nvidia-smi -L` in each GPU container
+    lists exactly its planned GPUs, and (where NVML works) each GPU service's processes hold
+    memory on its planned GPUs and no other. Exits 0 when every check passes (a check that
+    cannot run here is skipped and says why), 1 when one fails, 2 on bad input."""
+    from composegen.engine import docker as eng
+    from composegen.serving import verify as serving
+
+    project = _load_project(directory, file, project_name)
+    client = eng.connect()
+    report = serving.verify(client, project, project.directory, timeout_s=timeout_s)
+    if as_json:
+        click.echo(_json(report.to_dict()), nl=False)
+    else:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=f"{project.name}: " + ("serving" if report.ok else "NOT serving"))
+        for col in ("service", "check", "result", "detail"):
+            table.add_column(col, overflow="fold")
+        style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
+        for svc in report.services:
+            for c in svc.checks:
+                table.add_row(svc.name, c.check, Text(c.status, style=style[c.status]), c.detail)
+            if svc.models:
+                models = ", ".join(f"{m.name} {m.where}" for m in svc.models)
+                table.add_row(svc.name, "models", "", models)
+        _console().print(table)
+    if not report.ok:
+        sys.exit(1)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -999,6 +1054,14 @@ def lint_command(file: str, as_json: bool) -> None:
         click.echo(linter.summary(file, findings))
     if any(f.level == "error" for f in findings):
         sys.exit(1)
+
+
+def _models_json(value: Any) -> Any:
+    """status --json: a list of {name, loaded, gpu_fraction}, {"error": why}, or null (not an
+    Ollama server)."""
+    if value is None or isinstance(value, str):
+        return None if value is None else {"error": value}
+    return [{"name": m.name, "loaded": m.loaded, "gpu_fraction": m.gpu_fraction} for m in value]
 
 
 def _pin(value: str | None) -> PinBy | None:

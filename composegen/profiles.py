@@ -76,6 +76,8 @@ class GpuNeed:
     share_when_short: bool = False
     replicas: int | Literal["per-gpu", "tiers"] = 1
     on_short: OnShort = "refuse"
+    # `verify` accepts an Ollama model partly on the CPU (size_vram < size) on this service
+    allow_partial_offload: bool = False
 
 
 @dataclass(frozen=True)

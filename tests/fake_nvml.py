@@ -43,6 +43,8 @@ class FakeGpu:
     lost: bool = False  # every query answers NVML_ERROR_GPU_IS_LOST
     lost_after_name: bool = False  # handle and name work, memory info says lost
     ecc_uncorrected: int | None = None  # None: ECC not supported (GeForce)
+    # compute processes as NVML lists them: (host pid, used bytes; None = NOT_AVAILABLE)
+    processes: list[tuple[int, int | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -195,6 +197,17 @@ class FakeNvml:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return g.ecc_uncorrected
 
+    def nvmlDeviceGetComputeRunningProcesses(self, h: tuple[Any, ...]) -> list[SimpleNamespace]:
+        g = self._gpu(h)
+        # pynvml's own objects: pid, usedGpuMemory (None for NVML_VALUE_NOT_AVAILABLE),
+        # gpuInstanceId / computeInstanceId (0xFFFFFFFF outside MIG)
+        return [
+            SimpleNamespace(
+                pid=pid, usedGpuMemory=used, gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF
+            )
+            for pid, used in g.processes
+        ]
+
     def nvmlDeviceGetNvLinkState(self, h: tuple[Any, ...], link: int) -> int:
         g = self._gpu(h)
         if not g.nvlink_to:
@@ -342,6 +355,44 @@ def init_hangs() -> Scenario:
     return Scenario(gpus=[], init_hang_s=30.0)
 
 
+# Host PIDs of the serving scenarios below; tests write /proc/PID/cgroup files for them.
+SERVING_PIDS = {"ollama-0": 41873, "ollama-1": 41902, "ollama-2": 41958, "ollama-3": 42011}
+
+
+def _serving(s: Scenario, used_mib: dict[int, list[tuple[str, int]]]) -> Scenario:
+    for index, rows in used_mib.items():
+        s.gpus[index].processes = [(SERVING_PIDS[name], mib * MIB) for name, mib in rows]
+        s.gpus[index].used_mib = sum(mib for _, mib in rows) + 512
+    return s
+
+
+def replicas_serving() -> Scenario:
+    """ollama-replicas on 4x A100-64GB, each replica's runner on its own GPU: Mixtral 8x7B
+    Q4_0 as ollama loads it (26.4 GB of weights + KV cache: 28193 MiB)."""
+    return _serving(a100_4x64(), {i: [(f"ollama-{i}", 28193)] for i in range(4)})
+
+
+def replicas_misplaced() -> Scenario:
+    """Replica ollama-2 (planned on GPU 2) runs on GPU 0 beside ollama-0, and GPU 2 is idle: what
+    a container sees when CUDA_VISIBLE_DEVICES with host indices overrides its pinning."""
+    return _serving(
+        a100_4x64(),
+        {
+            0: [("ollama-0", 28193), ("ollama-2", 28193)],
+            1: [("ollama-1", 28193)],
+            3: [("ollama-3", 28193)],
+        },
+    )
+
+
+def replicas_spread() -> Scenario:
+    """Replica ollama-1 holds memory on its GPU 1 and also on GPU 3 (OLLAMA_SCHED_SPREAD with a
+    container that sees every GPU); NVML cannot say how much on GPU 3 (WDDM-like None)."""
+    s = replicas_serving()
+    s.gpus[3].processes.append((SERVING_PIDS["ollama-1"], None))
+    return s
+
+
 SCENARIOS = {
     "a100_8x80": a100_8x80,
     "a100_4x64": a100_4x64,
@@ -355,4 +406,7 @@ SCENARIOS = {
     "no_library": no_library,
     "no_devices": no_devices,
     "init_hangs": init_hangs,
+    "replicas_serving": replicas_serving,
+    "replicas_misplaced": replicas_misplaced,
+    "replicas_spread": replicas_spread,
 }

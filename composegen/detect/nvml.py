@@ -11,7 +11,7 @@ import atexit
 import contextlib
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -312,3 +312,44 @@ def _with_peers(gpu: Gpu, peers: list[int]) -> Gpu:
         return gpu
 
     return replace(gpu, nvlink_peers=tuple(peers))
+
+
+# --- compute processes per GPU (the host-side proof of placement) -----------------------------
+
+
+@dataclass(frozen=True)
+class GpuProcesses:
+    """The compute processes NVML sees on one GPU: host PIDs and the memory each holds (None
+    when NVML cannot say: some drivers and Windows WDDM answer NVML_VALUE_NOT_AVAILABLE)."""
+
+    index: int
+    uuid: str | None
+    processes: tuple[tuple[int, int | None], ...] = ()  # (pid, used MiB)
+    error: str | None = None  # the GPU's query failed: the reason
+
+
+def compute_processes(timeout_s: float = DEFAULT_INIT_TIMEOUT_S) -> list[GpuProcesses]:
+    """nvmlDeviceGetComputeRunningProcesses for every GPU. Raises NvmlUnavailable when NVML
+    cannot be used at all; a GPU whose query fails is listed with the reason."""
+    nv = _init(timeout_s)
+    try:
+        count = int(nv.nvmlDeviceGetCount())
+    except nv.NVMLError as exc:
+        raise NvmlUnavailable("error", f"NVML could not list the GPUs: {exc}") from None
+    r = _Reader(nv)
+    out: list[GpuProcesses] = []
+    for index in range(count):
+        try:
+            handle = r.must(partial(nv.nvmlDeviceGetHandleByIndex, index))
+            raw_uuid = r.opt(partial(nv.nvmlDeviceGetUUID, handle))
+            procs = r.must(partial(nv.nvmlDeviceGetComputeRunningProcesses, handle))
+        except _Lost as lost:
+            out.append(GpuProcesses(index, None, (), lost.reason))
+            continue
+        uuid = _text(raw_uuid) if raw_uuid is not None else None
+        rows = []
+        for p in procs or ():
+            used = getattr(p, "usedGpuMemory", None)
+            rows.append((int(p.pid), _mib(used) if isinstance(used, int) else None))
+        out.append(GpuProcesses(index, uuid, tuple(rows)))
+    return out
