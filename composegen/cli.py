@@ -618,7 +618,7 @@ def up(
                 )
                 if not no_models and not no_wait:
                     loaded = engine_up.load_ollama_models(client, project, prog.event, wait_timeout)
-                    # (the residency check of the loaded models, serving/verify.py, goes here)
+                    _check_residency(client, project, prog.event)
             except ComposegenError as exc:
                 details = getattr(exc, "details", "")
                 prog.emit({"event": "failed", "error": exc.one_line(), "details": details})
@@ -990,6 +990,24 @@ def fallback(
         failover.Request(chosen[0], gpu_failed, inventory, dry_run, force),
         failover.Io(say, progress),
     )
+
+
+def _check_residency(client: Any, project: Any, report: Any) -> None:
+    """After the models are loaded: each Ollama model sits on its GPU, or `up` fails naming it."""
+    from composegen.engine.up import UpFailed
+    from composegen.serving import verify as serving
+
+    checks = serving.residency_after_load(client, project, project.directory)
+    for ch in checks:
+        if ch.status == "passed":
+            report(ch.detail.split(":", 1)[0], "serving", ch.detail.split(": ", 1)[-1])
+    failed = [ch.detail for ch in checks if ch.status == "failed"]
+    if failed:
+        raise UpFailed(
+            "models not where the plan put them: " + "; ".join(failed),
+            hint=f"`composegen verify -C {project.directory}` shows every check; a context too "
+            "large for the VRAM or a container that lost its GPU are the usual causes",
+        )
 
 
 def _json_line(data: Any) -> str:

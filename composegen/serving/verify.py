@@ -645,7 +645,6 @@ def verify(
     nvml_timeout_s: float = 5.0,
 ) -> Report:
     from composegen.detect.nvml import NvmlUnavailable
-    from composegen.profile_checks import public_name
 
     prof, api_key = load_profile(directory)
     from composegen.engine import docker as eng
@@ -722,14 +721,8 @@ def verify(
         models: list[ModelState] = []
         idle = None
         if svc is not None and svc.server_kind == "ollama":
-            real = [m for m in str(labels.get("io.composegen.models", "")).split(",") if m]
-            expected = [[n, *_public(svc, n, public_name)] for n in real]
-            try:
-                models = model_states(read_ps(c), expected)
-                allow = bool(svc.gpu and svc.gpu.allow_partial_offload)
-                checks.append(residency_check(name, models, on_gpu, allow))
-            except RuntimeError as exc:
-                checks.append(Check("residency", "failed", f"{name}: {exc}"))
+            check, models = ollama_residency(c, svc, name, on_gpu)
+            checks.append(check)
             if not any(m.loaded for m in models):
                 idle = "no model loaded, so no runner process on a GPU yet"
         if on_gpu:
@@ -772,6 +765,45 @@ def verify(
             )
         )
     return Report(project.name, tuple(reports))
+
+
+def ollama_residency(
+    c: Any, svc: Service, name: str, on_gpu: bool
+) -> tuple[Check, list[ModelState]]:
+    """The residency check of one Ollama container: its /api/ps against the models it serves."""
+    from composegen.profile_checks import public_name
+
+    labels = c.labels or {}
+    real = [m for m in str(labels.get("io.composegen.models", "")).split(",") if m]
+    expected = [[n, *_public(svc, n, public_name)] for n in real]
+    try:
+        models = model_states(read_ps(c), expected)
+    except RuntimeError as exc:
+        return Check("residency", "failed", f"{name}: {exc}"), []
+    allow = bool(svc.gpu and svc.gpu.allow_partial_offload)
+    return residency_check(name, models, on_gpu, allow), models
+
+
+def residency_after_load(client: Any, project: Project, directory: Path) -> list[Check]:
+    """`up`'s last step: the residency check of every running Ollama container, right after
+    its models were loaded (a model that loaded on the CPU of a GPU service fails `up`)."""
+    from composegen.engine import docker as eng
+
+    prof, _ = load_profile(directory)
+    with eng.mapped_errors(f"project {project.name}"):
+        found = client.containers.list(filters={"label": f"{LABEL_PROJECT}={project.name}"})
+    out = []
+    for c in sorted(found, key=_svc_label):
+        try:
+            svc = prof.service(str((c.labels or {}).get("io.composegen.service", "")))
+        except KeyError:
+            continue
+        if svc.server_kind != "ollama":
+            continue
+        name = _svc_label(c)
+        planned, count = _planned(project, name, c.attrs or {})
+        out.append(ollama_residency(c, svc, name, bool(planned) or count != 0)[0])
+    return out
 
 
 def _svc_label(c: Any) -> str:

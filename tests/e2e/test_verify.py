@@ -138,3 +138,22 @@ def test_rma_shared_serves_then_a_lost_gpu_fails(docker_client: Any, stack_facto
     assert f"docker rm -f {c.name}" in access["detail"]
     text = cli("verify", "-C", str(st.directory), "-p", st.project)
     assert text.returncode == 1 and "lost GPU access" in text.stdout
+
+
+def test_up_fails_when_a_loaded_model_is_only_half_on_its_gpu(
+    docker_client: Any, stack_factory: Any
+) -> None:
+    """`up` loads each Ollama model and then checks residency: a server that puts half of the
+    model on the CPU (as with a context too large for the VRAM) fails `up`, naming it."""
+    st: Stack = stack_factory(
+        "rma-shared",
+        "services.ollama.env.STUB_MODELS=llama3.2,llava:13b,nomic-embed-text",
+        "services.ollama.env.STUB_GPU_FRACTION=0.5",
+    )
+    done, _ = up(st)
+    assert done.returncode == 1, done.stdout + done.stderr
+    err = done.stderr
+    assert "models not where the plan put them: ollama: not on its GPU:" in err
+    assert "gpu_fraction 0.5" in err
+    assert "composegen verify -C" in err
+    assert "Traceback" not in err
