@@ -752,17 +752,12 @@ def verify(
         with lock:
             results[str(c.id)] = r
 
-    threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in backends]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    failed = dict(eng.run_parallel(work, backends, label=lambda c: str(c.id)))
     for c in sorted(backends, key=_svc_label):
+        err = failed.get(str(c.id))
+        why = f"its checks failed: {eng.first_line(err)}" if err else "its checks failed"
         reports.append(
-            results.get(
-                str(c.id),
-                ServiceReport(_svc_label(c), (Check("running", "failed", "its checks failed"),)),
-            )
+            results.get(str(c.id), ServiceReport(_svc_label(c), (Check("running", "failed", why),)))
         )
     return Report(project.name, tuple(reports))
 
@@ -870,11 +865,7 @@ def models_by_container(
         with lock:
             out[str(c.name)] = value
 
-    threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in found]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    eng.run_parallel(work, found)  # a container whose ps cannot be read has no models entry
     return out
 
 
