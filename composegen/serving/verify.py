@@ -783,8 +783,14 @@ def residency_after_load(client: Any, project: Project, directory: Path) -> list
     """`up`'s last step: the residency check of every running Ollama container, right after
     its models were loaded (a model that loaded on the CPU of a GPU service fails `up`)."""
     from composegen.engine import docker as eng
+    from composegen.errors import ComposegenError
 
-    prof, _ = load_profile(directory)
+    if not any(s.labels.get("io.composegen.model-source") == "ollama" for s in project.services):
+        return []  # nothing was loaded (a compose file composegen did not render, or no Ollama)
+    try:
+        prof, _ = load_profile(directory)
+    except ComposegenError:
+        return []  # no .composegen/render.json beside the file: no profile to judge against
     with eng.mapped_errors(f"project {project.name}"):
         found = client.containers.list(filters={"label": f"{LABEL_PROJECT}={project.name}"})
     out = []
