@@ -219,8 +219,14 @@ def test_engine_stopped_during_up(docker_client: Any, stack_factory: Any) -> Non
         text=True,
         check=False,
     )
-    assert st_json.returncode == 0, st_json.stderr  # the state is known again
-    assert json.loads(st_json.stdout)["project"] == st.project
+    # the state is known again: status answers with it. Right after the engine restarts, the
+    # hub (20 s start-up delay) may not serve yet: then status says so and exits 1 (README).
+    assert st_json.returncode in (0, 1), st_json.stderr
+    report = json.loads(st_json.stdout)
+    assert report["project"] == st.project
+    assert report["serving"] is (st_json.returncode == 0), report
+    if not report["serving"]:
+        assert report["problems"], report
     again, _ = up(st)
     assert again.returncode == 0, again.stderr
     assert marker(client, st, "ollama", "/root/.ollama/drill.bin") == digest
