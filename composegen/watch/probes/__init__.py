@@ -1,0 +1,1 @@
+"""Probes: each a small class whose `read(now)` returns signals (see watch/types.py)."""
