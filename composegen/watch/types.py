@@ -75,11 +75,12 @@ class RequestSignal:
     """One request through the gateway, from its JSON access log."""
 
     time: float
-    route: str  # the upstream group the gateway proxied to (= the service's route)
-    upstream: str | None  # upstream_addr
+    route: str  # the upstream group the gateway proxied to ($proxy_host)
+    upstream: str | None  # upstream_addr (the last one tried when nginx retried)
     status: int
     upstream_status: str | None
     request_time_s: float
+    service: str | None = None  # the service behind `upstream`, when the probe could tell
 
 
 @dataclass(frozen=True)
