@@ -1016,6 +1016,193 @@ def _json_line(data: Any) -> str:
     return json.dumps(data)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "-C",
+    "--directory",
+    "directory",
+    metavar="DIR",
+    default=".",
+    help="The stack's directory (rendered by composegen; default: the current one).",
+)
+@click.option(
+    "-p",
+    "--project-name",
+    "project_name",
+    metavar="NAME",
+    default=None,
+    help="Project name (default: COMPOSE_PROJECT_NAME from .env, else the directory).",
+)
+@click.option(
+    "--interval",
+    default="5s",
+    show_default=True,
+    metavar="DURATION",
+    help="How often every probe is read (1s, 500ms, 5m).",
+)
+@click.option(
+    "--heal",
+    is_flag=True,
+    help="Act on the rules' decisions (recreate, fallback --gpu-failed / --cpu / --restore); "
+    "off by default: then each decision is an event saying what would be done.",
+)
+@click.option(
+    "--metrics",
+    metavar="ADDR:PORT",
+    default=None,
+    help="Serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464; a bare "
+    ":PORT listens on 127.0.0.1; port 0 picks a free one).",
+)
+@click.option(
+    "--notify",
+    metavar="URL",
+    default=None,
+    help="POST each batch of events as JSON to this webhook (retried, with a timeout).",
+)
+@click.option("--once", is_flag=True, help="Read once, print the snapshot and its events, exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print events and snapshots as JSON lines.")
+@click.option(
+    "--inventory",
+    metavar="FILE",
+    default=None,
+    help="GPU signals from FILE (any format `detect --from` reads), re-read every interval, "
+    "instead of NVML; in a `detect --save` file each GPU's health and temperature_c count.",
+)
+@click.option(
+    "--restore-after",
+    metavar="DURATION",
+    default=None,
+    help="Hold-down: how long the GPUs must stay healthy before --heal restores the GPU plan "
+    "(default 5m, or the profile's watch.restore_after_s).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="watch.KEY=VALUE",
+    help="Override a threshold of the profile's watch: section (repeatable), e.g. "
+    "watch.memory_warn_pct=80, watch.heal_max=2.",
+)
+@click.option(
+    "--install",
+    is_flag=True,
+    help="Write and enable a systemd unit that runs this watch command (with the other options "
+    "given) so it survives reboots.",
+)
+@click.option("--print", "print_only", is_flag=True, help="With --install: print the unit only.")
+def watch(
+    directory: str,
+    project_name: str | None,
+    interval: str,
+    heal: bool,
+    metrics: str | None,
+    notify: str | None,
+    once: bool,
+    as_json: bool,
+    inventory: str | None,
+    restore_after: str | None,
+    sets: tuple[str, ...],
+    install: bool,
+    print_only: bool,
+) -> None:
+    """Watch a running stack: alert on the thresholds, export metrics, heal it with --heal.
+
+    \b
+    Each interval it reads the containers (state, health, restarts, OOM kills), the GPUs
+    (NVML on the host, or --inventory FILE: temperature, memory, utilisation, power, Xid
+    events, ECC errors, lost GPUs), GPU access inside each GPU container (nvidia-smi -L),
+    the models Ollama holds on its GPU (/api/ps) and the gateway's requests (its JSON access
+    log). The rules and their defaults (each with the seed it comes from) are listed in the
+    README's `watch` section; override them in the profile's watch: section or with --set.
+
+    \b
+    Events go to the terminal, to DIR/.composegen/watch-events.jsonl (rotated), and with
+    --notify to a webhook. With --heal:
+      a container that lost GPU access, or crashes repeatedly -> recreated (at most N times
+        in M minutes; make before break where it can run beside the old one)
+      a lost or failing GPU -> the same re-plan as `fallback --gpu-failed`
+      no usable GPU, or an engine that refuses GPU requests -> `fallback --cpu`
+      the GPUs healthy again for --restore-after -> `fallback --restore`
+    One action at a time, under the stack's lock: a running `up` or `fallback` makes it wait.
+
+    \b
+    Exit codes: 0 stopped by SIGTERM / Ctrl-C, or --once with no critical condition;
+    1 --once saw a critical condition (or a runtime failure); 2 bad input.
+    """
+    import importlib
+    from pathlib import Path
+
+    from composegen.engine import failover
+    from composegen.watch.loop import WatchOptions, run_watch
+
+    if print_only and not install:
+        raise BadInputError(
+            "--print goes with --install", "run `composegen watch --install --print`"
+        )
+    settings = importlib.import_module("composegen.watch.settings")
+    where = Path(directory)
+    options = WatchOptions(
+        interval_s=settings.parse_duration(interval, "--interval"),
+        heal=heal,
+        metrics=metrics,
+        notify=notify,
+        inventory=inventory,
+        restore_after_s=(
+            settings.parse_duration(restore_after, "--restore-after") if restore_after else None
+        ),
+        sets=sets,
+        json=as_json,
+        once=once,
+    )
+    if options.interval_s <= 0:
+        raise BadInputError(f"--interval {interval}: must be more than 0", "e.g. --interval 5s")
+    if not (where / ".composegen" / "render.json").is_file():
+        raise BadInputError(
+            f"{where}: no .composegen/render.json: not a stack rendered by composegen",
+            "render it with `composegen render --profile NAME -o DIR`, then `composegen up -C DIR`",
+        )
+    if install:
+        from composegen.watch import loop
+
+        systemd = importlib.import_module("composegen.watch.systemd")
+        project = loop.project_name(where.resolve(), project_name)
+        argv = _watch_argv(where.resolve(), project, options, interval)
+        click.echo(systemd.install(where.resolve(), project, argv, print_only))
+        return
+    if inventory is not None and not Path(inventory).is_file():
+        raise BadInputError(
+            f"--inventory {inventory}: no such file", "pass a file from `composegen detect --save`"
+        )
+
+    def say(text: str) -> None:
+        if as_json:
+            click.echo(_json_line({"event": "info", "message": text}))
+        else:
+            click.echo(text, err=True)
+
+    code = run_watch(where, project_name, options, failover.Io(say))
+    sys.exit(code)
+
+
+def _watch_argv(directory: Any, project: str, options: Any, interval: str) -> list[str]:
+    """The watch command as the systemd unit runs it: the options given, without --install
+    and --print, with the directory absolute and the project named."""
+    out = ["watch", "-C", str(directory), "-p", project, "--interval", interval]
+    out += ["--heal"] if options.heal else []
+    for flag, value in (
+        ("--metrics", options.metrics),
+        ("--notify", options.notify),
+        ("--inventory", options.inventory),
+    ):
+        if value:
+            out += [flag, value]
+    if options.restore_after_s is not None:
+        out += ["--restore-after", f"{options.restore_after_s:g}s"]
+    for item in options.sets:
+        out += ["--set", item]
+    return out
+
+
 @cli.command("lint", context_settings=CONTEXT)
 @click.option(
     "-f",

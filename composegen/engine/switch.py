@@ -21,7 +21,7 @@ from typing import Any
 
 from composegen.engine import docker as eng
 from composegen.engine import up as engine_up
-from composegen.engine.compose import Project, load_project
+from composegen.engine.compose import Project, Service, load_project
 from composegen.errors import BadInputError, ComposegenError
 
 GPU_CONF_BACKUP = "nginx/nginx.gpu.conf"
@@ -244,13 +244,93 @@ def restore_from_cpu(
     return removed
 
 
+def can_overlap(svc: Service, old: Any) -> bool:
+    """Whether a new container of `svc` may run beside the old one: it publishes no host port
+    (two cannot bind one) and, for a GPU service, claims none of the old container's GPUs (a
+    model server sized to its GPU's memory would not load beside the old one)."""
+    if any(p.host_port is not None for p in svc.ports):
+        return False
+    held = set(eng.visible_gpus(old.attrs))
+    wanted = {i for g in svc.gpus for i in (g.device_ids or ())}
+    if any(g.device_ids is None for g in svc.gpus):  # count / all: which GPUs is unknown
+        return not svc.gpus
+    return not (held & wanted)
+
+
+def replace_behind_gateway(
+    client: Any,
+    project: Project,
+    svc: Service,
+    old: Any,
+    report: engine_up.Report,
+    wait_timeout_s: float = 600.0,
+) -> Any:
+    """Make before break for one service the gateway routes to:
+
+    1. its new container is created under a temporary name (it answers to the service's name
+       on the network too) and started, and must become ready while the old one serves;
+    2. the gateway reloads with that service's upstream servers pinned to the new container's
+       own name (a name that also led to the old container would keep sending it requests),
+       and its old workers drain;
+    3. the old container stops and is removed, the new one takes the service's name;
+    4. the gateway reloads once more onto nginx.conf as it was.
+
+    A new container that does not become ready is removed and the old one keeps serving (the
+    error is raised). Returns the new container."""
+    import secrets
+    import threading
+    import time
+
+    final = eng.container_name(project, svc)
+    temp = f"{final}-new-{secrets.token_hex(3)}"
+    report(svc.name, "recreating", "new container first, the old one keeps serving")
+    with eng.mapped_errors(f"service {svc.name}"):
+        created = eng.create_container(client, project, svc, svc.config_hash(), name=temp)
+        new = client.containers.get(created.id)
+    try:
+        with eng.mapped_errors(f"service {svc.name}"):
+            new.start()
+        deadline = time.monotonic() + wait_timeout_s
+        engine_up.wait_ready(svc, new, deadline, threading.Event(), report)
+    except BaseException:
+        eng.remove_quietly(new)
+        raise
+    report(svc.name, "healthy", f"new container {new.id[:12]}")
+    directory = project.directory
+    conf_path = directory / "nginx" / "nginx.conf"
+    conf = conf_path.read_text(encoding="utf-8") if conf_path.exists() else ""
+    pinned = pin_upstreams(conf, {svc.name: temp})
+    if pinned != conf:
+        reload_nginx(client, project.name, directory, pinned)
+        report("gateway", "reloaded", f"{svc.name} -> its new container")
+    with eng.mapped_errors(f"service {svc.name}"):
+        old.stop(timeout=int(svc.stop_grace_s))
+        old.remove(force=True)
+        client.api.rename(created.id, final)
+    report(svc.name, "replaced", f"old container {old.id[:12]} removed")
+    if pinned != conf:
+        reload_nginx(client, project.name, directory, conf)
+    return client.containers.get(created.id)
+
+
 def apply_rerender(
     client: Any, directory: Path, name: str | None, report: engine_up.Report
 ) -> engine_up.UpResult:
-    """The re-planned stack is on disk: let the gateway drop what is gone, then converge."""
+    """The re-planned stack is on disk: let the gateway drop what is gone, move the services
+    whose new container can run beside the old one (a spare GPU, no host port) make before
+    break, then converge the rest."""
     project = load_project(directory / "docker-compose.yml", name)
     new_conf = (directory / "nginx" / "nginx.conf").read_text(encoding="utf-8")
     reload_nginx(client, project.name, directory, new_conf)
+    conv = engine_up.converge(project, engine_up.list_existing(client, project.name))
+    for svc in project.services:
+        if conv.actions.get(svc.name) != "recreate" or svc.name not in conv.existing:
+            continue
+        with eng.mapped_errors(f"service {svc.name}"):
+            old = client.containers.get(conv.existing[svc.name])
+        if old.status == "running" and can_overlap(svc, old):
+            engine_up.ensure_image(client, svc, "missing")
+            replace_behind_gateway(client, project, svc, old, report)
     # the gateway already serves the new configuration: reload again only if a backend got a
     # new container (and address), not merely because the failed one is removed
     return engine_up.up(client, project, report=report, reload_on_removal=False)

@@ -1,0 +1,283 @@
+"""watch/heal.py: one Decision carried out on a fake engine (tests/fake_docker.py) under the real
+orchestration (engine/failover.py, engine/switch.py, the real compose loader and `up`). Only the
+final HTTP probe of the gateway is stubbed, as in test_failover.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from composegen import app
+from composegen.engine import docker as eng
+from composegen.engine import failover
+from composegen.engine import up as engine_up
+from composegen.engine.compose import Project, load_project
+from composegen.engine.state import project_lock, read_mode
+from composegen.watch.heal import Healer, is_busy
+from composegen.watch.types import Decision
+from tests.fake_docker import FakeDocker
+from tests.stack_checks import inventory_file
+
+NOW = 1_764_400_000.0
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
+    client = FakeDocker()
+    monkeypatch.setattr("composegen.engine.docker.connect", lambda timeout_s=30.0: client)
+    monkeypatch.setattr(engine_up, "probe_gateway", lambda project, deadline: None)
+    return client
+
+
+def rendered(tmp: Path, profile: str = "rag-a100", scenario: str = "a100_8x80") -> Path:
+    out = tmp / "stack"
+    built = app.build(profile, inventory=inventory_file(tmp, scenario))
+    app.write(out, built.files, force=False, dry_run=False)
+    assert built.inputs is not None
+    app.save_inputs(out, built.inputs)
+    return out
+
+
+def project_of(out: Path) -> Project:
+    return load_project(out / "docker-compose.yml", None)
+
+
+def healer(client: FakeDocker, project: Project, said: list[str], inv: str | None = None) -> Healer:
+    return Healer(project, failover.Io(said.append, connect=lambda: client), inventory=inv)
+
+
+def reload_confs(client: FakeDocker, out: Path) -> list[tuple[int, str]]:
+    """nginx.conf as the gateway sees it at each reload: (journal position, text)."""
+    seen: list[tuple[int, str]] = []
+
+    def hook(container: Any, cmd: list[str]) -> None:
+        if cmd[:3] == ["nginx", "-s", "reload"]:
+            text = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+            seen.append((len(client.journal) - 1, text))
+
+    client.on_exec = hook
+    return seen
+
+
+# --- recreate: make before break -----------------------------------------------------------------
+
+
+def test_recreate_starts_the_new_container_before_the_old_one_goes(
+    fake: FakeDocker, tmp_path: Path
+) -> None:
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    old = fake.services(main.name)["whisper"]
+    conf = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    confs = reload_confs(fake, out)
+    mark = len(fake.journal)
+    said: list[str] = []
+    ok, events = healer(fake, main, said).apply(
+        Decision("recreate", "nvidia-smi -L failed 3 times", service="whisper"), NOW
+    )
+    assert ok, events
+    journal = fake.journal[mark:]
+
+    def at(*entry: Any) -> int:
+        for n, e in enumerate(journal):
+            if e[: len(entry)] == entry:
+                return n + mark
+        raise AssertionError(f"{entry} not in {journal}")
+
+    new_start = at("start", "whisper")
+    old_stop = at("stop", "whisper")
+    assert new_start < confs[0][0] < old_stop < at("remove", "whisper") < confs[-1][0]
+    # the first reload sends whisper's route to the new container by its own name ...
+    renamed = [c for c in fake.calls if c.startswith("rename ")]
+    assert len(renamed) == 1
+    _, temp_name, final = renamed[0].split()
+    assert final == old.name and temp_name.startswith(f"{old.name}-new-")
+    assert f"server {temp_name}:" in confs[0][1] and "server whisper:" not in confs[0][1]
+    # ... and the last one is nginx.conf as rendered
+    assert confs[-1][1] == conf
+    assert (out / "nginx" / "nginx.conf").read_text(encoding="utf-8") == conf
+    now = fake.services(main.name)["whisper"]
+    assert now.id != old.id and now.name == old.name and now.status == "running"
+    assert [e.rule for e in events] == ["heal"]
+    assert events[0].level == "info" and events[0].value == "recreate"
+    assert events[0].service == "whisper" and "make before break" in events[0].message
+    assert "nvidia-smi -L failed 3 times" in events[0].message
+
+
+def test_recreate_whose_new_container_fails_beside_the_old_one_stops_the_old_one_first(
+    fake: FakeDocker, tmp_path: Path
+) -> None:
+    """On the same GPU the old process may hold the memory the new one needs: the new one
+    that does not become ready beside it is removed, then the old one stops first."""
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    old = fake.services(main.name)["whisper"]
+    starts = {"n": 0}
+    original_start = type(old).start
+
+    def start(self: Any) -> None:
+        original_start(self)
+        if self.service == "whisper":
+            starts["n"] += 1
+            if starts["n"] == 1:  # the one beside the old container: out of GPU memory
+                self.set_state("exited", 1)
+                self.logged += b"torch.OutOfMemoryError: CUDA out of memory\n"
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(old), "start", start)
+        said: list[str] = []
+        ok, events = healer(fake, main, said).apply(
+            Decision("recreate", "lost GPU access", service="whisper"), NOW
+        )
+    assert ok, events
+    assert starts["n"] == 2
+    assert any("did not become ready beside the old one" in line for line in said)
+    assert "stopped first" in events[0].message
+    whisper = [c for c in fake.containers_by_id.values() if c.service == "whisper"]
+    assert len(whisper) == 1 and whisper[0].id != old.id and whisper[0].status == "running"
+
+
+def test_recreate_with_the_lock_held_is_busy_and_changes_nothing(
+    fake: FakeDocker, tmp_path: Path
+) -> None:
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    mark = len(fake.journal)
+    said: list[str] = []
+    with project_lock(out, main.name, "fallback --cpu"):
+        ok, events = healer(fake, main, said).apply(
+            Decision("recreate", "restart loop", service="whisper"), NOW
+        )
+    assert not ok
+    assert is_busy(events)
+    assert events[0].level == "info" and "busy" in events[0].message
+    assert "fallback --cpu" in events[0].message  # who holds it
+    assert fake.journal[mark:] == []
+
+
+def test_recreate_of_an_unknown_service_is_a_failed_heal(fake: FakeDocker, tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    ok, events = healer(fake, main, []).apply(Decision("recreate", "x", service="nope"), NOW)
+    assert not ok and not is_busy(events)
+    assert events[0].level == "critical" and "no such service" in events[0].message
+
+
+# --- the failover actions: the same functions `composegen fallback` calls ------------------------
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def fn(self, name: str, result: failover.Outcome | BaseException) -> Any:
+        def call(project: Project, *args: Any, **kw: Any) -> failover.Outcome:
+            self.seen.append((name, {"project": project.name, "args": args, **kw}))
+            if isinstance(result, BaseException):
+                raise result
+            return result
+
+        return call
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    c = Calls()
+    monkeypatch.setattr(
+        failover, "gpus_failed", c.fn("gpus_failed", failover.Outcome("gpu-failed", True))
+    )
+    monkeypatch.setattr(failover, "to_cpu", c.fn("to_cpu", failover.Outcome("cpu", True)))
+    monkeypatch.setattr(failover, "restore", c.fn("restore", failover.Outcome("restore", True)))
+    return c
+
+
+@pytest.mark.parametrize(
+    ("decision", "called", "args", "kw"),
+    [
+        (Decision("gpu-failed", "Xid 79", gpus=(0,)), "gpus_failed", ("0",), {}),
+        (Decision("gpu-failed", "lost", gpus=(0, 3)), "gpus_failed", ("0,3",), {}),
+        (Decision("cpu", "no healthy GPU left"), "to_cpu", (), {}),
+        (Decision("restore", "healthy for 300s"), "restore", (), {"inventory": "INV"}),
+    ],
+)
+def test_each_decision_calls_the_fallback_function(
+    calls: Calls,
+    tmp_path: Path,
+    decision: Decision,
+    called: str,
+    args: tuple[str, ...],
+    kw: dict[str, Any],
+) -> None:
+    out = rendered(tmp_path)
+    main = project_of(out)
+    inv = str(tmp_path / "inv.json")
+    ok, events = healer(FakeDocker(), main, [], inv=inv).apply(decision, NOW)
+    assert ok
+    assert [name for name, _ in calls.seen] == [called]
+    seen = calls.seen[0][1]
+    assert seen["project"] == main.name
+    assert tuple(a for a in seen["args"] if not isinstance(a, failover.Io)) == args
+    assert {k: seen[k] for k in kw} == {k: inv if v == "INV" else v for k, v in kw.items()}
+    assert events[0].rule == "heal" and events[0].value == decision.action
+    assert decision.reason in events[0].message
+
+
+def test_engine_refusing_gpu_requests_during_a_heal_moves_to_cpu(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    refused = eng.GpuUnsupportedError(
+        "service whisper: this Docker engine cannot honour NVIDIA GPU requests (could not select "
+        'device driver "nvidia" with capabilities: [[gpu]])'
+    )
+    monkeypatch.setattr(failover, "gpus_failed", calls.fn("gpus_failed", refused))
+    main = project_of(rendered(tmp_path))
+    ok, events = healer(FakeDocker(), main, []).apply(
+        Decision("gpu-failed", "Xid 79", gpus=(0,)), NOW
+    )
+    assert ok
+    assert [name for name, _ in calls.seen] == ["gpus_failed", "to_cpu"]
+    assert [(e.level, e.value) for e in events] == [("critical", "gpu-failed"), ("info", "cpu")]
+    assert "refuses GPU requests" in events[1].message
+
+
+def test_busy_failover_is_not_a_failed_heal(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from composegen.engine.state import LockedError
+
+    busy = LockedError("project x is busy: composegen up (pid 4242)")
+    monkeypatch.setattr(failover, "restore", calls.fn("restore", busy))
+    main = project_of(rendered(tmp_path))
+    ok, events = healer(FakeDocker(), main, []).apply(Decision("restore", "healthy"), NOW)
+    assert not ok and is_busy(events)
+    assert "pid 4242" in events[0].message
+
+
+def test_gpu_failed_heal_on_the_fake_engine_moves_whisper_make_before_break(
+    fake: FakeDocker, tmp_path: Path
+) -> None:
+    """The real gpus_failed: whisper moves from GPU 0 to the spare GPU 5, its new container
+    ready before the old one stops (engine/switch.apply_rerender)."""
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    old = fake.services(main.name)["whisper"]
+    mark = len(fake.journal)
+    ok, events = healer(fake, main, []).apply(Decision("gpu-failed", "GPU 0 lost", gpus=(0,)), NOW)
+    assert ok, events
+    assert "whisper: GPU 0 -> GPU 5" in events[0].message
+    journal = fake.journal[mark:]
+    starts = [n for n, e in enumerate(journal) if e == ("start", "whisper")]
+    stops = [n for n, e in enumerate(journal) if e == ("stop", "whisper")]
+    assert starts and stops and starts[0] < stops[0]
+    new = fake.services(main.name)["whisper"]
+    assert new.id != old.id
+    inv = app.load_inputs(out).inventory
+    assert new.attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == [inv.gpus[5].uuid]
+    assert read_mode(out, main.name)["mode"] == "gpu-failover"
