@@ -24,6 +24,9 @@ Public names (stable: tests import them; add to them, do not rename):
       policy does not restart a container killed by hand);
     - "restart-loop": the started container of service `llm` exits once and is restarted by
       its policy (status restarting, RestartCount 1), then runs and passes its healthcheck.
+    - "gpu-memory-held": a container started while another container of the same service
+      runs exits at once (exit 1, "CUDA out of memory" in its log), as a model server does
+      on a GPU whose memory the old process still holds;
   - What happened, in order, two views of the same events:
     - `journal`: tuples by service: `("create", service)`, `("start", service)`,
       `("stop", service)`, `("remove", service)`, `("exec", service, cmd_tuple)`;
@@ -177,6 +180,11 @@ class FakeContainer:
     def start(self) -> None:
         self._alive()
         self.engine._refuse("start", self)
+        if self.engine.scenario == "gpu-memory-held" and self.engine._another_runs(self):
+            self.set_state("exited", 1)
+            self.logged += b"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate\n"
+            self.engine._record("start", self)
+            return
         self.set_state("running")
         self._refresh_health()
         self.engine._record("start", self)
@@ -439,6 +447,17 @@ class FakeDocker:
     def _check(self) -> None:
         if not self.online:
             raise RequestsConnectionError("('Connection aborted.', FileNotFoundError(2))")
+
+    def _another_runs(self, c: FakeContainer) -> bool:
+        """Another container of c's project and service is running."""
+        with self.lock:
+            return any(
+                o is not c
+                and o.status == "running"
+                and o.service == c.service
+                and o.labels.get(LABEL_PROJECT) == c.labels.get(LABEL_PROJECT)
+                for o in self.containers_by_id.values()
+            )
 
     def _refuse(self, operation: str, c: FakeContainer) -> None:
         for key in ((operation, c.service), (operation, "*")):

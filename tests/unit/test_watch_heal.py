@@ -108,37 +108,44 @@ def test_recreate_starts_the_new_container_before_the_old_one_goes(
 
 
 def test_recreate_whose_new_container_fails_beside_the_old_one_stops_the_old_one_first(
-    fake: FakeDocker, tmp_path: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On the same GPU the old process may hold the memory the new one needs: the new one
     that does not become ready beside it is removed, then the old one stops first."""
+    fake = FakeDocker("gpu-memory-held")
+    monkeypatch.setattr(engine_up, "probe_gateway", lambda project, deadline: None)
     out = rendered(tmp_path)
     main = project_of(out)
     engine_up.up(fake, main)
     old = fake.services(main.name)["whisper"]
-    starts = {"n": 0}
-    original_start = type(old).start
-
-    def start(self: Any) -> None:
-        original_start(self)
-        if self.service == "whisper":
-            starts["n"] += 1
-            if starts["n"] == 1:  # the one beside the old container: out of GPU memory
-                self.set_state("exited", 1)
-                self.logged += b"torch.OutOfMemoryError: CUDA out of memory\n"
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(type(old), "start", start)
-        said: list[str] = []
-        ok, events = healer(fake, main, said).apply(
-            Decision("recreate", "lost GPU access", service="whisper"), NOW
-        )
+    conf = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    mark = len(fake.journal)
+    said: list[str] = []
+    ok, events = healer(fake, main, said).apply(
+        Decision("recreate", "lost GPU access", service="whisper"), NOW
+    )
     assert ok, events
-    assert starts["n"] == 2
+    journal = fake.journal[mark:]
+    assert journal.count(("start", "whisper")) == 2
+    assert journal.count(("remove", "whisper")) == 2  # the failed new one, then the old one
     assert any("did not become ready beside the old one" in line for line in said)
     assert "stopped first" in events[0].message
     whisper = [c for c in fake.containers_by_id.values() if c.service == "whisper"]
     assert len(whisper) == 1 and whisper[0].id != old.id and whisper[0].status == "running"
+    assert whisper[0].name == old.name
+    assert (out / "nginx" / "nginx.conf").read_text(encoding="utf-8") == conf
+
+
+def test_recreate_with_the_engine_gone_is_a_failed_heal_not_a_crash(
+    fake: FakeDocker, tmp_path: Path
+) -> None:
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    fake.online = False
+    ok, events = healer(fake, main, []).apply(Decision("recreate", "x", service="whisper"), NOW)
+    assert not ok and not is_busy(events)
+    assert events[0].level == "critical" and "lost the Docker engine" in events[0].message
 
 
 def test_recreate_with_the_lock_held_is_busy_and_changes_nothing(

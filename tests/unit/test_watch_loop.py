@@ -1,0 +1,320 @@
+"""watch/loop.py: the Watcher with stand-in probes (scripted signals), stand-in rules (scripted
+decisions), a recording healer and recording sinks, on a stack rendered into tmp_path. The real
+parts (probes, rules, outputs) are tested in their own files; this one tests how the loop ties
+them: what reaches whom, in which order, and what happens when the engine goes away."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from composegen import app
+from composegen.engine import failover
+from composegen.engine.docker import NoEngineError
+from composegen.engine.state import write_mode
+from composegen.watch import loop
+from composegen.watch.loop import Parts, Watcher, WatchOptions, stack_info
+from composegen.watch.types import (
+    ContainerSignal,
+    Decision,
+    Event,
+    GpuSignal,
+    ProbeError,
+    Signal,
+    Snapshot,
+)
+from tests.stack_checks import inventory_file
+
+NOW = 1_764_400_000.0
+PROJECT = "cg-unit-watch"
+
+
+def rendered(tmp: Path, profile: str = "rag-a100", scenario: str = "a100_8x80") -> Path:
+    out = tmp / "stack"
+    built = app.build(profile, inventory=inventory_file(tmp, scenario))
+    app.write(out, built.files, force=False, dry_run=False)
+    assert built.inputs is not None
+    app.save_inputs(out, built.inputs)
+    return out
+
+
+class ScriptedProbe:
+    """Returns the next scripted list of signals at each read; `raises` makes read raise."""
+
+    def __init__(self, name: str, script: list[list[Signal]], raises: bool = False) -> None:
+        self.name = name
+        self.script = script
+        self.raises = raises
+        self.reads = 0
+        self.closed = False
+
+    def read(self, now: float) -> Sequence[Signal]:
+        self.reads += 1
+        if self.raises:
+            raise RuntimeError("probe bug")
+        return self.script[min(self.reads, len(self.script)) - 1] if self.script else []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ScriptedRules:
+    def __init__(self, script: list[tuple[list[Event], list[Decision]]]) -> None:
+        self.script = script
+        self.seen: list[Snapshot] = []
+        self.recorded: list[tuple[Decision, bool, float]] = []
+
+    def evaluate(self, snap: Snapshot) -> tuple[list[Event], list[Decision]]:
+        self.seen.append(snap)
+        n = min(len(self.seen), len(self.script)) - 1
+        return self.script[n] if self.script else ([], [])
+
+    def record(self, decision: Decision, ok: bool, now: float) -> None:
+        self.recorded.append((decision, ok, now))
+
+
+class RecordingHealer:
+    def __init__(self, ok: bool = True, busy: bool = False) -> None:
+        self.ok, self.busy = ok, busy
+        self.applied: list[Decision] = []
+
+    def apply(self, decision: Decision, now: float) -> tuple[bool, list[Event]]:
+        self.applied.append(decision)
+        if self.busy:
+            return False, [Event(now, "info", "heal", "busy", value="busy")]
+        return self.ok, [
+            Event(now, "info", "heal", f"did {decision.action}", value=decision.action)
+        ]
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.got: list[tuple[Snapshot, list[Event]]] = []
+        self.closed = False
+
+    def handle(self, snap: Snapshot, events: Sequence[Event]) -> None:
+        self.got.append((snap, list(events)))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+GPU0 = GpuSignal(0, "GPU-0", "NVIDIA A100-SXM4-80GB", memory_total_mib=81920, memory_used_mib=70)
+WHISPER = ContainerSignal("whisper", "c1", "running", "healthy", 0, False, None)
+HOT = Event(NOW, "warn", "temperature", "GPU 0 at 84 C", gpu=0, value=84, threshold=83)
+
+
+def watcher(
+    out: Path,
+    probes: list[ScriptedProbe],
+    rules: ScriptedRules,
+    healer: RecordingHealer | None = None,
+    heal: bool = False,
+    connect: Any = lambda: object(),
+    said: list[str] | None = None,
+    **opts: Any,
+) -> tuple[Watcher, RecordingSink]:
+    sink = RecordingSink()
+    parts = Parts(
+        probes=lambda client: [p for p in probes if client is not None or p.name == "gpus"],
+        rules=rules,
+        healer=healer,
+        sinks=[sink],
+        connect=connect,
+    )
+    options = WatchOptions(interval_s=1.0, heal=heal, **opts)
+    io = failover.Io((said if said is not None else []).append)
+    return Watcher(out, PROJECT, options, io, parts), sink
+
+
+def test_a_step_reads_every_probe_judges_and_hands_on_the_snapshot(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    gpus = ScriptedProbe("gpus", [[GPU0]])
+    containers = ScriptedProbe("containers", [[WHISPER]])
+    rules = ScriptedRules([([HOT], [])])
+    w, sink = watcher(out, [gpus, containers], rules)
+    snap, events = w.step(NOW)
+    assert snap.gpus == (GPU0,) and snap.containers == (WHISPER,)
+    assert snap.stack.name == PROJECT and snap.stack.planned["whisper"] == (0,)
+    assert rules.seen == [snap]
+    assert events == [HOT]
+    assert sink.got == [(snap, [HOT])]
+
+
+def test_probes_are_read_in_parallel(tmp_path: Path) -> None:
+    """Two probes that each wait for the other: read one after the other, both would fail."""
+    out = rendered(tmp_path)
+    meet = threading.Barrier(2, timeout=10)
+
+    class Waiting(ScriptedProbe):
+        def read(self, now: float) -> Sequence[Signal]:
+            meet.wait()
+            return super().read(now)
+
+    a, b = Waiting("gpus", [[GPU0]]), Waiting("containers", [[WHISPER]])
+    w, _ = watcher(out, [a, b], ScriptedRules([]))
+    snap, _ = w.step(NOW)
+    assert snap.errors == ()
+    assert snap.gpus == (GPU0,) and snap.containers == (WHISPER,)
+
+
+def test_a_probe_that_raises_is_a_probe_error_not_a_crash(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    w, _ = watcher(out, [ScriptedProbe("residency", [], raises=True)], ScriptedRules([]))
+    snap, _ = w.step(NOW)
+    assert snap.errors == (ProbeError("residency", "RuntimeError: probe bug"),)
+
+
+def test_without_heal_a_standing_decision_is_said_once_and_nothing_runs(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    decision = Decision("gpu-failed", "GPU 0 lost", gpus=(0,))
+    rules = ScriptedRules([([], [decision])])
+    healer = RecordingHealer()
+    w, _ = watcher(out, [], rules, healer=healer, heal=False)
+    said = [w.step(NOW + i)[1] for i in range(3)]
+    assert [len(e) for e in said] == [1, 0, 0]
+    first = said[0][0]
+    assert first.rule == "heal" and first.level == "info" and first.gpu == 0
+    assert first.message.startswith("would fail over GPU 0") and "run with --heal" in first.message
+    assert healer.applied == [] and rules.recorded == []
+
+
+def test_with_heal_the_decision_is_applied_and_recorded(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    decision = Decision("recreate", "nvidia-smi -L failed", service="whisper")
+    other = Decision("restore", "later")
+    rules = ScriptedRules([([HOT], [decision, other])])
+    healer = RecordingHealer(ok=False)
+    w, sink = watcher(out, [], rules, healer=healer, heal=True)
+    _, events = w.step(NOW)
+    assert healer.applied == [decision]  # one action at a time
+    assert rules.recorded == [(decision, False, NOW)]
+    assert [e.rule for e in events] == ["temperature", "heal"]
+    assert sink.got[0][1] == events
+
+
+def test_a_busy_heal_is_not_recorded_as_a_failed_one(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    rules = ScriptedRules([([], [Decision("cpu", "no GPU left")])])
+    w, _ = watcher(out, [], rules, healer=RecordingHealer(busy=True), heal=True)
+    w.step(NOW)
+    assert rules.recorded == []
+
+
+def test_engine_down_is_an_event_and_a_retry(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    up = {"now": False}
+
+    def connect() -> object:
+        if not up["now"]:
+            raise NoEngineError("no Docker engine: connection refused")
+        return object()
+
+    gpus = ScriptedProbe("gpus", [[GPU0]])
+    containers = ScriptedProbe("containers", [[WHISPER]])
+    w, _ = watcher(out, [gpus, containers], ScriptedRules([]), connect=connect)
+    snap1, ev1 = w.step(NOW)
+    snap2, ev2 = w.step(NOW + 1)
+    up["now"] = True
+    snap3, ev3 = w.step(NOW + 2)
+    assert [(e.level, e.rule) for e in ev1] == [("critical", "probe")]
+    assert "connection refused" in ev1[0].message and "retrying" in ev1[0].message
+    assert ev2 == []  # said once
+    assert snap1.gpus == (GPU0,) and snap1.containers == ()  # the engine-free probe still reads
+    assert ProbeError("containers", "no Docker engine: connection refused") in snap2.errors
+    assert [(e.level, e.message) for e in ev3] == [("info", "Docker engine answers again")]
+    assert snap3.containers == (WHISPER,) and snap3.errors == ()
+
+
+def test_stack_info_follows_render_json_and_the_mode(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    info = stack_info(out, PROJECT)
+    inv = app.load_inputs(out).inventory
+    assert info.mode == "gpu" and info.failed == ()
+    assert info.planned["whisper"] == (0,) and info.planned["llm"] == (2, 3)
+    assert info.original_gpus == (0, 1, 2, 3, 4)
+    assert info.uuids[5] == inv.gpus[5].uuid
+    assert info.routes["whisper"] == "whisper"
+    # after `fallback --gpu-failed 0`
+    inputs = app.load_inputs(out)
+    app.save_inputs(out, replace(inputs, failed=((0,),)))
+    write_mode(out, PROJECT, "gpu-failover", "GPUs 0 failed")
+    moved = stack_info(out, PROJECT)
+    assert moved.mode == "gpu-failover" and moved.failed == (0,)
+    assert moved.planned["whisper"] == (5,)
+    assert moved.original_gpus == (0, 1, 2, 3, 4)
+
+
+def test_stack_info_is_rebuilt_only_when_its_files_change(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    w, _ = watcher(out, [], ScriptedRules([]))
+    for i in range(3):
+        w.step(NOW + i)
+    assert w.stack.rebuilds == 1
+    write_mode(out, PROJECT, "cpu-fallback", "composegen fallback --cpu")
+    snap, _ = w.step(NOW + 3)
+    assert w.stack.rebuilds == 2 and snap.stack.mode == "cpu-fallback"
+
+
+class FakeClock:
+    """monotonic() and a stop event whose wait() advances the clock instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.waits: list[float] = []
+        self.stop = threading.Event()
+        self.limit = 4
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def wait(self, delay: float) -> bool:
+        self.waits.append(round(delay, 6))
+        self.t += delay
+        if len(self.waits) >= self.limit:
+            self.stop.set()
+        return self.stop.is_set()
+
+
+def test_run_keeps_a_steady_cadence_and_closes_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = rendered(tmp_path)
+    clock = FakeClock()
+    monkeypatch.setattr(loop.time, "monotonic", clock.monotonic)
+    work = iter([0.25, 0.5, 1.75, 0.1, 0.1])
+
+    class Slow(ScriptedProbe):
+        def read(self, now: float) -> Sequence[Signal]:
+            clock.t += next(work)  # the work this step takes
+            return super().read(now)
+
+    probe = Slow("gpus", [[GPU0]])
+    w, sink = watcher(out, [probe], ScriptedRules([]))
+
+    class Stop:
+        def is_set(self) -> bool:
+            return clock.stop.is_set()
+
+        def wait(self, delay: float) -> bool:
+            return clock.wait(delay)
+
+    w.run(Stop())  # type: ignore[arg-type]
+    # interval 1 s: the rest of it after each step; a step longer than the interval starts
+    # the next one at once, and the cadence restarts from there (no burst to catch up)
+    assert clock.waits == [0.75, 0.5, 0.0, 0.9]
+    assert probe.reads == 4
+    assert probe.closed and sink.closed
+
+
+def test_run_once_is_one_step(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    probe = ScriptedProbe("gpus", [[GPU0]])
+    w, sink = watcher(out, [probe], ScriptedRules([]), once=True)
+    w.run(threading.Event())
+    assert probe.reads == 1 and len(sink.got) == 1 and sink.closed and probe.closed
