@@ -1133,14 +1133,16 @@ def watch(
     from pathlib import Path
 
     from composegen.engine import failover
-    from composegen.watch.loop import WatchOptions, run_watch
+    from composegen.watch.loop import WatchOptions, check_options, check_stack, run_watch
+    from composegen.watch.loop import project_name as project_of
 
     if print_only and not install:
         raise BadInputError(
             "--print goes with --install", "run `composegen watch --install --print`"
         )
-    settings = importlib.import_module("composegen.watch.settings")
     where = Path(directory)
+    check_stack(where)
+    settings = importlib.import_module("composegen.watch.settings")
     options = WatchOptions(
         interval_s=settings.parse_duration(interval, "--interval"),
         heal=heal,
@@ -1154,25 +1156,13 @@ def watch(
         json=as_json,
         once=once,
     )
-    if options.interval_s <= 0:
-        raise BadInputError(f"--interval {interval}: must be more than 0", "e.g. --interval 5s")
-    if not (where / ".composegen" / "render.json").is_file():
-        raise BadInputError(
-            f"{where}: no .composegen/render.json: not a stack rendered by composegen",
-            "render it with `composegen render --profile NAME -o DIR`, then `composegen up -C DIR`",
-        )
+    check_options(options)
     if install:
-        from composegen.watch import loop
-
         systemd = importlib.import_module("composegen.watch.systemd")
-        project = loop.project_name(where.resolve(), project_name)
+        project = project_of(where.resolve(), project_name)
         argv = _watch_argv(where.resolve(), project, options, interval)
         click.echo(systemd.install(where.resolve(), project, argv, print_only))
         return
-    if inventory is not None and not Path(inventory).is_file():
-        raise BadInputError(
-            f"--inventory {inventory}: no such file", "pass a file from `composegen detect --save`"
-        )
 
     def say(text: str) -> None:
         if as_json:

@@ -25,7 +25,7 @@ from composegen import app
 from composegen.engine import docker as eng
 from composegen.engine import failover
 from composegen.engine.state import read_mode
-from composegen.errors import ComposegenError
+from composegen.errors import BadInputError, ComposegenError
 from composegen.watch.types import (
     Decision,
     Event,
@@ -329,6 +329,31 @@ def _what(decision: Decision) -> str:
     if decision.action == "cpu":
         return "move the stack to CPU (fallback --cpu)"
     return "restore the GPU plan (fallback --restore)"
+
+
+def check_stack(directory: Path) -> None:
+    if not (directory / app.STATE_FILE).is_file():
+        raise BadInputError(
+            f"{directory}: no {app.STATE_FILE}: not a stack rendered by composegen",
+            "render it with `composegen render --profile NAME -o DIR`, then `composegen up -C DIR`",
+        )
+
+
+def check_options(options: WatchOptions) -> None:
+    """Bad input is said before anything starts (exit 2)."""
+    if options.interval_s <= 0:
+        raise BadInputError("--interval: must be more than 0", "e.g. --interval 5s")
+    if options.restore_after_s is not None and options.restore_after_s < 0:
+        raise BadInputError("--restore-after: must not be negative", "e.g. --restore-after 5m")
+    if options.inventory is not None and not Path(options.inventory).is_file():
+        raise BadInputError(
+            f"--inventory {options.inventory}: no such file",
+            "pass a file from `composegen detect --save` (or any file `detect --from` reads)",
+        )
+    if options.metrics is not None:
+        import importlib
+
+        importlib.import_module("composegen.watch.metrics").parse_addr(options.metrics)
 
 
 def run_watch(directory: Path, project: str | None, options: WatchOptions, io: failover.Io) -> int:

@@ -318,3 +318,27 @@ def test_run_once_is_one_step(tmp_path: Path) -> None:
     w, sink = watcher(out, [probe], ScriptedRules([]), once=True)
     w.run(threading.Event())
     assert probe.reads == 1 and len(sink.got) == 1 and sink.closed and probe.closed
+
+
+# --- the command line: bad input is one line, exit 2, nothing started ---------------------------
+
+
+def test_watch_outside_a_rendered_stack_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.unit.test_cli_detect import call
+
+    code, out, err = call(["watch", "-C", str(tmp_path), "--once"], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    assert err.startswith(f"composegen: error: {tmp_path}: no .composegen/render.json")
+
+
+def test_watch_print_needs_install(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.test_cli_detect import call
+
+    code, _, err = call(["watch", "-C", str(rendered(tmp_path)), "--print"], capsys)
+    assert code == 2 and err == (
+        "composegen: error: --print goes with --install "
+        "(run `composegen watch --install --print`)\n"
+    )
