@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -303,10 +304,16 @@ def replace_behind_gateway(
     if pinned != conf:
         reload_nginx(client, project.name, directory, pinned)
         report("gateway", "reloaded", f"{svc.name} -> its new container")
-    with eng.mapped_errors(f"service {svc.name}"):
-        old.stop(timeout=int(svc.stop_grace_s))
-        old.remove(force=True)
-        client.api.rename(created.id, final)
+    try:
+        with eng.mapped_errors(f"service {svc.name}"):
+            old.stop(timeout=int(svc.stop_grace_s))
+            old.remove(force=True)
+            client.api.rename(created.id, final)
+    except BaseException:
+        if pinned != conf:  # never leave the pinned routes behind: both answer to the name
+            with suppress(Exception):
+                reload_nginx(client, project.name, directory, conf)
+        raise
     report(svc.name, "replaced", f"old container {old.id[:12]} removed")
     if pinned != conf:
         reload_nginx(client, project.name, directory, conf)

@@ -148,6 +148,23 @@ def test_recreate_with_the_engine_gone_is_a_failed_heal_not_a_crash(
     assert events[0].level == "critical" and "lost the Docker engine" in events[0].message
 
 
+def test_recreate_whose_old_container_refuses_to_stop_leaves_the_rendered_routes(
+    fake: FakeDocker, tmp_path: Path
+) -> None:
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    conf = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    confs = reload_confs(fake, out)
+    fake.fail("stop", "whisper")
+    ok, events = healer(fake, main, []).apply(Decision("recreate", "x", service="whisper"), NOW)
+    assert not ok and events[0].level == "critical"
+    assert "permission denied" in events[0].message
+    assert "server whisper:" not in confs[0][1]  # it was pinned to the new container ...
+    assert confs[-1][1] == conf  # ... and put back
+    assert (out / "nginx" / "nginx.conf").read_text(encoding="utf-8") == conf
+
+
 def test_recreate_with_the_lock_held_is_busy_and_changes_nothing(
     fake: FakeDocker, tmp_path: Path
 ) -> None:
