@@ -188,7 +188,7 @@ class Watcher:
     def step(self, now: float) -> tuple[Snapshot, list[Event]]:
         events: list[Event] = []
         info = self._info(now, events)
-        self._connect(now, events)
+        self._connect()
         signals = self._read(now)
         snap = Snapshot.of(now, info, signals)
         found, decisions = self.parts.rules.evaluate(snap)
@@ -215,23 +215,18 @@ class Watcher:
             )
             return self.stack.info
 
-    def _connect(self, now: float, events: list[Event]) -> None:
+    def _connect(self) -> None:
         """Build the probes; those that need the engine once it answers. An engine that does
-        not answer is an event (once) and a retry each interval, never a crash."""
+        not answer is a ProbeError of the containers probe each interval (the rules turn it
+        into an event when it starts and when it ends) and a retry, never a crash."""
         if self.client is not None and self.probes:
             return
         try:
             client = self.parts.connect()
         except ComposegenError as exc:
-            if self._engine_error is None:
-                events.append(
-                    Event(now, "critical", "probe", f"Docker engine: {exc.message}; retrying")
-                )
             self._engine_error = exc.message
             client = None
         else:
-            if self._engine_error is not None:
-                events.append(Event(now, "info", "probe", "Docker engine answers again"))
             self._engine_error = None
         if client is None and self.probes:
             return  # keep the engine-free probes built before
