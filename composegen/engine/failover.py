@@ -362,16 +362,44 @@ def restore(
         if mode == "cpu-fallback":
             _restore_from_cpu(client, project, report, before, target.files, force)
         else:
-            if before is not None:
-                write_changed(directory, before, target.files, force)
-            main = load_project(directory / "docker-compose.yml", project.name)
-            engine_up.up(client, main, report=report)
+            _restore_from_failover(client, project, report, before, target.files, force)
         if inputs.failed:
             app.save_inputs(directory, restored)
         write_mode(directory, project.name, "gpu", "composegen fallback --restore")
     line = f"{project.name}: back on its GPU plan"
     io.say(line)
     return Outcome("restore", True, (line,))
+
+
+def _restore_from_failover(
+    client: Any,
+    project: Project,
+    report: engine_up.Report,
+    before: list[OutFile] | None,
+    after: list[OutFile],
+    force: bool,
+) -> None:
+    """Back from a GPU failover: the files the restored plan changes are written; a service
+    that returns to a GPU of its own moves make before break while the gateway keeps the
+    routes it serves (switch.move_ahead), then the rest converges and the gateway takes the
+    restored routes."""
+    directory = project.directory
+    conf = directory / "nginx" / "nginx.conf"
+    serving = conf.read_text(encoding="utf-8")
+    if before is not None:
+        write_changed(directory, before, after, force)
+    restored = conf.read_text(encoding="utf-8")
+    main = load_project(directory / "docker-compose.yml", project.name)
+    if restored != serving:
+        write_atomic(conf, serving)  # (until the moves are done: what the gateway serves)
+    try:
+        switch.move_ahead(client, main, report)
+    finally:
+        if restored != serving:
+            write_atomic(conf, restored)
+    engine_up.up(client, main, report=report)
+    if restored != serving:
+        switch.reload_nginx(client, project.name, directory, restored)
 
 
 def _restore_from_cpu(

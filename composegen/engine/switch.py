@@ -329,7 +329,18 @@ def apply_rerender(
     project = load_project(directory / "docker-compose.yml", name)
     new_conf = (directory / "nginx" / "nginx.conf").read_text(encoding="utf-8")
     reload_nginx(client, project.name, directory, new_conf)
+    move_ahead(client, project, report)
+    # the gateway already serves the new configuration: reload again only if a backend got a
+    # new container (and address), not merely because the failed one is removed
+    return engine_up.up(client, project, report=report, reload_on_removal=False)
+
+
+def move_ahead(client: Any, project: Project, report: engine_up.Report) -> list[str]:
+    """The services `up` would recreate whose new container can run beside the old one (a
+    GPU of its own, no host port), replaced make before break now, against the routes the
+    gateway serves (nginx/nginx.conf on disk). Returns their names."""
     conv = engine_up.converge(project, engine_up.list_existing(client, project.name))
+    moved = []
     for svc in project.services:
         if conv.actions.get(svc.name) != "recreate" or svc.name not in conv.existing:
             continue
@@ -338,6 +349,5 @@ def apply_rerender(
         if old.status == "running" and can_overlap(svc, old):
             engine_up.ensure_image(client, svc, "missing")
             replace_behind_gateway(client, project, svc, old, report)
-    # the gateway already serves the new configuration: reload again only if a backend got a
-    # new container (and address), not merely because the failed one is removed
-    return engine_up.up(client, project, report=report, reload_on_removal=False)
+            moved.append(svc.name)
+    return moved

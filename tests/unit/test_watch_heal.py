@@ -305,3 +305,33 @@ def test_gpu_failed_heal_on_the_fake_engine_moves_whisper_make_before_break(
     inv = app.load_inputs(out).inventory
     assert new.attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == [inv.gpus[5].uuid]
     assert read_mode(out, main.name)["mode"] == "gpu-failover"
+
+
+def test_restore_heal_after_a_gpu_failover_moves_back_make_before_break(
+    fake: FakeDocker, tmp_path: Path
+) -> None:
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    conf = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    heal = healer(fake, main, [], inv=inventory_file(tmp_path, "a100_8x80"))
+    ok, _ = heal.apply(Decision("gpu-failed", "GPU 0 lost", gpus=(0,)), NOW)
+    assert ok
+    on_spare = fake.services(main.name)["whisper"]
+    confs = reload_confs(fake, out)
+    mark = len(fake.journal)
+    ok, events = heal.apply(Decision("restore", "GPUs healthy for 300s"), NOW)
+    assert ok, events
+    journal = fake.journal[mark:]
+    start = journal.index(("start", "whisper")) + mark
+    stop = journal.index(("stop", "whisper")) + mark
+    # the new container (GPU 0) runs and the gateway sends whisper's route to it before the
+    # one on the spare stops; at the end the gateway serves the rendered configuration
+    assert start < confs[0][0] < stop
+    assert "server whisper:" not in confs[0][1]
+    assert confs[-1][1] == conf
+    back = fake.services(main.name)["whisper"]
+    inv = app.load_inputs(out).inventory
+    assert back.id != on_spare.id
+    assert back.attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == [inv.gpus[0].uuid]
+    assert read_mode(out, main.name)["mode"] == "gpu" and app.load_inputs(out).failed == ()
