@@ -242,10 +242,16 @@ def test_watch_heals_rag_a100_lost_gpu_restore_lost_access_all_lost(
 
         # 1. GPU 0 lost in the file: whisper moves to the spare GPU 5, no failed request
         with Loop(whisper_url(st), None) as loop:
+            mark = len(watch.lines)
             write_inventory(st, inv, lost=(0,))
             watch.wait_for("the gpu-failed heal", lambda: heals("gpu-failed"))
             watch.wait_for("whisper on GPU 5", lambda: served_gpus(st) == gpus[5]["uuid"])
         assert loop.failed == [], loop.failed[:5]
+        # within 2 intervals: at most one snapshot (the read already under way when the file
+        # changed) came before the one that acted (its events come before its snapshot line)
+        acted = next(n for n, x in enumerate(watch.lines) if x.get("value") == "gpu-failed")
+        between = [x for x in watch.lines[mark:acted] if x.get("type") == "snapshot"]
+        assert len(between) <= 1, between
         assert heals("gpu-failed")[0]["level"] == "info", heals("gpu-failed")
         assert render_json(st)["failed"] == [[0]] and mode(st) == "gpu-failover"
 
