@@ -39,7 +39,8 @@ def sh(*cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
 
 def tags() -> dict[str, str]:
     out = sh("bash", str(ROOT / "scripts/images.sh"), "--list").stdout.split()
-    return dict(zip(("debian", "model", "ollama", "nginx"), out, strict=True))
+    # (the list grew: hf-hub and hf-fetch follow these four)
+    return dict(zip(("debian", "model", "ollama", "nginx"), out[:4], strict=True))
 
 
 def render(directory: Path, exe: str, extra: tuple[str, ...] = ()) -> None:
