@@ -95,8 +95,8 @@ class EventLogSink:
 
 
 class NotifySink:
-    def __init__(self, url: str) -> None:
-        self.notifier = _mod("events").Notifier(url)
+    def __init__(self, url: str, stack: str, warn: Any) -> None:
+        self.notifier = _mod("events").Notifier(url, stack=stack, warn=warn)
 
     def handle(self, snap: Snapshot, events: Sequence[Event]) -> None:
         if events:
@@ -131,11 +131,13 @@ class TerminalSink:
                 self.live.__enter__()
             self.live.update(snap, stats, self.last)
             return
-        if self.options.once:
-            from rich.console import Console
-
-            Console().print(self.view.render_snapshot(snap, stats, self.last))
         events_mod = _mod("events")
+        if self.options.once:
+            # the snapshot's footer shows the last 5 events: the earlier ones first, each once
+            for e in list(events)[:-5]:
+                print(events_mod.event_line(e), flush=True)
+            print(self.view.snapshot_text(snap, stats, list(events)[-5:]), end="", flush=True)
+            return
         for e in events:
             print(events_mod.event_line(e), flush=True)
 
@@ -159,6 +161,6 @@ def default_parts(directory: Path, project: str, options: WatchOptions, io: fail
         sinks.append(MetricsSink(project, options.metrics, stats))
     sinks.append(EventLogSink(directory / EVENT_LOG))
     if options.notify:
-        sinks.append(NotifySink(options.notify))
+        sinks.append(NotifySink(options.notify, project, io.say))
     sinks.append(TerminalSink(options, stats))
     return Parts(probes=probes_for(project, options), rules=rules, healer=healer, sinks=sinks)
