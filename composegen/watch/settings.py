@@ -77,8 +77,11 @@ def parse_duration(text: str, where: str, *, allow_zero: bool = False) -> float:
     return seconds
 
 
-def _from_mapping(values: Mapping[str, Any], where: Mapping[str, str]) -> Thresholds:
-    """Thresholds from already schema-checked values; `where[key]` names each value's source."""
+def _from_mapping(
+    values: Mapping[str, Any], where: Mapping[str, str], pair: str | None = None
+) -> Thresholds:
+    """Thresholds from already schema-checked values; `where[key]` names each value's source,
+    `pair` the last source of either memory level (blamed when warn is not below critical)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         at = where.get(key, f"watch.{key}")
@@ -88,7 +91,7 @@ def _from_mapping(values: Mapping[str, Any], where: Mapping[str, str]) -> Thresh
             out[key] = FIELDS[key](value)
     t = replace(Thresholds(), **out)
     if t.memory_warn_pct >= t.memory_critical_pct:
-        blame = where.get("memory_warn_pct") or where.get("memory_critical_pct") or "watch"
+        blame = pair or where.get("memory_warn_pct") or where.get("memory_critical_pct") or "watch"
         raise BadInputError(
             f"{blame}: the memory warn level ({t.memory_warn_pct:g} %) must be below the "
             f"critical level ({t.memory_critical_pct:g} %)",
@@ -110,6 +113,7 @@ def thresholds_for(profile: Profile, sets: Sequence[str] = ()) -> Thresholds:
 
     values: dict[str, Any] = dict(profile.watch)
     where = {k: f"{profile.path or profile.name}: watch.{k}" for k in values}
+    pair = None
     for text in sets:
         option = f"--set {text!r}"
         parts, value = parse_assignment(text, "--set")
@@ -129,4 +133,6 @@ def thresholds_for(profile: Profile, sets: Sequence[str] = ()) -> Thresholds:
         validate_watch({key: value}, option)
         values[key] = value
         where[key] = option
-    return _from_mapping(values, where)
+        if key in ("memory_warn_pct", "memory_critical_pct"):
+            pair = option
+    return _from_mapping(values, where, pair)
