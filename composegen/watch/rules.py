@@ -99,16 +99,16 @@ class Rules:
     def _gpu_decisions(self, stack: StackInfo, gpus: GpuState) -> list[Decision]:
         """A failing GPU of the plan -> gpu-failed; no usable GPU at all -> cpu. Never on a
         GPU source that did not answer."""
-        if not gpus.known:
-            return []
+        planned = {i for gs in stack.planned.values() for i in gs}
+        if not gpus.known or not (planned or stack.original_gpus):
+            return []  # a stack planned without GPUs has none to lose
         none_left = self.alerts.flag(("no-gpu",), not gpus.usable)
         if none_left:
             self.alerts.event("critical", "gpu-lost", "no usable GPU left", value=0, threshold=1)
         elif none_left is False:
             self.alerts.event("info", "gpu-lost", "a usable GPU is back (resolved)")
-        planned = {i for gs in stack.planned.values() for i in gs}
-        if stack.mode not in GPU_MODES or not planned:
-            return []  # a stack planned without GPUs has none to lose
+        if stack.mode not in GPU_MODES:
+            return []
         if not gpus.usable:
             return [Decision("cpu", "no usable GPU left: fall back to the CPU")]
         hit = tuple(sorted((planned & gpus.failing) - set(stack.failed)))

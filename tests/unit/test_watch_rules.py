@@ -253,6 +253,14 @@ def test_no_gpu_at_all_falls_back_to_cpu() -> None:
     assert [x.action for x in d] == ["cpu"]
 
 
+def test_a_stack_planned_without_gpus_has_none_to_lose() -> None:
+    cpu_only = StackInfo(name="rma-shared", planned={"ollama": ()})
+    out = run(
+        rules(), [snap(T0, stack=cpu_only, gpus=()), snap(T0 + STEP, stack=cpu_only, gpus=())]
+    )
+    assert all(ev == [] and d == [] for ev, d in out)
+
+
 def test_a_failed_gpu_probe_warns_and_never_acts() -> None:
     err = ProbeError("gpus", "NVML: nvmlInit timed out after 5s")
     r = rules()
