@@ -94,10 +94,11 @@ class Alerts:
             self.flags.discard(key)
         return active
 
-    def drop(self, kind: str, keep: set[Hashable]) -> None:
-        """Forget the flags (kind, x) whose x is not in `keep`, without an event."""
-        for key in [k for k in self.flags if _kind(k) == kind and k[1] not in keep]:  # type: ignore[index]
-            self.flags.discard(key)
+    def drop(self, kind: str, keep: set[Hashable]) -> list[Hashable]:
+        """Forget the flags (kind, x) whose x is not in `keep`; the x forgotten."""
+        gone = [k for k in self.flags if _kind(k) == kind and k[1] not in keep]  # type: ignore[index]
+        self.flags.difference_update(gone)
+        return [k[1] for k in gone]  # type: ignore[index]
 
 
 def _kind(key: Hashable) -> object:

@@ -63,7 +63,16 @@ class Rules:
         if ok:
             self.failures.pop(target, None)
             if decision.action == "recreate" and decision.service is not None:
-                self.services.forget(decision.service)
+                for rule in self.services.forget(decision.service):
+                    self.pending.append(
+                        Event(
+                            now,
+                            "info",
+                            rule,
+                            f"{decision.service} recreated (resolved)",
+                            service=decision.service,
+                        )
+                    )
             if decision.action == "restore":
                 self.healthy_since = None
             return

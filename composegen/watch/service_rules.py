@@ -20,11 +20,23 @@ class ServiceRules:
         self.restart_count: dict[str, int] = {}  # container id -> last restart count
         self.restarts: dict[str, list[float]] = {}  # container id -> times of its restarts
         self.ids: dict[str, frozenset[str]] = {}  # service -> its container ids
+        self.service_of: dict[str, str] = {}  # container id -> service
 
-    def forget(self, service: str) -> None:
-        """The service was recreated: its new container earns its own alerts."""
+    def forget(self, service: str) -> list[str]:
+        """The service was recreated: its new container earns its own alerts. The rules whose
+        alert this clears."""
+        cleared = [
+            rule
+            for rule, latch in (("health", self.health), ("gpu-access", self.access))
+            if service in latch.on
+        ]
         self.health.forget(service)
         self.access.forget(service)
+        return cleared
+
+    def _replaced(self, service: str, rules: list[str]) -> None:
+        for rule in rules:
+            self.a.event("info", rule, f"{service} has a new container (resolved)", service=service)
 
     def read(self, snap: Snapshot) -> Reasons:
         by_service: dict[str, list[ContainerSignal]] = {}
@@ -33,8 +45,9 @@ class ServiceRules:
         for service, cs in by_service.items():
             ids = frozenset(c.container_id for c in cs)
             if self.ids.get(service, ids) != ids:
-                self.forget(service)
+                self._replaced(service, self.forget(service))
             self.ids[service] = ids
+            self.service_of.update((cid, service) for cid in ids)
         failed = {e.probe for e in snap.errors}
         why: Reasons = {}
         for c in snap.containers:
@@ -45,8 +58,11 @@ class ServiceRules:
             for table in (self.restart_count, self.restarts):
                 for cid in [k for k in table if k not in live]:
                     del table[cid]
-            self.a.drop("restart-loop", set(live))
-            self.a.drop("oom", set(live))
+            for rule in ("restart-loop", "oom"):
+                for gone in self.a.drop(rule, set(live)):
+                    svc = self.service_of.get(str(gone), "?")
+                    self._replaced(svc, [rule])
+            self.service_of = {k: v for k, v in self.service_of.items() if k in live}
         for service, cs in sorted(by_service.items()):
             self._health(service, [c.health for c in cs], why)
         self._access(snap, why)

@@ -591,3 +591,29 @@ def test_a_new_container_starts_its_alerts_over() -> None:
     ]
     out = run(r, new)
     assert [[x.action for x in d] for _, d in out] == [[], [], ["recreate"]]
+    assert [(e.level, e.message) for e in rule_events(out[0][0], "health")] == [
+        ("info", "ocr has a new container (resolved)")
+    ]
+
+
+def test_a_successful_recreate_resolves_the_alert_and_needs_new_evidence() -> None:
+    r = rules()
+    out = run(r, [access_snap(T0 + i * STEP, False) for i in range(3)])
+    (decision,) = out[-1][1]
+    r.record(decision, True, T0 + 2 * STEP)
+    out = run(r, [access_snap(T0 + (3 + i) * STEP, False, "embeddings-c2") for i in range(3)])
+    assert [(e.level, e.message) for e in rule_events(out[0][0], "gpu-access")] == [
+        ("info", "embeddings recreated (resolved)")
+    ]
+    assert [[x.action for x in d] for _, d in out] == [[], [], ["recreate"]]
+
+
+def test_a_replaced_container_resolves_its_restart_loop() -> None:
+    r = rules()
+    run(r, restarts_seq([0, 3]))
+    fresh = snap(T0 + 60, containers=(container("embeddings", "embeddings-c2"),))
+    ((ev, d),) = run(r, [fresh])
+    assert [(e.level, e.service) for e in rule_events(ev, "restart-loop")] == [
+        ("info", "embeddings")
+    ]
+    assert d == []
