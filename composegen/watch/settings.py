@@ -65,11 +65,16 @@ def parse_duration(text: str, where: str, *, allow_zero: bool = False) -> float:
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise BadInputError(f"{where}: expected a duration, got {text!r}", "e.g. 30s, 5m, 1h")
     raw = str(text).strip()
-    m = _DURATION.fullmatch(raw)
-    if m is None:
-        hint = "a duration is not negative" if raw.startswith("-") else "e.g. 250ms, 30s, 5m, 1h"
-        raise BadInputError(f"{where}: {raw!r} is not a duration", hint)
-    seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if isinstance(text, str):
+        m = _DURATION.fullmatch(raw)
+        if m is None:
+            hint = "not negative" if raw.startswith("-") else "e.g. 250ms, 30s, 5m, 1h"
+            raise BadInputError(f"{where}: {raw!r} is not a duration", hint)
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    else:  # a number of seconds, from YAML
+        seconds = float(text) if abs(text) < 1e300 else math.inf
+        if seconds < 0 or math.isnan(seconds):
+            raise BadInputError(f"{where}: {raw!r} is not a duration", "not negative")
     if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
         raise BadInputError(f"{where}: {raw!r} is longer than 30 days", "use a shorter duration")
     if seconds == 0 and not allow_zero:

@@ -55,6 +55,15 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text, "--interval") == seconds
 
 
+def test_parse_duration_takes_yaml_numbers() -> None:
+    assert parse_duration(300, "watch.restore_after_s") == 300.0  # type: ignore[arg-type]
+    assert parse_duration(1e-3, "watch.restore_after_s") == 0.001  # type: ignore[arg-type]
+    with pytest.raises(BadInputError, match="longer than 30 days"):
+        parse_duration(10**400, "watch.restore_after_s")  # type: ignore[arg-type]
+    with pytest.raises(BadInputError, match="is not a duration"):
+        parse_duration(-5, "watch.restore_after_s")  # type: ignore[arg-type]
+
+
 def test_parse_duration_zero_only_where_allowed() -> None:
     assert parse_duration("0s", "--x", allow_zero=True) == 0.0
     with pytest.raises(BadInputError, match=r"^--interval: '0s' is zero"):
