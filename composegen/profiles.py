@@ -162,6 +162,9 @@ class Profile:
     tunables: Mapping[str, str] = field(default_factory=dict)
     volumes: tuple[str, ...] = ()
     path: str = ""
+    # `watch:` as written (schema-checked, durations still "10m" text); composegen.watch.settings
+    # .thresholds_for turns it into Thresholds
+    watch: Mapping[str, Any] = field(default_factory=dict)
 
     def service(self, name: str) -> Service:
         for s in self.services:
@@ -250,6 +253,9 @@ def _say(error: Any) -> str:
     if v == "const":
         return f"must be {error.validator_value!r}"
     if v == "pattern":
+        said = str(error.schema.get("description", ""))
+        if said.startswith("a duration"):  # watch's durations: say what one looks like
+            return f"{error.instance!r} is not {said.split(';')[0]}"
         return f"{error.instance!r} does not match {error.validator_value}"
     if v in ("minItems", "minProperties"):
         return "must not be empty"
@@ -292,7 +298,7 @@ def validate(data: Any, where: str, sources: Sequence[bytes] | None = None) -> N
     _check_references(data, where)
 
 
-def _validate_schema(data: Any, where: str) -> None:
+def _validate_schema(data: Any, where: str, schema: dict[str, Any] | None = None) -> None:
     import jsonschema
 
     # JSON Schema counts 2.0 as an integer; the planner needs real ints (range(), indices).
@@ -301,13 +307,42 @@ def _validate_schema(data: Any, where: str) -> None:
         "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
     )
     strict_validator = jsonschema.validators.extend(base, type_checker=strict)  # type: ignore[no-untyped-call]
-    validator = strict_validator(_schema())
+    validator = strict_validator(schema or _schema())
     errors = sorted(
         validator.iter_errors(data), key=lambda e: (len(e.path), list(map(str, e.path)))
     )
     if errors:
         best = jsonschema.exceptions.best_match(errors) or errors[0]
         raise ProfileError(f"{where}: {_where(best.absolute_path)}: {_say(best)}")
+
+
+def validate_watch(section: Any, where: str) -> None:
+    """`section` against the schema's `watch:` part alone (a `--set watch.KEY=VALUE` of
+    `composegen watch`): the same types and bounds as in a profile, errors naming `where`."""
+    root = _schema()
+    _validate_schema({"watch": section}, where, {"$defs": root["$defs"], **_watch_schema(root)})
+
+
+def _watch_schema(root: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"watch": root["properties"]["watch"]},
+    }
+
+
+def _check_watch(data: dict[str, Any], where: str) -> None:
+    """What the schema cannot say of `watch:`: durations above 0 and at most 30 days, the
+    memory warn level below the critical one (with the defaults filled in)."""
+    section = data.get("watch")
+    if not section:
+        return
+    from composegen.watch.settings import check_section
+
+    try:
+        check_section(section, where)
+    except BadInputError as exc:  # a ProfileError, so that a bad --set is named (load)
+        raise ProfileError(exc.message, exc.hint) from None
 
 
 def _check_references(data: dict[str, Any], where: str) -> None:
@@ -356,6 +391,7 @@ def _check_references(data: dict[str, Any], where: str) -> None:
     if not 1 <= gw_port <= 65535:
         raise ProfileError(f"{where}: gateway.port: must be between 1 and 65535")
     _check_planner_rules(data, where)
+    _check_watch(data, where)
 
 
 def _check_planner_rules(data: dict[str, Any], where: str) -> None:
@@ -699,4 +735,5 @@ def from_data(data: dict[str, Any], where: str) -> Profile:
         tunables=_env(data.get("tunables")),
         volumes=tuple((data.get("volumes") or {}).keys()),
         path=where,
+        watch=dict(data.get("watch") or {}),
     )

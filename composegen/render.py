@@ -713,8 +713,11 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
         "tiered": [s.name for s in prof.services if s.gpu and s.gpu.replicas == "tiers"],
         "tier_share_pct": NOMINAL_SHARE_PCT,
     }
+    from composegen import monitoring
+
     files = [
-        OutFile("docker-compose.yml", dump_yaml(compose, header)),
+        # the `monitor` profile (Prometheus, Grafana) rides in the main file, off by default
+        OutFile("docker-compose.yml", dump_yaml(monitoring.add_to_compose(prof, compose), header)),
         OutFile("nginx/nginx.conf", nginx_conf(prof, plan)),
         OutFile(".env", env.get_template("env.j2").render(**ctx), 0o600),
         OutFile(
@@ -729,6 +732,7 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
         OutFile("fallback/nginx.cpu.conf", nginx_conf(prof, cplan, cpu_names=True)),
         OutFile("STACK.md", env.get_template("STACK.md.j2").render(**ctx)),
     ]
+    files += monitoring.files(prof, header)
     if prof.gateway.api_key:
         files.append(OutFile("nginx/auth.conf", auth_conf(prof.gateway.api_key), 0o600))
     return files

@@ -202,9 +202,13 @@ class StackCache:
 # --- compose helpers --------------------------------------------------------------------------
 
 
-def services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = data.get("services") or {}
-    return out
+def services(data: dict[str, Any], profile: str | None = None) -> dict[str, dict[str, Any]]:
+    """The services Compose starts by default (no `profiles:`), or with `profile` those of that
+    Compose profile only (the `monitor` profile's prometheus and grafana)."""
+    every: dict[str, dict[str, Any]] = data.get("services") or {}
+    if profile is None:
+        return {n: b for n, b in every.items() if not b.get("profiles")}
+    return {n: b for n, b in every.items() if profile in (b.get("profiles") or ())}
 
 
 def reserved_devices(block: dict[str, Any]) -> list[dict[str, Any]]:

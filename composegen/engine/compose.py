@@ -4,6 +4,12 @@ Hand edits are honoured because this reads the file, not the plan. `.env` beside
 interpolated like Compose: `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}`,
 `$VAR`, and `$$` for a literal `$`; the process environment wins over `.env`. A key this loader
 does not support is an error naming the key and the service: it is never silently ignored.
+
+Compose profiles: a service with `profiles: [...]` is part of the project only when one of its
+profiles is active (COMPOSE_PROFILES from the environment or .env, comma-separated, `*` for
+all; or the `profiles` argument), as Compose does; the others are left out (named in
+`Project.inactive`, so `up` does not take their containers for orphans), with the networks and
+volumes only they use.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,10 +59,12 @@ SUPPORTED_SERVICE_KEYS = frozenset(
         "stop_grace_period",
     }
     | set(_EXTRA_KEYS)
-    | {"pids_limit"}
+    | {"pids_limit", "profiles", "extra_hosts"}
 )
 SUPPORTED_TOP_KEYS = frozenset({"services", "networks", "volumes", "name", "version"})
 MAX_COMPOSE_BYTES = 8 * 1024 * 1024
+PROFILES_ENV = "COMPOSE_PROFILES"
+_PROFILE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 
 class ComposeFileError(BadInputError):
@@ -156,6 +164,8 @@ class Project:
     services: tuple[Service, ...]
     networks: tuple[Network, ...]
     volumes: tuple[Volume, ...]
+    # services of the file left out because none of their profiles is active
+    inactive: tuple[str, ...] = ()
 
     def service(self, name: str) -> Service:
         for s in self.services:
@@ -388,6 +398,39 @@ def _mapping(value: Any, where: str) -> dict[str, str]:
             out[k] = v
         return out
     raise ComposeFileError(f"{where}: expected a mapping or a list of KEY=VALUE")
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _extra_hosts(value: Any, where: str) -> list[str]:
+    """extra_hosts as the engine takes them: ["NAME:ADDRESS", ...]. Compose writes a list of
+    NAME:ADDRESS (or NAME=ADDRESS) or a mapping; ADDRESS is an IP or `host-gateway`."""
+    import ipaddress
+
+    pairs: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        for item in value:
+            sep = "=" if "=" in item else ":"
+            name, _, addr = item.partition(sep)
+            pairs.append((name, addr))
+    else:
+        raise ComposeFileError(f"{where}: expected a list of NAME:ADDRESS or a mapping")
+    out = []
+    for name, addr in pairs:
+        if not _HOST_NAME.fullmatch(name):
+            raise ComposeFileError(f"{where}: {name!r} is not a host name")
+        if addr != "host-gateway":
+            try:
+                addr = ipaddress.ip_address(addr.strip("[]")).compressed
+            except ValueError:
+                raise ComposeFileError(
+                    f"{where}.{name}: {addr!r} is not an IP address or host-gateway"
+                ) from None
+        out.append(f"{name}:{addr}")
+    return out
 
 
 def _dict(value: Any, where: str) -> dict[Any, Any]:
@@ -712,6 +755,8 @@ def _service(
         else:
             ulimits[key] = (_int(val, at), _int(val, at))
     extra: dict[str, Any] = {k: raw[k] for k in _EXTRA_KEYS if k in raw}
+    if "extra_hosts" in raw:
+        extra["extra_hosts"] = _extra_hosts(raw["extra_hosts"], f"{where}.extra_hosts")
     return Service(
         name=name,
         image=str(raw["image"]),
@@ -755,7 +800,45 @@ def project_name(
     return norm
 
 
-def load_project(file: Path, name: str | None = None, env_dir: Path | None = None) -> Project:
+def active_profiles(
+    env: Mapping[str, str], profiles: Sequence[str] | None = None
+) -> frozenset[str]:
+    """The profiles in force: `profiles` when given, else COMPOSE_PROFILES (comma-separated)."""
+    names = list(profiles) if profiles is not None else env.get(PROFILES_ENV, "").split(",")
+    out = set()
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        if name != "*" and not _PROFILE_NAME.fullmatch(name):
+            where = "a profile" if profiles is not None else PROFILES_ENV
+            raise ComposeFileError(
+                f"{where}: {name!r} is not a profile name",
+                "profile names are letters, digits, _ . - (e.g. COMPOSE_PROFILES=monitor)",
+            )
+        out.add(name)
+    return frozenset(out)
+
+
+def service_profiles(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise ComposeFileError(f"{where}: expected a list of profile names")
+    for p in raw:
+        if not _PROFILE_NAME.fullmatch(p):
+            raise ComposeFileError(f"{where}: {p!r} is not a profile name")
+    return tuple(raw)
+
+
+def load_project(
+    file: Path,
+    name: str | None = None,
+    env_dir: Path | None = None,
+    profiles: Sequence[str] | None = None,
+) -> Project:
+    """The project of a compose file. `profiles`: the active Compose profiles (None: from
+    COMPOSE_PROFILES in the environment or .env)."""
     import yaml
 
     if file.is_dir():
@@ -795,7 +878,7 @@ def load_project(file: Path, name: str | None = None, env_dir: Path | None = Non
         data = _interp_tree(data, env, "")
     pname = project_name(name, env, data, directory)
     with _in_file(file):
-        return _project(file, directory, pname, data)
+        return _project(file, directory, pname, data, active_profiles(env, profiles))
 
 
 @contextlib.contextmanager
@@ -810,7 +893,67 @@ def _in_file(file: Path) -> Iterator[None]:
         raise ComposeFileError(printable, exc.hint) from None
 
 
-def _project(file: Path, directory: Path, pname: str, data: dict[str, Any]) -> Project:
+def _split_profiles(
+    services: dict[str, Any], active: frozenset[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the services in force, the ones whose profiles are all inactive)."""
+    on: dict[str, Any] = {}
+    off: dict[str, Any] = {}
+    for name, raw in services.items():
+        where = f"services.{name}.profiles"
+        own = service_profiles(raw.get("profiles") if isinstance(raw, dict) else None, where)
+        if not own or "*" in active or active & set(own):
+            on[name] = raw
+        else:
+            off[name] = raw
+    for name, raw in on.items():
+        deps = raw.get("depends_on") if isinstance(raw, dict) else None
+        for dep in deps or ():
+            if isinstance(dep, str) and dep in off:
+                profs = ", ".join(service_profiles(off[dep].get("profiles"), dep))
+                raise ComposeFileError(
+                    f"services.{name}.depends_on: {dep} is in profile {profs}, which is not active",
+                    f"set {PROFILES_ENV}={profs.split(', ')[0]}, or remove the dependency",
+                )
+    return on, off
+
+
+def _uses(raw: Any, key: str) -> set[str]:
+    """The networks (key "networks") or named volumes (key "volumes") a raw service uses."""
+    if not isinstance(raw, dict):
+        return set()
+    value = raw.get(key)
+    if key == "networks":
+        if isinstance(value, (list, dict)):
+            return {str(n) for n in value}
+        return {"default"}
+    out = set()
+    for v in value or ():
+        src = v.get("source") if isinstance(v, dict) else str(v).split(":", 1)[0]
+        if src:
+            out.add(str(src))
+    return out
+
+
+def _project(
+    file: Path,
+    directory: Path,
+    pname: str,
+    data: dict[str, Any],
+    active: frozenset[str] = frozenset(),
+) -> Project:
+    on, off = _split_profiles(data["services"], active)
+    if off:
+        # what only the inactive services use is left out too (Compose creates neither)
+        nets_on = set().union(*(_uses(r, "networks") for r in on.values()))
+        vols_on = set().union(*(_uses(r, "volumes") for r in on.values()))
+        nets_off = set().union(*(_uses(r, "networks") for r in off.values())) - nets_on
+        vols_off = set().union(*(_uses(r, "volumes") for r in off.values())) - vols_on
+        data = dict(data, services=on)
+        if isinstance(data.get("networks"), dict):
+            data["networks"] = {k: v for k, v in data["networks"].items() if k not in nets_off}
+        if isinstance(data.get("volumes"), dict):
+            data["volumes"] = {k: v for k, v in data["volumes"].items() if k not in vols_off}
     nets_raw = _dict(data.get("networks"), "networks")
     networks = [Network("default")] if "default" not in nets_raw else []
     for nname, spec in nets_raw.items():
@@ -851,7 +994,9 @@ def _project(file: Path, directory: Path, pname: str, data: dict[str, Any]) -> P
     if not used_default:
         networks = [n for n in networks if n.name != "default" or "default" in nets_raw]
     _check_cycles(services)
-    return Project(pname, directory, file, services, tuple(networks), tuple(volumes))
+    return Project(
+        pname, directory, file, services, tuple(networks), tuple(volumes), tuple(sorted(off))
+    )
 
 
 def _check_cycles(services: tuple[Service, ...]) -> None:

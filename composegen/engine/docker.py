@@ -221,6 +221,7 @@ def create_container(
         cap_add=extra.get("cap_add"),
         cap_drop=extra.get("cap_drop"),
         init=extra.get("init"),
+        extra_hosts=extra.get("extra_hosts"),
     )
     healthcheck = None
     if svc.healthcheck is not None:

@@ -59,7 +59,9 @@ def converge(project: Project, existing: list[Existing]) -> Convergence:
         else:
             actions[svc.name] = "keep"
     for name, have in by_service.items():
-        if name not in wanted:
+        # a service of an inactive Compose profile (started by `docker compose --profile`) is
+        # part of the file, not an orphan
+        if name not in wanted and name not in project.inactive:
             remove.extend(e.id for e in have)
     kept = {n: h[0].id for n, h in by_service.items() if n in wanted and h}
     return Convergence(actions, tuple(remove), kept)

@@ -70,7 +70,7 @@ def test_render_then_rerender_then_check(tmp_path: Path) -> None:
     out = tmp_path / "stack"
     first = run_cli("render", "--profile", "ollama-replicas", "--reference", "-o", str(out))
     assert first.returncode == 0, first.stderr
-    assert "wrote 8 file(s)" in first.stdout
+    assert "wrote 12 file(s)" in first.stdout
     compose = yaml.safe_load((out / "docker-compose.yml").read_text())
     assert compose["services"]["gateway"]["ports"] == ["127.0.0.1:8080:8080"]
     assert (out / ".env").stat().st_mode & 0o777 == 0o600
@@ -78,7 +78,7 @@ def test_render_then_rerender_then_check(tmp_path: Path) -> None:
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = run_cli("render", "--profile", "ollama-replicas", "--reference", "-o", str(out))
     assert again.returncode == 0
-    assert "wrote 0 file(s), 8 unchanged" in again.stdout
+    assert "wrote 0 file(s), 12 unchanged" in again.stdout
     assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     ok = run_cli("render", "--profile", "ollama-replicas", "--reference", "-o", str(out), "--check")
     assert ok.returncode == 0 and "up to date" in ok.stdout
@@ -138,7 +138,7 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "stack"
     proc = run_cli("render", "-p", "zenglow-personas", "--reference", "-o", str(out), "--dry-run")
     assert proc.returncode == 0
-    assert "would write 8 file(s)" in proc.stdout
+    assert "would write 12 file(s)" in proc.stdout
     named = [
         ln.removeprefix("  would write ")
         for ln in proc.stdout.splitlines()
@@ -152,6 +152,10 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
             "docker-compose.yml",
             "fallback/docker-compose.cpu.yml",
             "fallback/nginx.cpu.conf",
+            "monitoring/grafana/dashboards/composegen-watch.json",
+            "monitoring/grafana/provisioning/dashboards/composegen.yml",
+            "monitoring/grafana/provisioning/datasources/composegen.yml",
+            "monitoring/prometheus/prometheus.yml",
             "nginx/nginx.conf",
             "scripts/emergency-fallback.sh",
             "scripts/healthcheck.sh",

@@ -78,6 +78,11 @@ EXPECTED_FILES = {
     CPU_COMPOSE,
     CPU_NGINX,
     "STACK.md",
+    # the monitor profile's configuration (tests/unit/test_render_monitoring.py)
+    "monitoring/prometheus/prometheus.yml",
+    "monitoring/grafana/provisioning/datasources/composegen.yml",
+    "monitoring/grafana/provisioning/dashboards/composegen.yml",
+    "monitoring/grafana/dashboards/composegen-watch.json",
 }
 RESTART_POLICIES = {"always", "unless-stopped", "on-failure"}
 GPU_ENV_VARS = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
