@@ -1129,7 +1129,6 @@ def watch(
     Exit codes: 0 stopped by SIGTERM / Ctrl-C, or --once with no critical condition;
     1 --once saw a critical condition (or a runtime failure); 2 bad input.
     """
-    import importlib
     from pathlib import Path
 
     from composegen.engine import failover
@@ -1142,7 +1141,8 @@ def watch(
         )
     where = Path(directory)
     check_stack(where)
-    settings = importlib.import_module("composegen.watch.settings")
+    from composegen.watch import settings
+
     options = WatchOptions(
         interval_s=settings.parse_duration(interval, "--interval"),
         heal=heal,
@@ -1158,7 +1158,8 @@ def watch(
     )
     check_options(options)
     if install:
-        systemd = importlib.import_module("composegen.watch.systemd")
+        from composegen.watch import systemd
+
         project = project_of(where.resolve(), project_name)
         argv = _watch_argv(where.resolve(), project, options, interval)
         click.echo(systemd.install(where.resolve(), project, argv, print_only))

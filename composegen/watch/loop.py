@@ -346,9 +346,9 @@ def check_options(options: WatchOptions) -> None:
             "pass a file from `composegen detect --save` (or any file `detect --from` reads)",
         )
     if options.metrics is not None:
-        import importlib
+        from composegen.watch.metrics import parse_addr
 
-        importlib.import_module("composegen.watch.metrics").parse_addr(options.metrics)
+        parse_addr(options.metrics)
 
 
 def run_watch(directory: Path, project: str | None, options: WatchOptions, io: failover.Io) -> int:

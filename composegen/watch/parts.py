@@ -15,7 +15,12 @@ from typing import Any
 from composegen import app
 from composegen.engine import failover
 from composegen.engine.compose import load_project
+from composegen.watch import settings, view
+from composegen.watch.events import EventLog, Notifier, event_line
 from composegen.watch.loop import EVENT_LOG, Parts, Sink, WatchOptions
+from composegen.watch.metrics import Metrics
+from composegen.watch.rules import Rules
+from composegen.watch.stats import Stats
 from composegen.watch.types import Event, Probe, Snapshot
 
 
@@ -23,11 +28,11 @@ def _mod(name: str) -> Any:
     return importlib.import_module(f"composegen.watch.{name}")
 
 
-def thresholds(directory: Path, options: WatchOptions) -> Any:
+def thresholds(directory: Path, options: WatchOptions) -> settings.Thresholds:
     """The profile's `watch:` section over the defaults, then --set watch.KEY=VALUE, then
     --restore-after."""
     built = app.rebuild(app.load_inputs(directory))
-    th = _mod("settings").thresholds_for(built.profile, options.sets)
+    th = settings.thresholds_for(built.profile, options.sets)
     if options.restore_after_s is not None:
         th = replace(th, restore_after_s=options.restore_after_s)
     return th
@@ -54,7 +59,7 @@ class StatsSink:
     """Feeds the rolling request stats that the metrics and the view read."""
 
     def __init__(self) -> None:
-        self.stats = _mod("stats").Stats()
+        self.stats = Stats()
 
     def handle(self, snap: Snapshot, events: Sequence[Event]) -> None:
         self.stats.add(snap.requests)
@@ -65,7 +70,7 @@ class StatsSink:
 
 class MetricsSink:
     def __init__(self, stack: str, addr: str, stats: StatsSink) -> None:
-        self.metrics = _mod("metrics").Metrics(stack)
+        self.metrics = Metrics(stack)
         self.server = self.metrics.serve(addr)
         self.stats = stats
 
@@ -84,7 +89,7 @@ class MetricsSink:
 
 class EventLogSink:
     def __init__(self, path: Path) -> None:
-        self.log = _mod("events").EventLog(path)
+        self.log = EventLog(path)
 
     def handle(self, snap: Snapshot, events: Sequence[Event]) -> None:
         if events:
@@ -96,7 +101,7 @@ class EventLogSink:
 
 class NotifySink:
     def __init__(self, url: str, stack: str, warn: Any) -> None:
-        self.notifier = _mod("events").Notifier(url, stack=stack, warn=warn)
+        self.notifier = Notifier(url, stack=stack, warn=warn)
 
     def handle(self, snap: Snapshot, events: Sequence[Event]) -> None:
         if events:
@@ -113,8 +118,7 @@ class TerminalSink:
     def __init__(self, options: WatchOptions, stats: StatsSink) -> None:
         self.options = options
         self.stats = stats
-        self.view = _mod("view")
-        self.live: Any = None
+        self.live: view.LiveView | None = None
         self.last: list[Event] = []
         self.tty = sys.stdout.isatty() and not options.json and not options.once
 
@@ -122,24 +126,23 @@ class TerminalSink:
         self.last = (self.last + list(events))[-5:]
         stats = self.stats.stats
         if self.options.json:
-            for line in self.view.json_lines(snap, stats, events):
+            for line in view.json_lines(snap, stats, events):
                 print(line, flush=True)
             return
         if self.tty:
             if self.live is None:
-                self.live = self.view.LiveView()
+                self.live = view.LiveView()
                 self.live.__enter__()
             self.live.update(snap, stats, self.last)
             return
-        events_mod = _mod("events")
         if self.options.once:
             # the snapshot's footer shows the last 5 events: the earlier ones first, each once
             for e in list(events)[:-5]:
-                print(events_mod.event_line(e), flush=True)
-            print(self.view.snapshot_text(snap, stats, list(events)[-5:]), end="", flush=True)
+                print(event_line(e), flush=True)
+            print(view.snapshot_text(snap, stats, list(events)[-5:]), end="", flush=True)
             return
         for e in events:
-            print(events_mod.event_line(e), flush=True)
+            print(event_line(e), flush=True)
 
     def close(self) -> None:
         if self.live is not None:
@@ -148,7 +151,7 @@ class TerminalSink:
 
 
 def default_parts(directory: Path, project: str, options: WatchOptions, io: failover.Io) -> Parts:
-    rules = _mod("rules").Rules(thresholds(directory, options))
+    rules = Rules(thresholds(directory, options))
     healer = None
     if options.heal:
         from composegen.watch.heal import Healer
