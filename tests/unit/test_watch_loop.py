@@ -341,3 +341,54 @@ def test_watch_print_needs_install(tmp_path: Path, capsys: pytest.CaptureFixture
         "composegen: error: --print goes with --install "
         "(run `composegen watch --install --print`)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--interval", "soon"], "--interval"),
+        (["--restore-after", "5 parsecs"], "--restore-after"),
+        (["--metrics", "127.0.0.1:99999"], "--metrics"),
+        (["--inventory", "/nonexistent/inv.json"], "--inventory /nonexistent/inv.json"),
+        (["--set", "watch.memory_warn_pct=lots"], "watch.memory_warn_pct"),
+    ],
+)
+def test_watch_bad_option_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], names: str
+) -> None:
+    from tests.unit.test_cli_detect import call
+
+    out = rendered(tmp_path)
+    before = sorted(p.name for p in (out / ".composegen").iterdir())
+    code, stdout, err = call(["watch", "-C", str(out), "-p", PROJECT, "--once", *args], capsys)
+    assert code == 2, (stdout, err)
+    assert err.count("\n") == 1 and err.startswith("composegen: error: ") and names in err
+    assert sorted(p.name for p in (out / ".composegen").iterdir()) == before
+
+
+def test_thresholds_take_the_sets_and_restore_after(tmp_path: Path) -> None:
+    from composegen.watch.parts import thresholds
+
+    out = rendered(tmp_path)
+    th = thresholds(out, WatchOptions(restore_after_s=3.0, sets=("watch.heal_max=2",)))
+    assert th.restore_after_s == 3.0 and th.heal_max == 2
+    assert th.memory_warn_pct == 85.0  # the seed's default stays
+
+
+def test_once_prints_every_event_once_then_the_snapshot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from composegen.watch.parts import StatsSink, TerminalSink
+
+    out = rendered(tmp_path)
+    snap = Snapshot.of(NOW, stack_info(out, PROJECT), [GPU0, WHISPER])
+    events = [
+        Event(NOW, "warn", "memory", f"GPU {i} memory at 8{i} %", gpu=i, value=80 + i)
+        for i in range(7)
+    ]
+    sink = TerminalSink(WatchOptions(once=True), StatsSink())
+    sink.handle(snap, events)
+    printed = capsys.readouterr().out
+    for e in events:
+        assert printed.count(e.message) == 1, (e.message, printed)
+    assert printed.index("GPU 1 memory") < printed.index("whisper") < printed.index("GPU 6 memory")
