@@ -1132,7 +1132,13 @@ def watch(
     from pathlib import Path
 
     from composegen.engine import failover
-    from composegen.watch.loop import WatchOptions, check_options, check_stack, run_watch
+    from composegen.watch.loop import (
+        WatchOptions,
+        check_options,
+        check_stack,
+        run_watch,
+        unit_args,
+    )
     from composegen.watch.loop import project_name as project_of
 
     if print_only and not install:
@@ -1161,7 +1167,7 @@ def watch(
         from composegen.watch import systemd
 
         project = project_of(where.resolve(), project_name)
-        argv = _watch_argv(where.resolve(), project, options, interval)
+        argv = unit_args(options, interval, restore_after)
         click.echo(systemd.install(where.resolve(), project, argv, print_only))
         return
 
@@ -1173,25 +1179,6 @@ def watch(
 
     code = run_watch(where, project_name, options, failover.Io(say))
     sys.exit(code)
-
-
-def _watch_argv(directory: Any, project: str, options: Any, interval: str) -> list[str]:
-    """The watch command as the systemd unit runs it: the options given, without --install
-    and --print, with the directory absolute and the project named."""
-    out = ["watch", "-C", str(directory), "-p", project, "--interval", interval]
-    out += ["--heal"] if options.heal else []
-    for flag, value in (
-        ("--metrics", options.metrics),
-        ("--notify", options.notify),
-        ("--inventory", options.inventory),
-    ):
-        if value:
-            out += [flag, value]
-    if options.restore_after_s is not None:
-        out += ["--restore-after", f"{options.restore_after_s:g}s"]
-    for item in options.sets:
-        out += ["--set", item]
-    return out
 
 
 @cli.command("lint", context_settings=CONTEXT)

@@ -272,7 +272,10 @@ def gpus_failed(
                 "run `composegen fallback --restore` first",
             )
         write_changed(project.directory, before.files, rebuilt.files, force)
-        switch.apply_rerender(client, project.directory, project.name, report)
+        conf_changed = any(
+            f.path == "nginx/nginx.conf" for f in changed_files(before.files, rebuilt.files)
+        )
+        switch.apply_rerender(client, project.directory, project.name, report, conf_changed)
         app.save_inputs(project.directory, after_inputs)
         write_mode(
             project.directory,

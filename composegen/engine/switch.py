@@ -321,14 +321,19 @@ def replace_behind_gateway(
 
 
 def apply_rerender(
-    client: Any, directory: Path, name: str | None, report: engine_up.Report
+    client: Any,
+    directory: Path,
+    name: str | None,
+    report: engine_up.Report,
+    conf_changed: bool = True,
 ) -> engine_up.UpResult:
-    """The re-planned stack is on disk: let the gateway drop what is gone, move the services
-    whose new container can run beside the old one (a spare GPU, no host port) make before
-    break, then converge the rest."""
+    """The re-planned stack is on disk: let the gateway drop what is gone (when the re-plan
+    changed nginx.conf), move the services whose new container can run beside the old one (a
+    spare GPU, no host port) make before break, then converge the rest."""
     project = load_project(directory / "docker-compose.yml", name)
-    new_conf = (directory / "nginx" / "nginx.conf").read_text(encoding="utf-8")
-    reload_nginx(client, project.name, directory, new_conf)
+    if conf_changed:
+        new_conf = (directory / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+        reload_nginx(client, project.name, directory, new_conf)
     move_ahead(client, project, report)
     # the gateway already serves the new configuration: reload again only if a backend got a
     # new container (and address), not merely because the failed one is removed

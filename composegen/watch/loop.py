@@ -351,6 +351,26 @@ def check_options(options: WatchOptions) -> None:
         parse_addr(options.metrics)
 
 
+def unit_args(options: WatchOptions, interval: str, restore_after: str | None) -> list[str]:
+    """The options of this watch command as the systemd unit runs it (after `watch -C DIR -p
+    NAME`): without --install and --print, the inventory file's path absolute (the unit runs
+    in the stack's directory)."""
+    out = ["--interval", interval]
+    out += ["--heal"] if options.heal else []
+    inventory = str(Path(options.inventory).resolve()) if options.inventory else None
+    for flag, value in (
+        ("--metrics", options.metrics),
+        ("--notify", options.notify),
+        ("--inventory", inventory),
+        ("--restore-after", restore_after),
+    ):
+        if value:
+            out += [flag, value]
+    for item in options.sets:
+        out += ["--set", item]
+    return out
+
+
 def run_watch(directory: Path, project: str | None, options: WatchOptions, io: failover.Io) -> int:
     """`composegen watch` without Click: with --once one step (exit 1 when it saw a critical
     event, else 0); otherwise until SIGTERM or SIGINT, then everything closed (exit 0)."""

@@ -5,6 +5,8 @@ them: what reaches whom, in which order, and what happens when the engine goes a
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -392,3 +394,26 @@ def test_once_prints_every_event_once_then_the_snapshot(
     for e in events:
         assert printed.count(e.message) == 1, (e.message, printed)
     assert printed.index("GPU 1 memory") < printed.index("whisper") < printed.index("GPU 6 memory")
+
+
+def test_install_print_shows_the_unit_running_this_watch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.test_cli_detect import call
+
+    out = rendered(tmp_path)
+    (tmp_path / "inv.json").write_text(Path(inventory_file(tmp_path, "a100_8x80")).read_text())
+    monkeypatch.chdir(tmp_path)
+    bindir = Path(sys.executable).parent  # (where the composegen command is installed)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    args = ["watch", "-C", str(out), "-p", PROJECT, "--install", "--print", "--heal"]
+    args += ["--interval", "2s", "--inventory", "inv.json", "--set", "watch.heal_max=2"]
+    code, printed, err = call(args, capsys)
+    assert code == 0, err
+    line = next(x for x in printed.splitlines() if x.startswith("ExecStart="))
+    words = line.split()
+    assert words[1:7] == ["watch", "-C", str(out.resolve()), "-p", PROJECT, "--interval"]
+    assert words.count("watch") == 1
+    assert "--install" not in words and "--print" not in words
+    assert words[words.index("--inventory") + 1] == str(tmp_path.resolve() / "inv.json")
+    assert "--heal" in words and "watch.heal_max=2" in words
