@@ -26,6 +26,7 @@ from composegen.engine import docker as eng
 from composegen.engine import failover
 from composegen.engine.state import read_mode
 from composegen.errors import BadInputError, ComposegenError
+from composegen.watch.pacing import PACED, Paced
 from composegen.watch.types import (
     Decision,
     Event,
@@ -186,12 +187,15 @@ class Watcher:
     # one interval
 
     def step(self, now: float) -> tuple[Snapshot, list[Event]]:
+        """One interval: (the snapshot as shown, the events). The rules judge only what was
+        read this interval; the outputs also show a paced probe's last values."""
         events: list[Event] = []
         info = self._info(now, events)
         self._connect()
-        signals = self._read(now)
-        snap = Snapshot.of(now, info, signals)
-        found, decisions = self.parts.rules.evaluate(snap)
+        signals, known = self._read(now)
+        fresh = Snapshot.of(now, info, signals)
+        snap = Snapshot.of(now, info, signals + known) if known else fresh
+        found, decisions = self.parts.rules.evaluate(fresh)
         events += found
         if decisions:
             events += self._act(decisions[0], now)
@@ -233,17 +237,28 @@ class Watcher:
         for p in self.probes:
             p.close()
         self.client = client
-        self.probes = self.parts.probes(client)
+        interval = self.options.interval_s
+        self.probes = [
+            Paced(p, interval) if p.name in PACED else p for p in self.parts.probes(client)
+        ]
 
-    def _read(self, now: float) -> list[Signal]:
-        """Every probe, in parallel (most wait on the engine, a file or HTTP)."""
+    def _read(self, now: float) -> tuple[list[Signal], list[Signal]]:
+        """Every probe that is due, in parallel (most wait on the engine, a file or HTTP):
+        (what was read now, the last values of the paced probes not read now)."""
+        known: list[Signal] = []
         if not self.probes:
-            return []
+            return [], known
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 max_workers=max(1, len(self.probes)), thread_name_prefix="watch-probe"
             )
-        futures = [(p, self._pool.submit(p.read, now)) for p in self.probes]
+        due = []
+        for p in self.probes:
+            if isinstance(p, Paced) and not p.due():
+                known += p.last
+            else:
+                due.append(p)
+        futures = [(p, self._pool.submit(p.read, now)) for p in due]
         out: list[Signal] = []
         for probe, fut in futures:
             try:
@@ -252,7 +267,7 @@ class Watcher:
                 out.append(ProbeError(probe.name, f"{type(exc).__name__}: {eng.first_line(exc)}"))
         if self._engine_error is not None:
             out.append(ProbeError("containers", self._engine_error))
-        return out
+        return out, known
 
     def _act(self, decision: Decision, now: float) -> list[Event]:
         if self.parts.healer is None or not self.options.heal:

@@ -25,6 +25,7 @@ from composegen.watch.types import (
     ContainerSignal,
     Decision,
     Event,
+    GpuAccessSignal,
     GpuSignal,
     ProbeError,
     Signal,
@@ -417,3 +418,58 @@ def test_install_print_shows_the_unit_running_this_watch(
     assert "--install" not in words and "--print" not in words
     assert words[words.index("--inventory") + 1] == str(tmp_path.resolve() / "inv.json")
     assert "--heal" in words and "watch.heal_max=2" in words
+
+
+# --- pacing: the probes that exec into every container --------------------------------------------
+
+
+def access(n: int, bad: int | None = None) -> list[Signal]:
+    return [
+        GpuAccessSignal(f"ollama-{i}", f"c{i}", i != bad, "" if i != bad else "Failed to init")
+        for i in range(n)
+    ]
+
+
+def test_exec_probes_on_a_large_stack_are_paced_and_the_rules_see_only_real_reads(
+    tmp_path: Path,
+) -> None:
+    """23 containers at 5 s: 23 execs x 7 ms within 0.5 % of a core is a read every 7th
+    interval (23 * 0.007 / 0.025 = 6.44, rounded up). Between reads the rules get no
+    gpu-access signal (a check must not count three times), the outputs the last ones."""
+    out = rendered(tmp_path)
+    probe = ScriptedProbe("gpu-access", [access(23)])
+    rules = ScriptedRules([])
+    w, sink = watcher(out, [probe], rules)
+    w.options = replace(w.options, interval_s=5.0)
+    for i in range(9):
+        w.step(NOW + 5 * i)
+    assert probe.reads == 2  # intervals 1 and 8
+    judged = [len(s.gpu_access) for s in rules.seen]
+    assert judged == [23, 0, 0, 0, 0, 0, 0, 23, 0]
+    assert [len(s.gpu_access) for s, _ in sink.got] == [23] * 9
+
+
+def test_a_paced_probe_that_saw_a_failure_is_read_again_at_the_next_interval(
+    tmp_path: Path,
+) -> None:
+    out = rendered(tmp_path)
+    probe = ScriptedProbe("gpu-access", [access(23, bad=4)] * 3 + [access(23)])
+    rules = ScriptedRules([])
+    w, _ = watcher(out, [probe], rules)
+    w.options = replace(w.options, interval_s=5.0)
+    for i in range(5):
+        w.step(NOW + 5 * i)
+    assert probe.reads == 4  # three failing reads in a row, then a good one: paced again
+    assert [len(s.gpu_access) for s in rules.seen] == [23, 23, 23, 23, 0]
+
+
+def test_a_small_stack_is_checked_every_interval(tmp_path: Path) -> None:
+    """rag-a100's 4 GPU containers at 5 s: 4 * 0.007 / 0.025 = 1.12, a read every 2nd
+    interval; at a 30 s interval, every one."""
+    out = rendered(tmp_path)
+    probe = ScriptedProbe("gpu-access", [access(4)])
+    w, _ = watcher(out, [probe], ScriptedRules([]))
+    w.options = replace(w.options, interval_s=30.0)
+    for i in range(3):
+        w.step(NOW + 30 * i)
+    assert probe.reads == 3
