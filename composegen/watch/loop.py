@@ -28,6 +28,7 @@ from composegen.engine.state import read_mode
 from composegen.errors import BadInputError, ComposegenError
 from composegen.watch.pacing import PACED, Paced
 from composegen.watch.types import (
+    ContainerSignal,
     Decision,
     Event,
     Probe,
@@ -267,6 +268,11 @@ class Watcher:
                 out.append(ProbeError(probe.name, f"{type(exc).__name__}: {eng.first_line(exc)}"))
         if self._engine_error is not None:
             out.append(ProbeError("containers", self._engine_error))
+        containers = [s for s in out if isinstance(s, ContainerSignal)]
+        if containers:
+            for p in self.probes:
+                if isinstance(p, Paced):
+                    p.set_targets(containers)
         return out, known
 
     def _act(self, decision: Decision, now: float) -> list[Event]:

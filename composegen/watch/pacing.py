@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from composegen.watch.types import GpuAccessSignal, Probe, ProbeError, Signal
+from composegen.watch.types import ContainerSignal, GpuAccessSignal, Probe, ProbeError, Signal
 
 EXEC_CPU_S = 0.007
 PACED = frozenset({"gpu-access", "residency"})
@@ -33,6 +33,12 @@ class Paced:
         self.skip = 0  # intervals left before the next read
         self.every = 1  # the last pacing: a read every `every` intervals
         self.last: list[Signal] = []
+        self.targets = 0  # containers it may exec into (set by the loop)
+
+    def set_targets(self, containers: Sequence[ContainerSignal]) -> None:
+        running = [c for c in containers if c.state == "running"]
+        gpu = self.name == "gpu-access"
+        self.targets = len([c for c in running if c.gpus] if gpu else running)
 
     def due(self) -> bool:
         """Whether this interval reads the probe (counts the interval when it does not)."""
@@ -44,7 +50,7 @@ class Paced:
     def read(self, now: float) -> Sequence[Signal]:
         out = list(self.probe.read(now))
         self.last = [s for s in out if not isinstance(s, ProbeError)]
-        n = len(self.last)
+        n = max(len(self.last), self.targets)
         self.every = max(1, math.ceil(n * EXEC_CPU_S / (self.budget * self.interval_s)))
         failing = any(isinstance(s, GpuAccessSignal) and s.ok is False for s in out)
         self.skip = 0 if failing else self.every - 1

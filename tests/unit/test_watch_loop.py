@@ -473,3 +473,21 @@ def test_a_small_stack_is_checked_every_interval(tmp_path: Path) -> None:
     for i in range(3):
         w.step(NOW + 30 * i)
     assert probe.reads == 3
+
+
+def test_residency_is_paced_by_the_containers_it_execs_into_not_by_what_it_found(
+    tmp_path: Path,
+) -> None:
+    """No model loaded anywhere (no residency signal), but 23 running containers to ask: after
+    the containers probe's first read, a read every 7th interval at 5 s."""
+    out = rendered(tmp_path)
+    running = [
+        ContainerSignal(f"ollama-{i}", f"c{i}", "running", "healthy", 0, False, None)
+        for i in range(23)
+    ]
+    residency = ScriptedProbe("residency", [[]])
+    w, _ = watcher(out, [ScriptedProbe("containers", [running]), residency], ScriptedRules([]))
+    w.options = replace(w.options, interval_s=5.0)
+    for i in range(9):
+        w.step(NOW + 5 * i)
+    assert residency.reads == 3  # intervals 1 and 2 (nothing known yet at 1), then 9
