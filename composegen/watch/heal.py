@@ -74,7 +74,7 @@ class Healer:
                     now,
                     "info",
                     "heal",
-                    f"{_what(decision)} not done this interval: busy ({exc.message}); "
+                    f"{describe(decision)} not done this interval: busy ({exc.message}); "
                     "tried again next interval",
                     service=decision.service,
                     gpu=decision.gpus[0] if decision.gpus else None,
@@ -114,7 +114,7 @@ class Healer:
             now,
             "critical",
             "heal",
-            f"{_what(decision)} failed: {exc.message} (why: {decision.reason}){last}",
+            f"{describe(decision)} failed: {exc.message} (why: {decision.reason}){last}",
             service=decision.service,
             gpu=decision.gpus[0] if decision.gpus else None,
             value=decision.action,
@@ -209,12 +209,16 @@ def _container_of(client: Any, project: str, service: str) -> Any:
     return None
 
 
-def _what(decision: Decision) -> str:
+def describe(decision: Decision) -> str:
+    """What the decision does, in words: "recreate whisper", "fail over GPU 0 (fallback
+    --gpu-failed)"."""
     if decision.action == "recreate":
         return f"recreate {decision.service}"
     if decision.action == "gpu-failed":
-        return f"fail over GPU {','.join(map(str, decision.gpus))}"
-    return {"cpu": "fallback to CPU", "restore": "restore"}.get(decision.action, decision.action)
+        return f"fail over GPU {','.join(map(str, decision.gpus))} (fallback --gpu-failed)"
+    if decision.action == "cpu":
+        return "move the stack to CPU (fallback --cpu)"
+    return "restore the GPU plan (fallback --restore)"
 
 
 def is_busy(events: list[Event]) -> bool:

@@ -26,6 +26,7 @@ from composegen.engine import docker as eng
 from composegen.engine import failover
 from composegen.engine.state import read_mode
 from composegen.errors import BadInputError, ComposegenError
+from composegen.watch.heal import describe, is_busy
 from composegen.watch.pacing import PACED, Paced
 from composegen.watch.types import (
     ContainerSignal,
@@ -285,13 +286,11 @@ class Watcher:
                     now,
                     "info",
                     "heal",
-                    f"would {_what(decision)} ({decision.reason}): run with --heal",
+                    f"would {describe(decision)} ({decision.reason}): run with --heal",
                     service=decision.service,
                     gpu=decision.gpus[0] if decision.gpus else None,
                 )
             ]
-        from composegen.watch.heal import is_busy
-
         ok, events = self.parts.healer.apply(decision, now)
         if not is_busy(events):
             self.parts.rules.record(decision, ok, now)
@@ -335,16 +334,6 @@ class Watcher:
                 self.io.say(f"watch: closing {type(sink).__name__}: {eng.first_line(exc)}")
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _what(decision: Decision) -> str:
-    if decision.action == "recreate":
-        return f"recreate {decision.service}"
-    if decision.action == "gpu-failed":
-        return f"fail over GPU {','.join(map(str, decision.gpus))} (fallback --gpu-failed)"
-    if decision.action == "cpu":
-        return "move the stack to CPU (fallback --cpu)"
-    return "restore the GPU plan (fallback --restore)"
 
 
 def check_stack(directory: Path) -> None:
