@@ -121,6 +121,19 @@ def _matches(labels: dict[str, str], filters: dict[str, Any] | None) -> bool:
     return True
 
 
+def _wanted(action: str, filters: dict[str, Any] | None) -> bool:
+    """The engine's `event` filter: exact, except health_status / exec_create / exec_start,
+    which match the action's prefix ("health_status: healthy")."""
+    wanted = (filters or {}).get("event")
+    if not wanted:
+        return True
+    names = [wanted] if isinstance(wanted, str) else list(wanted)
+    fuzzy = {"health_status", "exec_create", "exec_start"} & set(names)
+    if fuzzy:
+        return any(action == n or action.startswith(f"{n}:") for n in names)
+    return action in names
+
+
 class FakeContainer:
     def __init__(self, engine: FakeDocker, cid: str, name: str, spec: dict[str, Any]) -> None:
         self.engine = engine
@@ -618,7 +631,10 @@ class FakeDocker:
         }
         with self.lock:
             streams = [
-                s for s in self.event_streams if _matches(c.labels, getattr(s, "filters", None))
+                s
+                for s in self.event_streams
+                if _matches(c.labels, getattr(s, "filters", None))
+                and _wanted(action, getattr(s, "filters", None))
             ]
         for s in streams:
             s.items.put(event)

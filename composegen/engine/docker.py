@@ -492,10 +492,33 @@ def get_container(client: Any, cid: str) -> Any | None:
             return None
 
 
+# The container events that change what inspect says. Not exec_create / exec_start / exec_die:
+# every healthcheck run is an exec, so they come at each container's health interval.
+# (`health_status` matches "health_status: healthy" and "...: unhealthy": the engine matches it
+# fuzzily.)
+STATE_EVENTS = (
+    "create",
+    "start",
+    "restart",
+    "die",
+    "oom",
+    "kill",
+    "stop",
+    "pause",
+    "unpause",
+    "destroy",
+    "rename",
+    "update",
+    "health_status",
+)
+
+
 def container_events(client: Any, project: str) -> Any:
-    """The engine's event stream for the project's containers (decoded dicts, blocking; close()
-    ends it). Raises EngineError when the engine refuses it."""
+    """The engine's stream of the project's container events that change their state
+    (STATE_EVENTS; decoded dicts, blocking; close() ends it). Raises EngineError when the
+    engine refuses it."""
     filters = project_filter(project, type="container")
+    filters["event"] = list(STATE_EVENTS)
     with mapped_errors(f"events of project {project}"):
         return client.api.events(filters=filters, decode=True)
 

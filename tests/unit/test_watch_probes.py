@@ -134,6 +134,27 @@ def test_containers_inspect_only_what_changed_and_follow_events() -> None:
         probe.close()
 
 
+def test_containers_healthcheck_runs_are_not_changes() -> None:
+    """Each healthcheck run is an exec, with exec_create / exec_start / exec_die events at every
+    container's health interval: following them would inspect everything at every read."""
+    engine = FakeDocker()
+    cs = [service(engine, f"svc-{i}") for i in range(4)]
+    probe = ContainersProbe(engine, P)
+    try:
+        probe.read(0.0)
+        until(lambda: probe.following)
+        for c in cs:
+            engine.emit(c, "exec_create: /bin/sh -c curl -fsS http://127.0.0.1:8000/health")
+            engine.emit(c, "exec_start: /bin/sh -c curl -fsS http://127.0.0.1:8000/health")
+            engine.emit(c, "exec_die")
+        engine.emit(cs[1], "health_status: unhealthy")  # this one is a change
+        until(lambda: cs[1].id in probe._dirty)
+        probe.read(1.0)
+        assert engine.inspects == 4 + 1
+    finally:
+        probe.close()
+
+
 def test_containers_without_events_reinspect_on_status_text_change() -> None:
     engine = FakeDocker()
     c = service(engine, "llm")

@@ -87,6 +87,9 @@ class ContainersProbe:
         for event in eng.iter_stream(stream):
             if self._stop.is_set():
                 break
+            action = str(event.get("Action") or event.get("status") or "")
+            if action.startswith("exec_"):
+                continue  # a healthcheck run (an engine that ignored the filter)
             cid = (event.get("Actor") or {}).get("ID") or event.get("id")
             if cid:
                 with self._lock:
