@@ -79,6 +79,7 @@ def test_probes_on_ollama_replicas(docker_client: Any, stack_factory: Any) -> No
         assert got["gateway"].gpus == ()
     finally:
         probe.close()
+    assert not probe.following  # close() ends the blocked read of the event stream
 
     # --- the gateway's access log -------------------------------------------------------------
     group = next(g for g, insts in st.built.plan.groups.items() if insts[0].service == "ollama")
@@ -117,8 +118,34 @@ def test_probes_on_ollama_replicas(docker_client: Any, stack_factory: Any) -> No
         for r, svc in zip(requests, served, strict=True):
             assert r.upstream is not None and r.upstream.rsplit(":", 1)[0] in ips[svc], r
         assert all(0 <= r.request_time_s < 30 for r in requests)
+
+        # the gateway restarts: its log stream ends, the probe attaches again and reads on
+        # from its last line (none of the 12 again)
+        attaches = gateway.attaches
+        found["gateway"].restart(timeout=5)
+        until(lambda: gateway.attaches > attaches, 60, "attach again after the restart")
+        url = f"http://127.0.0.1:{st.port}{route}api/generate"
+
+        def answered() -> bool:
+            try:
+                return httpx.post(url, json=body, timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        until(answered, 60, "the gateway answering after its restart")
+        after: list[RequestSignal] = []
+
+        def one_more() -> bool:
+            after.extend(of(RequestSignal, gateway.read(time.time())))
+            return len(after) >= 1
+
+        until(one_more, 30, "the request after the restart in the log")
+        # (a replayed old line would come before the new one: the stream is in order)
+        assert all(r.time > requests[-1].time for r in after), after
+        assert len(after) >= 1 and all(r.route == group for r in after)
     finally:
         gateway.close()
+    assert gateway._thread is not None and not gateway._thread.is_alive()
 
     # --- GPU access inside each replica -------------------------------------------------------
     access = GpuAccessProbe(client, st.project)

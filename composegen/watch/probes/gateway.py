@@ -26,7 +26,8 @@ from composegen.errors import ComposegenError
 from composegen.watch.types import ProbeError, RequestSignal, Signal
 
 MAX_BUFFERED = 10_000
-RETRY_S = 1.0  # between two attaches when there is no gateway or its stream ended
+RETRY_S = 1.0  # before attaching again after a stream ended (a recreated gateway)
+IDLE_RETRY_S = 5.0  # between two looks for a gateway while none runs
 GATEWAY = "gateway"
 
 
@@ -124,16 +125,18 @@ class GatewayLogProbe:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            pause = IDLE_RETRY_S
             try:
                 cid = self._gateway_id()
                 if cid is None:
                     self._set_error("no running gateway container")
                 else:
-                    self._follow(cid)
                     self._set_error(None)
+                    self._follow(cid)
+                    pause = RETRY_S
             except ComposegenError as exc:
                 self._set_error(exc.message)
-            self._stop.wait(RETRY_S)
+            self._stop.wait(pause)
 
     def _set_error(self, message: str | None) -> None:
         with self._lock:
