@@ -51,6 +51,7 @@ class FakeGpu:
     nvlink_to: list[str] = field(default_factory=list)  # bus ids
     lost: bool = False  # every query answers NVML_ERROR_GPU_IS_LOST
     lost_after_name: bool = False  # handle and name work, memory info says lost
+    reset_required: bool = False  # every query answers NVML_ERROR_RESET_REQUIRED
     ecc_uncorrected: int | None = None  # None: ECC not supported (GeForce)
     # compute processes as NVML lists them: (host pid, used bytes; None = NOT_AVAILABLE)
     processes: list[tuple[int, int | None]] = field(default_factory=list)
@@ -168,6 +169,8 @@ class FakeNvml:
         g = self.s.gpus[h[1]]
         if g.lost:
             raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if g.reset_required:
+            raise _err(pynvml.NVML_ERROR_RESET_REQUIRED)
         return g
 
     def nvmlDeviceGetHandleByIndex(self, i: int) -> tuple[Any, ...]:

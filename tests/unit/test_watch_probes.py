@@ -250,6 +250,17 @@ def test_gpus_xid_79_from_the_event_set_then_lost(nvml_scenario: Install) -> Non
     assert fake.freed == 1
 
 
+def test_gpus_reset_required_is_an_error(nvml_scenario: Install) -> None:
+    fake = nvml_scenario("a100_4x64")
+    probe = GpusProbe(None, nvml_timeout_s=2.0)
+    probe.read(0.0)
+    fake.s.gpus[1].reset_required = True
+    got = of(GpuSignal, probe.read(1.0))
+    assert [g.health for g in got] == ["ok", "error", "ok", "ok"]
+    assert "RESET_REQUIRED" in (got[1].reason or "")
+    probe.close()
+
+
 def test_gpus_ecc_counts_and_xid_48_94(nvml_scenario: Install) -> None:
     fake = nvml_scenario("ecc_rising")
     probe = GpusProbe(None, nvml_timeout_s=2.0)
@@ -381,6 +392,19 @@ def test_inventory_file_is_reread_each_interval(tmp_path: Path) -> None:
     got = of(GpuSignal, probe.read(1.0))
     assert [g.health for g in got] == ["lost", "ok", "ok"]
     assert got[0].reason == "marked lost by the test" and got[1].temperature_c == 86
+    probe.close()
+
+
+def test_inventory_file_gpu_gone_from_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "inventory.json"
+    _saved(f, ("ok", "ok", "ok"), (41, 43, 39))
+    probe = GpusProbe(str(f))
+    assert [g.index for g in of(GpuSignal, probe.read(0.0))] == [0, 1, 2]
+    doc = json.loads(f.read_text())
+    del doc["gpus"][1]  # GPU 1 fell off the bus: the next detect --save lists it no more
+    f.write_text(json.dumps(doc))
+    got = probe.read(1.0)
+    assert [g.index for g in of(GpuSignal, got)] == [0, 2] and not of(ProbeError, got)
     probe.close()
 
 

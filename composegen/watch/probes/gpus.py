@@ -93,6 +93,8 @@ class GpusProbe:
                 return read_inventory_file(self.inventory)
             except ComposegenError as exc:
                 return [ProbeError(self.name, exc.message)]
+            except Exception as exc:  # a parser's surprise must not stop the watcher
+                return [ProbeError(self.name, f"{self.inventory}: {type(exc).__name__}: {exc}")]
         return self._read_nvml()
 
     # --- NVML -----------------------------------------------------------------------------------
