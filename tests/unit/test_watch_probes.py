@@ -520,8 +520,9 @@ def test_gpu_access_every_nth_read_and_timeout() -> None:
         (first,) = probe.read(0.0)
         assert isinstance(first, GpuAccessSignal) and first.ok is None
         assert "did not answer" in first.detail
-        assert probe.read(1.0) == [first] and probe.read(2.0) == [first]
-        assert len(engine.execs) == 1  # reads 2 and 3 reuse read 1's result
+        # reads 2 and 3 check nothing: they say nothing (a repeat is not a second check)
+        assert probe.read(1.0) == [] and probe.read(2.0) == []
+        assert len(engine.execs) == 1
         probe.read(3.0)
         assert len(engine.execs) == 2
     finally:
@@ -557,6 +558,11 @@ def test_residency_per_model_from_api_ps() -> None:
         ResidencySignal("ollama-1", "mixtral:8x7b", 0.5, "2026-11-29T10:12:31.093475+00:00"),
     ]
     assert all(e[1] != "ui" for e in engine.journal if e[0] == "exec")
+    # every 2nd read: the read between repeats the last (models stay loaded, not "unloaded")
+    every = ResidencyProbe(engine, P, every=2)
+    execs = len(engine.execs)
+    first = every.read(0.0)
+    assert every.read(1.0) == first and len(engine.execs) == execs + 2
     # a server that does not answer is an error naming the service, the other still reads
     answers[o1.id] = (1, b"bash: connect: Connection refused\n")
     got = ResidencyProbe(engine, P).read(1.0)

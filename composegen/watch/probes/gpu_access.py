@@ -4,7 +4,9 @@ A container that lost its GPU (after `systemctl daemon-reload`: nvidia-container
 answers "Failed to initialize NVML: Unknown Error": ok False with that first line. An image
 without nvidia-smi, or an exec that times out: ok None. Cost: one list call, an inspect per new
 container (cached by id), and one exec per GPU container, all in parallel (run_parallel) with a
-timeout; `every` runs the execs only every Nth read (the others return the last results).
+timeout; `every` runs the execs only every Nth read. The reads between return nothing (not the
+last results again): the rules count consecutive failed checks, and a repeated result is not
+a second check.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ class GpuAccessProbe:
         self.timeout_s = timeout_s
         self.reads = 0
         self.containers: dict[str, Any] = {}  # id -> container object (its inspect, cached)
-        self.last: list[Signal] = []
 
     def _gpu_containers(self) -> list[tuple[str, Any]]:
         rows = eng.list_rows(self.client, self.project, running_only=True)
@@ -73,7 +74,7 @@ class GpuAccessProbe:
     def read(self, now: float) -> Sequence[Signal]:
         self.reads += 1
         if (self.reads - 1) % self.every:
-            return list(self.last)
+            return []
         try:
             targets = self._gpu_containers()
         except ComposegenError as exc:
@@ -91,7 +92,6 @@ class GpuAccessProbe:
         failures = eng.run_parallel(check, targets, label=lambda t: t[0])
         out: list[Signal] = [results[c.id] for _, c in targets if c.id in results]
         out += [ProbeError(self.name, f"{name}: {eng.first_line(exc)}") for name, exc in failures]
-        self.last = out
         return out
 
     def close(self) -> None:

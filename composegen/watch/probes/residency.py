@@ -1,7 +1,8 @@
 """Model residency: each running Ollama container's /api/ps (the `verify` read, through docker
 exec: backends sit on an internal network), one ResidencySignal per loaded model with its share
 in VRAM (size_vram / size). Cost: one list call, an inspect per new container (cached), one exec
-per Ollama container, in parallel; `every` reads /api/ps only every Nth read."""
+per Ollama container, in parallel; `every` reads /api/ps only every Nth read, the reads between
+repeat the last result (a model missing from a read would count as unloaded)."""
 
 from __future__ import annotations
 
