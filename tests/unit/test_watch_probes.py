@@ -203,6 +203,23 @@ def test_containers_engine_gone_is_a_probe_error() -> None:
     probe.close()
 
 
+@pytest.mark.parametrize("kind", [ContainersProbe, GpuAccessProbe, ResidencyProbe])
+def test_an_unexpected_engine_failure_is_a_probe_error(
+    kind: type[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeDocker()
+    service(engine, "ollama-0")
+
+    def broken(**_: Any) -> Any:
+        raise ValueError("Invalid chunk encoding")  # not a docker-py error: unmapped
+
+    monkeypatch.setattr(engine.api, "containers", broken)
+    probe = kind(engine, P)
+    got = probe.read(0.0)
+    probe.close()
+    assert got == [ProbeError(probe.name, "ValueError: Invalid chunk encoding")]
+
+
 # --- GPUs through NVML --------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from composegen.engine import docker as eng
 from composegen.errors import ComposegenError
+from composegen.watch.probes import guarded
 from composegen.watch.types import ContainerSignal, ProbeError, Signal
 
 _HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
@@ -45,7 +46,11 @@ def signal_of(attrs: dict[str, Any], service: str) -> ContainerSignal:
         health=str(health) if health else None,
         restart_count=int(attrs.get("RestartCount") or 0),
         oom_killed=bool(state.get("OOMKilled")),
-        exit_code=int(exit_code) if exit_code is not None and status != "running" else None,
+        exit_code=(
+            int(exit_code)
+            if exit_code is not None and status not in ("running", "created")
+            else None
+        ),
         gpus=eng.visible_gpus(attrs),
     )
 
@@ -97,6 +102,7 @@ class ContainersProbe:
 
     # --- read -----------------------------------------------------------------------------------
 
+    @guarded
     def read(self, now: float) -> Sequence[Signal]:
         restarted = False
         if self.follow_events and not self.following and not self._stop.is_set():

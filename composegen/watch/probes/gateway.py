@@ -23,6 +23,7 @@ from typing import Any
 
 from composegen.engine import docker as eng
 from composegen.errors import ComposegenError
+from composegen.watch.probes import guarded
 from composegen.watch.types import ProbeError, RequestSignal, Signal
 
 MAX_BUFFERED = 10_000
@@ -191,6 +192,7 @@ class GatewayLogProbe:
                     ips[str(ip)] = service
         self.ips = ips
 
+    @guarded
     def read(self, now: float) -> Sequence[Signal]:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="watch-gateway-log", daemon=True)

@@ -18,6 +18,7 @@ from typing import Any
 from composegen.engine import docker as eng
 from composegen.errors import ComposegenError
 from composegen.serving.verify import gpu_access_check
+from composegen.watch.probes import guarded
 from composegen.watch.types import GpuAccessSignal, ProbeError, Signal
 
 SMI = ["nvidia-smi", "-L"]
@@ -71,6 +72,7 @@ class GpuAccessProbe:
             del self.containers[gone]
         return out
 
+    @guarded
     def read(self, now: float) -> Sequence[Signal]:
         self.reads += 1
         if (self.reads - 1) % self.every:

@@ -19,6 +19,7 @@ from typing import Any
 
 from composegen.errors import ComposegenError
 from composegen.inventory import Inventory
+from composegen.watch.probes import guarded
 from composegen.watch.probes.kmsg import KMSG, KmsgXids, bus_key
 from composegen.watch.types import GpuSignal, ProbeError, Signal
 
@@ -87,6 +88,7 @@ class GpusProbe:
         self._failed_at: float | None = None
         self._notes: list[ProbeError] = []  # reported once, at the next read
 
+    @guarded
     def read(self, now: float) -> Sequence[Signal]:
         if self.inventory is not None:
             try:

@@ -13,6 +13,7 @@ from typing import Any
 from composegen.engine import docker as eng
 from composegen.errors import ComposegenError
 from composegen.serving.verify import is_ollama, read_ps
+from composegen.watch.probes import guarded
 from composegen.watch.types import ProbeError, ResidencySignal, Signal
 
 
@@ -44,6 +45,7 @@ class ResidencyProbe:
             del self.containers[gone]
         return out
 
+    @guarded
     def read(self, now: float) -> Sequence[Signal]:
         self.reads += 1
         if (self.reads - 1) % self.every:
