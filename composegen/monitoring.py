@@ -46,9 +46,10 @@ def image(prof: Profile, key: str) -> str:
 
 def _common(prof: Profile, name: str) -> dict[str, Any]:
     return {
+        # not io.composegen.service: that label names a service of the profile
         "labels": {
             "io.composegen.profile": prof.name,
-            "io.composegen.service": name,
+            "io.composegen.monitor": name,
             "io.composegen.mode": PROFILE,
         },
         "networks": [NETWORK],

@@ -57,6 +57,18 @@ Public names (stable: tests import them; add to them, do not rename):
     - `api.created`: the keyword arguments of every create_container call.
 - `FakeContainer`: `id`, `name`, `labels`, `service`, `status`, `attrs` (a plain dict a test may
   change; `set_state(status, exit_code=0)` replaces its State), `image`, `logged` (bytes).
+  For watch: `ip` (its address on the stack network), `status_text` (None: the list call's
+  Status is made from the state and health, e.g. "Up (healthy)"; a test sets it to mimic the
+  engine's "Up 3 seconds"), `log_line(text, when=None)` (a line on its stdout, with the engine's
+  timestamp: followers of its log stream get it; a later attach gets it from `since`).
+- The low-level API watch uses: `api.containers(all, filters)` (list rows: Id, Names, Labels,
+  State, Status, NetworkSettings.Networks.*.IPAddress; filters `label` and `status`),
+  `api.inspect_container(id)` (counted in `inspects`), `api.events(filters, decode)` (a stream
+  of the container events the fake emits: create, start, die, destroy, and `emit(container,
+  action)`, e.g. "oom", "health_status: unhealthy"), `api.logs(id, stream=True, follow=True,
+  timestamps=True, since=...)` (a stream of `log_line`s); `end_streams()` ends every open
+  stream as an engine restart does; `exec_reply(container, cmd) -> (code, output bytes) | None`
+  answers an exec (None: the default).
 - `LABEL_PROJECT`, `LABEL_SERVICE`: Compose's labels; `API_VERSION`: "1.41"; `NO_SUCH_HOST`:
   the engine's message for a registry that cannot be reached.
 """
@@ -64,7 +76,9 @@ Public names (stable: tests import them; add to them, do not rename):
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -110,6 +124,19 @@ def _matches(labels: dict[str, str], filters: dict[str, Any] | None) -> bool:
     return True
 
 
+def _wanted(action: str, filters: dict[str, Any] | None) -> bool:
+    """The engine's `event` filter: exact, except health_status / exec_create / exec_start,
+    which match the action's prefix ("health_status: healthy")."""
+    wanted = (filters or {}).get("event")
+    if not wanted:
+        return True
+    names = [wanted] if isinstance(wanted, str) else list(wanted)
+    fuzzy = {"health_status", "exec_create", "exec_start"} & set(names)
+    if fuzzy:
+        return any(action == n or action.startswith(f"{n}:") for n in names)
+    return action in names
+
+
 class FakeContainer:
     def __init__(self, engine: FakeDocker, cid: str, name: str, spec: dict[str, Any]) -> None:
         self.engine = engine
@@ -132,6 +159,9 @@ class FakeContainer:
         self.reloads = 0
         self.logged = b"starting\n"
         self.gone = False
+        self.ip = f"172.30.{int(cid, 16) // 250 % 250}.{int(cid, 16) % 250 + 2}"
+        self.status_text: str | None = None
+        self.log_records: list[tuple[float, str]] = []
 
     @property
     def service(self) -> str:
@@ -143,6 +173,42 @@ class FakeContainer:
 
     def set_state(self, status: str, exit_code: int = 0) -> None:
         self.attrs["State"] = {"Status": status, "ExitCode": exit_code}
+        action = {"running": "start", "exited": "die", "dead": "die", "restarting": "die"}
+        self.engine.emit(self, action.get(status, "update"))
+
+    def log_line(self, text: str, when: float | None = None) -> None:
+        """A line on the container's stdout at `when` (now): to its log followers."""
+        when = time.time() if when is None else when
+        with self.engine.lock:
+            self.log_records.append((when, text))
+            followers = [f for f in self.engine.log_followers if f.cid == self.id]
+        for f in followers:
+            f.push(when, text)
+
+    def list_row(self) -> dict[str, Any]:
+        """The engine's list entry of the container (GET /containers/json)."""
+        state = self.attrs.get("State") or {}
+        health = (state.get("Health") or {}).get("Status")
+        text = self.status_text
+        if text is None:
+            code = state.get("ExitCode", 0)
+            text = {
+                "running": "Up",
+                "exited": f"Exited ({code})",
+                "restarting": f"Restarting ({code})",
+                "created": "Created",
+            }.get(self.status, self.status.capitalize())
+            if health and self.status == "running":
+                text += " (health: starting)" if health == "starting" else f" ({health})"
+        return {
+            "Id": self.id,
+            "Names": [f"/{self.name}"],
+            "Image": self.image,
+            "Labels": dict(self.labels),
+            "State": self.status,
+            "Status": text,
+            "NetworkSettings": {"Networks": {"backend": {"IPAddress": self.ip}}},
+        }
 
     def _alive(self) -> None:
         self.engine._check()
@@ -211,12 +277,52 @@ class FakeContainer:
             engine.journal.append(("exec", self.service, tuple(cmd)))
         if engine.on_exec is not None:
             engine.on_exec(self, list(cmd))
+        if engine.exec_reply is not None:
+            reply = engine.exec_reply(self, list(cmd))
+            if reply is not None:
+                return SimpleNamespace(exit_code=reply[0], output=reply[1])
         running = self.status == "running"
         code = engine.exec_codes.get(tuple(cmd), 0 if running and cmd != ["false"] else 1)
         return SimpleNamespace(exit_code=code, output=b"")
 
     def logs(self, tail: int = 30) -> bytes:
         return self.logged
+
+
+class FakeStream:
+    """A blocking stream (events, followed logs) as docker-py's CancellableStream: iterate it;
+    close() (or the engine's end_streams()) ends it."""
+
+    _END = object()
+
+    def __init__(self, engine: FakeDocker, cid: str | None = None) -> None:
+        self.engine = engine
+        self.cid = cid
+        self.items: queue.Queue[Any] = queue.Queue()
+        self.closed = False
+
+    def push(self, when: float, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when))
+        nanos = f"{min(round((when % 1) * 1e9), 999_999_999):09d}".rstrip("0") or "0"
+        self.items.put(f"{stamp}.{nanos}Z {text}\n".encode())
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        item = self.items.get()
+        if item is self._END:
+            self.items.put(self._END)  # stays ended
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self.closed = True
+        self.items.put(self._END)
+        with self.engine.lock:
+            for group in (self.engine.event_streams, self.engine.log_followers):
+                if self in group:
+                    group.remove(self)
 
 
 class _Containers:
@@ -314,6 +420,56 @@ class _Api:
         engine._record("create", c)
         return {"Id": cid}
 
+    def containers(
+        self, all: bool = False, filters: dict[str, Any] | None = None, **_: Any
+    ) -> list[dict[str, Any]]:
+        engine = self.engine
+        engine._check()
+        engine.list_calls += 1
+        want = (filters or {}).get("status")
+        with engine.lock:
+            found = list(engine.containers_by_id.values())
+        found.reverse()  # newest first, as the engine lists them
+        return [
+            c.list_row()
+            for c in found
+            if (all or c.status == "running")
+            and (want is None or c.status == want)
+            and _matches(c.labels, filters)
+        ]
+
+    def inspect_container(self, cid: str) -> dict[str, Any]:
+        engine = self.engine
+        c = engine.containers.get(cid)
+        c._alive()
+        c._refresh_health()
+        engine.inspects += 1
+        return {**c.attrs, "Name": f"/{c.name}", "Config": {**c.attrs["Config"]}}
+
+    def events(self, filters: dict[str, Any] | None = None, decode: bool | None = None) -> Any:
+        engine = self.engine
+        engine._check()
+        stream = FakeStream(engine)
+        stream.filters = filters  # type: ignore[attr-defined]
+        with engine.lock:
+            engine.event_streams.append(stream)
+        return stream
+
+    def logs(self, cid: str, **kw: Any) -> Any:
+        engine = self.engine
+        c = engine.containers.get(cid)
+        since = float(kw.get("since") or 0)
+        stream = FakeStream(engine, c.id)
+        with engine.lock:
+            engine.log_followers.append(stream)
+            engine.log_attaches.append((c.id, since))
+            old = [r for r in c.log_records if r[0] >= since]
+        for when, text in old:
+            stream.push(when, text)
+        if c.status != "running":
+            stream.close()
+        return stream
+
     def connect_container_to_network(self, cid: str, net: str, **_: Any) -> None:
         self.engine._check()
 
@@ -364,6 +520,14 @@ class FakeDocker:
         self.failing: set[tuple[str, str]] = set()
         self.messages: dict[tuple[str, str], str] = {}
         self.on_exec: Callable[[FakeContainer, list[str]], None] | None = None
+        self.exec_reply: Callable[[FakeContainer, list[str]], tuple[int, bytes] | None] | None = (
+            None
+        )
+        self.event_streams: list[FakeStream] = []
+        self.log_followers: list[FakeStream] = []
+        self.log_attaches: list[tuple[str, float]] = []  # (container id, since) of each attach
+        self.list_calls = 0
+        self.inspects = 0
         self.images_present: set[str] | None = set(images) if images is not None else None
         self.missing_images: set[str] = set()
         self.unhealthy: set[str] = set()
@@ -469,3 +633,40 @@ class FakeDocker:
         with self.lock:
             self.journal.append((operation, c.service))
             self.calls.append(f"{operation} {c.name}")
+        action = {"remove": "destroy", "stop": "die"}.get(operation, operation)
+        self.emit(c, action)
+        if operation in ("stop", "remove"):
+            self._end_logs(c)
+
+    def emit(self, c: FakeContainer, action: str) -> None:
+        """A container event to the open event streams whose filters it matches."""
+        event = {
+            "Type": "container",
+            "Action": action,
+            "status": action,
+            "id": c.id,
+            "Actor": {"ID": c.id, "Attributes": {**c.labels, "name": c.name}},
+            "time": int(time.time()),
+        }
+        with self.lock:
+            streams = [
+                s
+                for s in self.event_streams
+                if _matches(c.labels, getattr(s, "filters", None))
+                and _wanted(action, getattr(s, "filters", None))
+            ]
+        for s in streams:
+            s.items.put(event)
+
+    def end_streams(self) -> None:
+        """Every open events and logs stream ends, as when the engine restarts."""
+        with self.lock:
+            streams = self.event_streams + self.log_followers
+        for s in streams:
+            s.close()
+
+    def _end_logs(self, c: FakeContainer) -> None:
+        with self.lock:
+            streams = [f for f in self.log_followers if f.cid == c.id]
+        for s in streams:
+            s.close()

@@ -2,11 +2,20 @@
 
 It mimics the pynvml functions composegen.detect.nvml calls, with pynvml's own NVMLError
 classes and error codes, so the code under test cannot tell the difference.
+
+For watch (many reads of one session): the event API (nvmlEventSetCreate,
+nvmlDeviceRegisterEvents, nvmlEventSetWait, nvmlEventSetFree, nvmlDeviceGetIndex). A scenario
+may refuse Xid events (`events_supported=False`, NOT_SUPPORTED as some drivers and Windows
+answer), and may carry `steps`: what changes between reads; a test calls `fake.advance()` to
+apply the next step. `fake.xid(index, code)` delivers an Xid to the event sets the GPU is
+registered in (as the driver does); `fake.lose(index)` makes a GPU fall off the bus (every
+query then answers GPU_IS_LOST) with its Xid 79.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -42,6 +51,7 @@ class FakeGpu:
     nvlink_to: list[str] = field(default_factory=list)  # bus ids
     lost: bool = False  # every query answers NVML_ERROR_GPU_IS_LOST
     lost_after_name: bool = False  # handle and name work, memory info says lost
+    reset_required: bool = False  # every query answers NVML_ERROR_RESET_REQUIRED
     ecc_uncorrected: int | None = None  # None: ECC not supported (GeForce)
     # compute processes as NVML lists them: (host pid, used bytes; None = NOT_AVAILABLE)
     processes: list[tuple[int, int | None]] = field(default_factory=list)
@@ -55,6 +65,8 @@ class Scenario:
     nvml: str = "12.550.54.15"
     init_error: int | None = None  # an NVML_ERROR_* code nvmlInit raises
     init_hang_s: float = 0.0
+    events_supported: bool = True  # False: nvmlDeviceRegisterEvents answers NOT_SUPPORTED
+    steps: list[Callable[[FakeNvml], None]] = field(default_factory=list)  # see advance()
 
 
 def _err(code: int) -> pynvml.NVMLError:
@@ -70,8 +82,64 @@ class FakeNvml:
         self.shutdown_calls = 0
         self._release = threading.Event()
         for name in dir(pynvml):
-            if name.startswith("NVML_"):
+            if name.startswith("NVML_") or name.startswith("nvmlEventType"):
                 setattr(self, name, getattr(pynvml, name))
+        self.event_sets: list[list[SimpleNamespace]] = []
+        self.registered: dict[int, set[int]] = {}  # id(event set) -> GPU indices
+        self.freed = 0
+        self.step = 0
+
+    # -- what a test does between reads
+    def advance(self) -> None:
+        """Apply the scenario's next step (what changed since the last read)."""
+        self.s.steps[self.step](self)
+        self.step += 1
+
+    def xid(self, index: int, code: int) -> None:
+        """The driver reports Xid `code` on GPU `index`: to each event set it is registered in."""
+        for es in self.event_sets:
+            if index in self.registered.get(id(es), set()):
+                es.append(
+                    SimpleNamespace(
+                        device=("gpu", index),
+                        eventType=pynvml.nvmlEventTypeXidCriticalError,
+                        eventData=code,
+                        gpuInstanceId=0xFFFFFFFF,
+                        computeInstanceId=0xFFFFFFFF,
+                    )
+                )
+
+    def lose(self, index: int) -> None:
+        """GPU `index` falls off the bus: Xid 79, then every query answers GPU_IS_LOST."""
+        self.xid(index, 79)
+        self.s.gpus[index].lost = True
+
+    # -- events
+    def nvmlEventSetCreate(self) -> list[SimpleNamespace]:
+        es: list[SimpleNamespace] = []
+        self.event_sets.append(es)
+        return es
+
+    def nvmlDeviceRegisterEvents(self, h: tuple[Any, ...], types: int, es: Any) -> None:
+        self._gpu(h)
+        if not self.s.events_supported:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        assert types & pynvml.nvmlEventTypeXidCriticalError
+        self.registered.setdefault(id(es), set()).add(h[1])
+
+    def nvmlEventSetWait(self, es: list[SimpleNamespace], timeoutms: int) -> SimpleNamespace:
+        assert timeoutms == 0, "watch never blocks on the event set"
+        if not es:
+            raise _err(pynvml.NVML_ERROR_TIMEOUT)
+        return es.pop(0)
+
+    def nvmlEventSetFree(self, es: Any) -> None:
+        self.freed += 1
+        if es in self.event_sets:
+            self.event_sets.remove(es)
+
+    def nvmlDeviceGetIndex(self, h: tuple[Any, ...]) -> int:
+        return int(h[1])
 
     # -- system
     def nvmlInit(self) -> None:
@@ -101,6 +169,8 @@ class FakeNvml:
         g = self.s.gpus[h[1]]
         if g.lost:
             raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if g.reset_required:
+            raise _err(pynvml.NVML_ERROR_RESET_REQUIRED)
         return g
 
     def nvmlDeviceGetHandleByIndex(self, i: int) -> tuple[Any, ...]:
@@ -393,6 +463,51 @@ def replicas_spread() -> Scenario:
     return s
 
 
+def a5000_readings() -> Scenario:
+    """The two RTX A5000 of tests/fixtures/nvidia-smi/xml/telegraf__dual_a5000-v13.xml as watch
+    reads them: memory used 22437 / 17253 of 24564 MiB, 13 and 15 C, 6.52 and 13.59 W."""
+    s = a5000_busy()
+    for g, temp, mw in zip(s.gpus, (13, 15), (6520, 13590), strict=True):
+        g.temp, g.power_mw, g.ecc_uncorrected = temp, mw, 0
+    s.gpus[0].util = 37
+    return s
+
+
+def xid_79_mid_run() -> Scenario:
+    """Four A100-64GB, Xid events supported; step 1: nothing; step 2: GPU 2 falls off the bus
+    (Xid 79, then GPU_IS_LOST on every query)."""
+    s = a100_4x64()
+    s.steps = [lambda f: None, lambda f: f.lose(2)]
+    return s
+
+
+def ecc_rising() -> Scenario:
+    """Eight A100-80GB with ECC; step 1: GPU 5 reports Xid 48 and 1 uncorrectable error;
+    step 2: Xid 94 and 3 errors."""
+    s = a100_8x80()
+    for g in s.gpus:
+        g.ecc_uncorrected = 0
+
+    def first(f: FakeNvml) -> None:
+        f.s.gpus[5].ecc_uncorrected = 1
+        f.xid(5, 48)
+
+    def second(f: FakeNvml) -> None:
+        f.s.gpus[5].ecc_uncorrected = 3
+        f.xid(5, 94)
+
+    s.steps = [first, second]
+    return s
+
+
+def xid_no_events() -> Scenario:
+    """Four A100-64GB whose NVML refuses Xid event registration (NOT_SUPPORTED): Xids must come
+    from the kernel log."""
+    s = a100_4x64()
+    s.events_supported = False
+    return s
+
+
 SCENARIOS = {
     "a100_8x80": a100_8x80,
     "a100_4x64": a100_4x64,
@@ -409,4 +524,8 @@ SCENARIOS = {
     "replicas_serving": replicas_serving,
     "replicas_misplaced": replicas_misplaced,
     "replicas_spread": replicas_spread,
+    "a5000_readings": a5000_readings,
+    "xid_79_mid_run": xid_79_mid_run,
+    "ecc_rising": ecc_rising,
+    "xid_no_events": xid_no_events,
 }

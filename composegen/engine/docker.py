@@ -454,3 +454,97 @@ def exec_output(container: Any, cmd: list[str], timeout_s: float) -> tuple[int |
     worker.start()
     worker.join(timeout_s)
     return out[0] if out else (None, "")
+
+
+# --- watch: cheap reads of a running stack ------------------------------------------------------
+
+
+def project_filter(project: str, **extra: str) -> dict[str, Any]:
+    return {"label": [f"{LABEL_PROJECT}={project}"], **extra}
+
+
+def list_rows(client: Any, project: str, running_only: bool = False) -> list[dict[str, Any]]:
+    """The project's containers as the engine's list call answers (one HTTP call, no inspect):
+    Id, Names, Labels, State, Status ("Up 2 minutes (healthy)"), NetworkSettings.Networks."""
+    filters = project_filter(project, **({"status": "running"} if running_only else {}))
+    with mapped_errors(f"project {project}"):
+        return list(client.api.containers(all=not running_only, filters=filters))
+
+
+def inspect_container(client: Any, cid: str) -> dict[str, Any] | None:
+    """A container's full inspect (None when it is gone)."""
+    from docker.errors import NotFound
+
+    with mapped_errors(f"container {cid[:12]}"):
+        try:
+            return dict(client.api.inspect_container(cid))
+        except NotFound:
+            return None
+
+
+def get_container(client: Any, cid: str) -> Any | None:
+    """The docker-py container object (one inspect; None when it is gone)."""
+    from docker.errors import NotFound
+
+    with mapped_errors(f"container {cid[:12]}"):
+        try:
+            return client.containers.get(cid)
+        except NotFound:
+            return None
+
+
+# The container events that change what inspect says. Not exec_create / exec_start / exec_die:
+# every healthcheck run is an exec, so they come at each container's health interval.
+# (`health_status` matches "health_status: healthy" and "...: unhealthy": the engine matches it
+# fuzzily.)
+STATE_EVENTS = (
+    "create",
+    "start",
+    "restart",
+    "die",
+    "oom",
+    "kill",
+    "stop",
+    "pause",
+    "unpause",
+    "destroy",
+    "rename",
+    "update",
+    "health_status",
+)
+
+
+def container_events(client: Any, project: str) -> Any:
+    """The engine's stream of the project's container events that change their state
+    (STATE_EVENTS; decoded dicts, blocking; close() ends it). Raises EngineError when the
+    engine refuses it."""
+    filters = project_filter(project, type="container")
+    filters["event"] = list(STATE_EVENTS)
+    with mapped_errors(f"events of project {project}"):
+        return client.api.events(filters=filters, decode=True)
+
+
+def log_stream(client: Any, cid: str, since: float) -> Any:
+    """A container's stdout from `since` (a UNIX time) on, followed, with the engine's
+    timestamps, as raw chunks (close() ends it)."""
+    with mapped_errors(f"logs of container {cid[:12]}"):
+        return client.api.logs(
+            cid, stdout=True, stderr=False, stream=True, follow=True, timestamps=True, since=since
+        )
+
+
+def close_stream(stream: Any) -> None:
+    """End a stream (events, logs) another thread may be blocked on."""
+    with suppress(Exception):  # closed already, or the engine went away
+        stream.close()
+
+
+def iter_stream(stream: Any) -> Iterator[Any]:
+    """The stream's items; ends (no error) when the stream is closed or the engine goes away."""
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
+    try:
+        yield from stream
+    except (DockerException, RequestException, OSError, ValueError, AttributeError):
+        return

@@ -51,6 +51,7 @@ class ModelState:
     gpu_fraction: float | None = None  # size_vram / size of a loaded model
     size: int | None = None
     size_vram: int | None = None
+    expires_at: str | None = None  # /api/ps `expires_at`: when Ollama unloads it (watch)
 
     @property
     def where(self) -> str:
@@ -306,6 +307,7 @@ def parse_ps(doc: Any) -> list[ModelState]:
         frac = None
         if isinstance(size, int) and isinstance(vram, int):
             frac = 1.0 if size <= 0 or vram >= size else round(max(vram, 0) / size, 4)
+        expires = m.get("expires_at")
         out.append(
             ModelState(
                 name,
@@ -313,6 +315,7 @@ def parse_ps(doc: Any) -> list[ModelState]:
                 frac,
                 size if isinstance(size, int) else None,
                 vram if isinstance(vram, int) else None,
+                str(expires) if isinstance(expires, str) else None,
             )
         )
     return out

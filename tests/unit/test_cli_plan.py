@@ -223,7 +223,7 @@ def test_rerendering_a_running_stack_does_not_count_its_own_memory(
     code, again, err = call(["render", "-p", "zenglow-personas", "-o", str(out)], capsys)
     assert code == 0, err
     assert "leonardo                 GPU 0" in again and "jarvis                   GPU 1" in again
-    assert "wrote 0 file(s), 8 unchanged" in again
+    assert "wrote 0 file(s), 12 unchanged" in again
     assert (
         f"composegen: warning: GPU 0: 6656 of its 6966 MiB in use taken as this stack's own "
         f"(its plan in {out}), not as other processes'" in err

@@ -635,6 +635,31 @@ def test_gateway_checks_api_key(stacks: StackCache, profile: str, path: str) -> 
     assert not any("$composegen_authorized" in w for w in words), f"{label}: /healthz needs a key"
 
 
+@each_profile
+@pytest.mark.parametrize("path", [NGINX, CPU_NGINX])
+def test_gateway_logs_one_json_line_per_request_for_watch(
+    stacks: StackCache, profile: str, path: str
+) -> None:
+    """`composegen watch` reads requests per route and upstream from the gateway's stdout."""
+    stack = stacks.get(profile, REFERENCE)
+    label = f"{stack.key.label}: {path}"
+    http = conf_of(stack, path).one("http")
+    fmt = http.one("log_format")
+    assert fmt.args[:2] == ["composegen_json", "escape=json"], label
+    # every value is quoted, so the format itself is a JSON object of nginx variables
+    assert json.loads("".join(fmt.args[2:])) == {
+        "time": "$msec",
+        "route": "$proxy_host",
+        "upstream_addr": "$upstream_addr",
+        "status": "$status",
+        "upstream_status": "$upstream_status",
+        "request_time": "$request_time",
+        "request_uri": "$request_uri",
+        "request_method": "$request_method",
+    }, label
+    assert http.one("access_log").args == ["/dev/stdout", "composegen_json"], label
+
+
 # --- 8. the seed documents' GPU maps ------------------------------------------------------------
 
 

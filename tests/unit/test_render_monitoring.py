@@ -108,6 +108,10 @@ def test_monitor_services_are_hardened(stacks: StackCache, profile: str, bind: s
         assert block["healthcheck"]["test"][0] == "CMD", where
         assert not block.get("privileged") and "network_mode" not in block, where
         assert block["deploy"]["resources"]["limits"]["memory"], where
+        # not a service of the profile: code that maps io.composegen.service to one must not
+        # meet it
+        assert "io.composegen.service" not in block["labels"], where
+        assert block["labels"]["io.composegen.monitor"] == name, where
         for vol in block["volumes"]:
             assert "docker.sock" not in vol, where
             source = vol.split(":", 1)[0]
