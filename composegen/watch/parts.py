@@ -5,7 +5,6 @@ stand-ins for any of them."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,15 +16,16 @@ from composegen.engine import failover
 from composegen.engine.compose import load_project
 from composegen.watch import settings, view
 from composegen.watch.events import EventLog, Notifier, event_line
-from composegen.watch.loop import EVENT_LOG, Parts, Sink, WatchOptions
+from composegen.watch.loop import EVENT_LOG, Parts, ProbesFactory, Sink, WatchOptions
 from composegen.watch.metrics import Metrics
+from composegen.watch.probes.containers import ContainersProbe
+from composegen.watch.probes.gateway import GatewayLogProbe
+from composegen.watch.probes.gpu_access import GpuAccessProbe
+from composegen.watch.probes.gpus import GpusProbe
+from composegen.watch.probes.residency import ResidencyProbe
 from composegen.watch.rules import Rules
 from composegen.watch.stats import Stats
 from composegen.watch.types import Event, Probe, Snapshot
-
-
-def _mod(name: str) -> Any:
-    return importlib.import_module(f"composegen.watch.{name}")
 
 
 def thresholds(directory: Path, options: WatchOptions) -> settings.Thresholds:
@@ -38,17 +38,16 @@ def thresholds(directory: Path, options: WatchOptions) -> settings.Thresholds:
     return th
 
 
-def probes_for(project: str, options: WatchOptions) -> Any:
+def probes_for(project: str, options: WatchOptions) -> ProbesFactory:
     def build(client: Any) -> list[Probe]:
-        gpus = _mod("probes.gpus")
-        out: list[Probe] = [gpus.GpusProbe(options.inventory)]
-        if client is None:
+        out: list[Probe] = [GpusProbe(options.inventory)]
+        if client is None:  # the engine does not answer (yet): the GPUs alone
             return out
         out += [
-            _mod("probes.containers").ContainersProbe(client, project),
-            _mod("probes.gpu_access").GpuAccessProbe(client, project),
-            _mod("probes.residency").ResidencyProbe(client, project),
-            _mod("probes.gateway").GatewayLogProbe(client, project),
+            ContainersProbe(client, project),
+            GpuAccessProbe(client, project),
+            ResidencyProbe(client, project),
+            GatewayLogProbe(client, project),
         ]
         return out
 
