@@ -154,7 +154,7 @@ class Parts:
     rules: RulesLike
     healer: HealerLike | None
     sinks: list[Sink] = field(default_factory=list)
-    connect: Callable[[], Any] = eng.connect
+    connect: Callable[[], Any] = field(default=lambda: eng.connect())  # (looked up when called)
 
 
 # --- the watcher ------------------------------------------------------------------------------

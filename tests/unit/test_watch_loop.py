@@ -5,6 +5,7 @@ them: what reaches whom, in which order, and what happens when the engine goes a
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -20,7 +21,7 @@ from composegen.engine import failover
 from composegen.engine.docker import NoEngineError
 from composegen.engine.state import write_mode
 from composegen.watch import loop
-from composegen.watch.loop import Parts, Watcher, WatchOptions, stack_info
+from composegen.watch.loop import EVENT_LOG, Parts, Watcher, WatchOptions, stack_info
 from composegen.watch.types import (
     ContainerSignal,
     Decision,
@@ -491,3 +492,43 @@ def test_residency_is_paced_by_the_containers_it_execs_into_not_by_what_it_found
     for i in range(9):
         w.step(NOW + 5 * i)
     assert residency.reads == 3  # intervals 1 and 2 (nothing known yet at 1), then 9
+
+
+def lost_inventory(tmp_path: Path, lost: tuple[int, ...]) -> str:
+    data = json.loads(Path(inventory_file(tmp_path, "a100_8x80")).read_text())
+    for g in data["gpus"]:
+        if g["index"] in lost:
+            g["health"], g["health_reason"] = "lost", "GPU is lost"
+    path = tmp_path / f"inv-lost-{len(lost)}.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(("lost", "code"), [((), 0), ((0,), 1)])
+def test_once_exits_1_when_a_critical_condition_holds(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    lost: tuple[int, ...],
+    code: int,
+) -> None:
+    """No engine here: the GPUs alone, from the file. GPU 0 lost is critical (exit 1); all
+    healthy is not (the engine's absence is a warning)."""
+    from tests.unit.test_cli_detect import call
+
+    def no_engine(timeout_s: float = 30.0) -> object:
+        raise NoEngineError("no Docker engine: connection refused")
+
+    monkeypatch.setattr("composegen.engine.docker.connect", no_engine)
+    out = rendered(tmp_path)
+    inv = lost_inventory(tmp_path, lost)
+    got, printed, err = call(
+        ["watch", "-C", str(out), "-p", PROJECT, "--once", "--json", "--inventory", inv], capsys
+    )
+    assert got == code, (printed, err)
+    lines = [json.loads(x) for x in printed.splitlines()]
+    assert lines[-1]["type"] == "snapshot"
+    rules = {x["rule"] for x in lines if x.get("type") == "event"}
+    assert ("gpu-lost" in rules) == bool(lost)
+    assert "probe" in rules  # the engine's absence, said
+    assert (out / EVENT_LOG).is_file()
