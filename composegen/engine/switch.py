@@ -300,7 +300,9 @@ def replace_behind_gateway(
     directory = project.directory
     conf_path = directory / "nginx" / "nginx.conf"
     conf = conf_path.read_text(encoding="utf-8") if conf_path.exists() else ""
-    pinned = pin_upstreams(conf, {svc.name: temp})
+    # every name it answers to (a CPU variant also answers to its GPU service's name)
+    names = {svc.name, *(a for names in svc.aliases.values() for a in names)}
+    pinned = pin_upstreams(conf, dict.fromkeys(names, temp))
     if pinned != conf:
         reload_nginx(client, project.name, directory, pinned)
         report("gateway", "reloaded", f"{svc.name} -> its new container")

@@ -335,3 +335,27 @@ def test_restore_heal_after_a_gpu_failover_moves_back_make_before_break(
     assert back.id != on_spare.id
     assert back.attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == [inv.gpus[0].uuid]
     assert read_mode(out, main.name)["mode"] == "gpu" and app.load_inputs(out).failed == ()
+
+
+def test_recreate_of_a_cpu_variant_pins_the_gpu_name_it_answers_to(
+    fake: FakeDocker, tmp_path: Path
+) -> None:
+    """In cpu-fallback the gateway routes to `whisper-cpu`: its replacement takes that route
+    (by its own name) before the old one goes, and the CPU routes come back as they were."""
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    failover.to_cpu(main, failover.Io(lambda line: None, connect=lambda: fake))
+    cpu_conf = (out / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    assert "server whisper-cpu:" in cpu_conf
+    old = fake.services(main.name)["whisper-cpu"]
+    confs = reload_confs(fake, out)
+    ok, events = healer(fake, main, []).apply(
+        Decision("recreate", "restart loop", service="whisper-cpu"), NOW
+    )
+    assert ok, events
+    new = fake.services(main.name)["whisper-cpu"]
+    assert new.id != old.id and new.name == old.name
+    assert "server whisper-cpu:" not in confs[0][1]
+    assert f"server {old.name}-new-" in confs[0][1]
+    assert confs[-1][1] == cpu_conf
