@@ -265,8 +265,10 @@ def replace_behind_gateway(
     old: Any,
     report: engine_up.Report,
     wait_timeout_s: float = 600.0,
+    stack_dir: Path | None = None,
 ) -> Any:
-    """Make before break for one service the gateway routes to:
+    """Make before break for one service the gateway routes to (`stack_dir`: the stack's
+    directory, where nginx/ is, when `project` is the CPU variant's file in fallback/):
 
     1. its new container is created under a temporary name (it answers to the service's name
        on the network too) and started, and must become ready while the old one serves;
@@ -297,7 +299,7 @@ def replace_behind_gateway(
         eng.remove_quietly(new)
         raise
     report(svc.name, "healthy", f"new container {new.id[:12]}")
-    directory = project.directory
+    directory = stack_dir or project.directory
     conf_path = directory / "nginx" / "nginx.conf"
     conf = conf_path.read_text(encoding="utf-8") if conf_path.exists() else ""
     # every name it answers to (a CPU variant also answers to its GPU service's name)

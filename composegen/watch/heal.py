@@ -154,7 +154,7 @@ class Healer:
                 if old.status == "running" and not publishes:
                     try:
                         new = switch.replace_behind_gateway(
-                            client, owner, svc, old, rep, self.wait_timeout_s
+                            client, owner, svc, old, rep, self.wait_timeout_s, project.directory
                         )
                         how = "make before break"
                     except engine_up.UpFailed as exc:
