@@ -532,3 +532,41 @@ def test_once_exits_1_when_a_critical_condition_holds(
     assert ("gpu-lost" in rules) == bool(lost)
     assert "probe" in rules  # the engine's absence, said
     assert (out / EVENT_LOG).is_file()
+
+
+def test_the_engine_going_away_mid_run_with_the_real_probes_and_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real probes on the fake engine (tests/fake_docker.py), the real rules: the engine
+    stops answering between two steps -> a `probe` warning, no crash; back -> resolved."""
+    from composegen.engine import up as engine_up
+    from composegen.engine.compose import load_project
+    from composegen.watch.parts import default_parts
+    from tests.fake_docker import FakeDocker
+
+    fake = FakeDocker()
+    monkeypatch.setattr("composegen.engine.docker.connect", lambda timeout_s=30.0: fake)
+    monkeypatch.setattr(engine_up, "probe_gateway", lambda project, deadline: None)
+    out = rendered(tmp_path)
+    engine_up.up(fake, load_project(out / "docker-compose.yml", PROJECT))
+    inv = inventory_file(tmp_path, "a100_8x80")
+    options = WatchOptions(interval_s=1.0, inventory=inv)
+    io = failover.Io(lambda line: None)
+    parts = default_parts(out, PROJECT, options, io)
+    parts.sinks = []
+    w = Watcher(out, PROJECT, options, io, parts)
+    try:
+        snap1, _ = w.step(NOW)
+        fake.online = False
+        snap2, ev2 = w.step(NOW + 1)
+        fake.online = True
+        snap3, ev3 = w.step(NOW + 2)
+    finally:
+        w.close()
+    assert {c.service for c in snap1.containers} >= {"whisper", "gateway"}
+    assert snap1.gpus is not None and len(snap1.gpus) == 8
+    assert any(e.probe == "containers" for e in snap2.errors)
+    assert [e.value for e in ev2 if e.rule == "probe" and e.level == "warn"][:1] == ["containers"]
+    assert snap2.gpus == snap1.gpus  # the file still reads
+    assert not any(e.probe == "containers" for e in snap3.errors)
+    assert any(e.rule == "probe" and "answers again" in e.message for e in ev3)
