@@ -1132,13 +1132,8 @@ def watch(
     from pathlib import Path
 
     from composegen.engine import failover
-    from composegen.watch.loop import (
-        WatchOptions,
-        check_options,
-        check_stack,
-        run_watch,
-        unit_args,
-    )
+    from composegen.watch.command import check_options, check_stack, run_watch, unit_args
+    from composegen.watch.loop import WatchOptions
     from composegen.watch.loop import project_name as project_of
 
     if print_only and not install:
