@@ -199,7 +199,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str, list[float]]] = [
     (
         "Heal actions (1h)",
         "none",
-        [(f"increase(composegen_heal_actions_total{S}[1h])", "{{action}}")],
+        [(f"increase(composegen_heal_actions_total{S}[1h])", "{{action}} {{result}}")],
         "stat",
         [],
     ),

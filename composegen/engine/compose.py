@@ -908,7 +908,7 @@ def _split_profiles(
             off[name] = raw
     for name, raw in on.items():
         deps = raw.get("depends_on") if isinstance(raw, dict) else None
-        for dep in deps or ():
+        for dep in deps if isinstance(deps, (list, dict)) else ():
             if isinstance(dep, str) and dep in off:
                 profs = ", ".join(service_profiles(off[dep].get("profiles"), dep))
                 raise ComposeFileError(
@@ -928,7 +928,7 @@ def _uses(raw: Any, key: str) -> set[str]:
             return {str(n) for n in value}
         return {"default"}
     out = set()
-    for v in value or ():
+    for v in value if isinstance(value, list) else ():  # a malformed value: _service says so
         src = v.get("source") if isinstance(v, dict) else str(v).split(":", 1)[0]
         if src:
             out.add(str(src))

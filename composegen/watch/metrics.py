@@ -145,8 +145,8 @@ class Metrics:
         )
         self.heal = Counter(
             "composegen_heal_actions",
-            "heal actions taken, by action",
-            ["stack", "action"],
+            "heal actions taken, by action and result (ok / failed)",
+            ["stack", "action", "result"],
             registry=r,
         )
         self.events = Counter(
@@ -156,7 +156,8 @@ class Metrics:
             registry=r,
         )
         for action in ACTIONS:  # present from the start, so rate() sees the first one
-            self.heal.labels(stack, action)
+            for result in ("ok", "failed"):
+                self.heal.labels(stack, action, result)
         self._mode = "gpu"
         self.set_mode("gpu")
 
@@ -256,7 +257,8 @@ class Metrics:
             self.events.labels(self.stack, e.rule, e.level).inc()
             action = heal_action(e)
             if action is not None:
-                self.heal.labels(self.stack, action).inc()
+                result = "failed" if e.level == "critical" else "ok"
+                self.heal.labels(self.stack, action, result).inc()
 
     # --- output -------------------------------------------------------------------------------
 
@@ -285,11 +287,12 @@ class Metrics:
 
 
 def heal_action(e: Event) -> str | None:
-    """The action of a heal event: its `value` (what heal.py sets), else the first word of its
-    message when that names an action. None for every other event."""
+    """The action of a heal event: its `value` (what heal.py sets: the action, or "busy" when
+    the stack's lock was held and nothing was done: not counted); without a value, the first
+    word of its message when that names an action. None for every other event."""
     if e.rule != "heal":
         return None
-    if isinstance(e.value, str) and e.value in ACTIONS:
-        return e.value
+    if e.value is not None:
+        return e.value if e.value in ACTIONS else None
     first = e.message.split(" ", 1)[0].rstrip(":")
     return first if first in ACTIONS else None

@@ -164,3 +164,26 @@ def test_bad_extra_hosts(tmp_path: Path, value: str, message: str) -> None:
     text = f"services:\n  a:\n    image: i:1\n    extra_hosts: {value}\n"
     with pytest.raises(ComposeFileError, match=message):
         load_project(write(tmp_path, text), "s")
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("volumes: 5", "volumes"),
+        ("depends_on: 5", "depends_on"),
+        ("networks: 5", "networks"),
+    ],
+)
+def test_a_malformed_service_beside_a_profile_is_one_error(
+    tmp_path: Path, block: str, message: str
+) -> None:
+    """Found by tests/unit/test_fuzz.py: the profile split must not trip over a bad value
+    before the loader names it."""
+    text = (
+        "services:\n"
+        f"  a:\n    image: i:1\n    {block}\n"
+        "  m:\n    image: i:1\n    profiles: [monitor]\n    volumes: ['data:/d']\n"
+        "volumes:\n  data: {}\n"
+    )
+    with pytest.raises(ComposeFileError, match=message):
+        load_project(write(tmp_path, text), "s")

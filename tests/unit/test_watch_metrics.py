@@ -119,6 +119,12 @@ def test_every_series_of_the_contract() -> None:
                 value="recreate",
             ),
             Event(2.0, "critical", "xid", "Xid 79 on GPU 1", gpu=1, value=79),
+            # as heal.py reports them: a failed heal, and one not tried (the lock was held)
+            Event(
+                3.0, "critical", "heal", "recreate whisper failed: ...", "whisper", value="recreate"
+            ),
+            Event(4.0, "info", "heal", "recreate whisper not done: busy", "whisper", value="busy"),
+            Event(5.0, "info", "heal", "restore: GPUs healthy for 5m"),  # no value: the message
         ]
     )
     s = parse(m.text())
@@ -153,8 +159,12 @@ def test_every_series_of_the_contract() -> None:
     assert one(s, "composegen_stack_mode", mode="gpu", **svc) == 1
     assert one(s, "composegen_stack_mode", mode="cpu-fallback", **svc) == 0
     assert one(s, "composegen_stack_mode", mode="gpu-failover", **svc) == 0
-    assert one(s, "composegen_heal_actions_total", action="recreate", **svc) == 1
-    assert one(s, "composegen_heal_actions_total", action="gpu-failed", **svc) == 0
+    heal = "composegen_heal_actions_total"
+    assert one(s, heal, action="recreate", result="ok", **svc) == 1
+    assert one(s, heal, action="recreate", result="failed", **svc) == 1
+    assert one(s, heal, action="gpu-failed", result="ok", **svc) == 0
+    assert one(s, heal, action="cpu", result="failed", **svc) == 0
+    assert one(s, heal, action="restore", result="ok", **svc) == 1
     assert one(s, "composegen_events_total", rule="xid", level="critical") == 1
 
 
