@@ -277,9 +277,9 @@ def test_watch_heals_rag_a100_lost_gpu_restore_lost_access_all_lost(
         assert len(heals("recreate")) == 1
         assert containers(docker_client, st.project)["whisper"].id == new.id
         fams = metric_families(port)
-        assert sample(fams, "composegen_heal_actions", action="recreate") == 1
-        assert sample(fams, "composegen_heal_actions", action="gpu-failed") == 1
-        assert sample(fams, "composegen_heal_actions", action="restore") == 1
+        for action in ("recreate", "gpu-failed", "restore"):
+            assert sample(fams, "composegen_heal_actions", action=action, result="ok") == 1
+            assert sample(fams, "composegen_heal_actions", action=action, result="failed") == 0
         for family in (
             "composegen_gpu_temperature_celsius", "composegen_gpu_memory_total_bytes",
             "composegen_service_up", "composegen_service_healthy", "composegen_service_restarts",
