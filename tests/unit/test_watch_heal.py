@@ -292,6 +292,7 @@ def test_gpu_failed_heal_on_the_fake_engine_moves_whisper_make_before_break(
     main = project_of(out)
     engine_up.up(fake, main)
     old = fake.services(main.name)["whisper"]
+    confs = reload_confs(fake, out)
     mark = len(fake.journal)
     ok, events = healer(fake, main, []).apply(Decision("gpu-failed", "GPU 0 lost", gpus=(0,)), NOW)
     assert ok, events
@@ -300,6 +301,9 @@ def test_gpu_failed_heal_on_the_fake_engine_moves_whisper_make_before_break(
     starts = [n for n, e in enumerate(journal) if e == ("start", "whisper")]
     stops = [n for n, e in enumerate(journal) if e == ("stop", "whisper")]
     assert starts and stops and starts[0] < stops[0]
+    # the re-plan left nginx.conf as it was: the first reload is the one onto the new whisper
+    assert len(confs) == 2 and "server whisper:" not in confs[0][1]
+    assert confs[0][0] > starts[0] + mark
     new = fake.services(main.name)["whisper"]
     assert new.id != old.id
     inv = app.load_inputs(out).inventory
