@@ -18,7 +18,7 @@ from composegen.watch.probes.containers import ContainersProbe
 from composegen.watch.probes.gateway import GatewayLogProbe, parse_line
 from composegen.watch.probes.gpu_access import GpuAccessProbe
 from composegen.watch.probes.gpus import GpusProbe
-from composegen.watch.probes.kmsg import bus_key, parse_xid
+from composegen.watch.probes.kmsg import KmsgXids, bus_key, parse_xid
 from composegen.watch.probes.residency import ResidencyProbe
 from composegen.watch.types import (
     ContainerSignal,
@@ -356,6 +356,22 @@ def test_gpus_nvml_unavailable_is_a_probe_error(nvml_scenario: Install) -> None:
     probe.read(1.0)
     assert fake.init_calls == 1  # not retried at every interval
     probe.close()
+
+
+def test_the_real_kernel_log_is_read_without_blocking() -> None:
+    """/dev/kmsg blocks a plain read until the kernel logs something: opened non-blocking at
+    its end, a read with nothing new returns at once."""
+    try:
+        reader = KmsgXids()
+    except OSError as exc:
+        pytest.skip(f"/dev/kmsg cannot be read here ({exc.strerror})")
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(reader.read()), daemon=True)
+    worker.start()
+    worker.join(10.0)
+    reader.close()
+    assert done, "reading /dev/kmsg blocked"
+    assert all(isinstance(xid, int) for _, xid in done[0])
 
 
 def test_kernel_xid_lines() -> None:
