@@ -1,8 +1,8 @@
 """The host's GPUs, each interval: through one NVML session, or from an --inventory file.
 
-NVML (detect/nvml.NvmlSession): initialised once, then ~10 queries per GPU per read (each ~0.1
-ms) and a drain of the Xid event set. Where NVML cannot deliver Xid events for a GPU, its Xids
-come from the kernel log (/dev/kmsg, probes/kmsg.py).
+NVML (detect/nvml_session.NvmlSession): initialised once, then ~10 queries per GPU per read
+(each ~0.1 ms) and a drain of the Xid event set. Where NVML cannot deliver Xid events for a
+GPU, its Xids come from the kernel log (/dev/kmsg, probes/kmsg.py).
 
 --inventory FILE: re-read at every read with detect.sources.load_inventory (any format `detect
 --from` reads); per-GPU `health` and `temperature_c` of a `detect --save` file count like NVML's.
@@ -102,13 +102,13 @@ class GpusProbe:
     # --- NVML -----------------------------------------------------------------------------------
 
     def _open(self) -> ProbeError | None:
-        from composegen.detect import nvml
+        from composegen.detect import nvml, nvml_session
 
         mono = time.monotonic()
         if self._failed_at is not None and mono - self._failed_at < NVML_RETRY_S:
             return ProbeError(self.name, "NVML is not available (retrying once a minute)")
         try:
-            self.session = nvml.NvmlSession(self.nvml_timeout_s)
+            self.session = nvml_session.NvmlSession(self.nvml_timeout_s)
         except nvml.NvmlUnavailable as exc:
             self._failed_at = mono
             return ProbeError(self.name, f"NVML: {exc.reason}")
