@@ -353,8 +353,9 @@ def test_gpus_nvml_unavailable_is_a_probe_error(nvml_scenario: Install) -> None:
     assert isinstance(err, ProbeError) and err.probe == "gpus"
     assert "kernel driver is not loaded" in err.message
     assert Snapshot.of(0.0, StackInfo("p"), [err]).gpus is None  # a warning, not "no GPUs"
-    probe.read(1.0)
+    (again,) = probe.read(1.0)
     assert fake.init_calls == 1  # not retried at every interval
+    assert isinstance(again, ProbeError) and "kernel driver is not loaded" in again.message
     probe.close()
 
 

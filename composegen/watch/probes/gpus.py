@@ -86,6 +86,7 @@ class GpusProbe:
         self.session: Any = None
         self.kmsg: KmsgXids | None = None
         self._failed_at: float | None = None
+        self._failure = ""  # why NVML failed to initialise last time
         self._notes: list[ProbeError] = []  # reported once, at the next read
 
     @guarded
@@ -106,11 +107,11 @@ class GpusProbe:
 
         mono = time.monotonic()
         if self._failed_at is not None and mono - self._failed_at < NVML_RETRY_S:
-            return ProbeError(self.name, "NVML is not available (retrying once a minute)")
+            return ProbeError(self.name, f"NVML: {self._failure} (tried again once a minute)")
         try:
             self.session = nvml_session.NvmlSession(self.nvml_timeout_s)
         except nvml.NvmlUnavailable as exc:
-            self._failed_at = mono
+            self._failed_at, self._failure = mono, exc.reason
             return ProbeError(self.name, f"NVML: {exc.reason}")
         self._failed_at = None
         if self.session.event_error is not None:
