@@ -706,6 +706,29 @@ def test_gateway_reattaches_to_a_recreated_gateway_without_duplicates() -> None:
         probe.close()
 
 
+def test_gateway_address_taken_over_by_a_new_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failover the engine may give a removed replica's address to the new container:
+    under traffic the address map is read again (at most every IPS_MAX_AGE_S)."""
+    from composegen.watch.probes import gateway as gateway_mod
+
+    engine = FakeDocker()
+    gw, a, _ = _stack_with_gateway(engine)
+    probe = GatewayLogProbe(engine, P)
+    try:
+        probe.read(0.0)
+        until(lambda: probe.attached == gw.id)
+        gw.log_line(_access("ollama", f"{a.ip}:11434", 200, "200", 0.1, time.time()))
+        assert [r.service for r in of(RequestSignal, _drain(probe, 1, 1.0))] == ["ollama-0"]
+        a.remove(force=True)
+        cpu = service(engine, "ollama-cpu")
+        cpu.ip = a.ip
+        monkeypatch.setattr(gateway_mod, "IPS_MAX_AGE_S", 0.0)
+        gw.log_line(_access("ollama", f"{a.ip}:11434", 200, "200", 0.2, time.time()))
+        assert [r.service for r in of(RequestSignal, _drain(probe, 1, 2.0))] == ["ollama-cpu"]
+    finally:
+        probe.close()
+
+
 def test_gateway_buffer_is_bounded() -> None:
     engine = FakeDocker()
     gw, a, _ = _stack_with_gateway(engine)
