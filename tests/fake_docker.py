@@ -63,10 +63,12 @@ Public names (stable: tests import them; add to them, do not rename):
   timestamp: followers of its log stream get it; a later attach gets it from `since`).
 - The low-level API watch uses: `api.containers(all, filters)` (list rows: Id, Names, Labels,
   State, Status, NetworkSettings.Networks.*.IPAddress; filters `label` and `status`),
-  `api.inspect_container(id)` (counted in `inspects`), `api.events(filters, decode)` (a stream
+  `api.inspect_container(id)` (counted in `inspects`; list calls in `list_calls`),
+  `api.events(filters, decode)` (a stream
   of the container events the fake emits: create, start, die, destroy, and `emit(container,
   action)`, e.g. "oom", "health_status: unhealthy"), `api.logs(id, stream=True, follow=True,
-  timestamps=True, since=...)` (a stream of `log_line`s); `end_streams()` ends every open
+  timestamps=True, since=...)` (a stream of `log_line`s; each attach is recorded in
+  `log_attaches` as (container id, since)); `end_streams()` ends every open
   stream as an engine restart does; `exec_reply(container, cmd) -> (code, output bytes) | None`
   answers an exec (None: the default).
 - `LABEL_PROJECT`, `LABEL_SERVICE`: Compose's labels; `API_VERSION`: "1.41"; `NO_SUCH_HOST`:

@@ -139,6 +139,7 @@ class FakeNvml:
             self.event_sets.remove(es)
 
     def nvmlDeviceGetIndex(self, h: tuple[Any, ...]) -> int:
+        self._gpu(h)  # a GPU off the bus cannot say who it is: GPU_IS_LOST
         return int(h[1])
 
     # -- system

@@ -170,3 +170,55 @@ def test_probes_on_ollama_replicas(docker_client: Any, stack_factory: Any) -> No
     )
     res = {s.service: s for s in of(ResidencySignal, residency.read(time.time()))}
     assert [res[n].gpu_fraction for n in REPLICAS] == [1.0, 0.5, 1.0, 1.0]
+
+
+def test_containers_probe_sees_oom_kills_and_restarts(
+    docker_client: Any, busybox_image: str
+) -> None:
+    """Real kernel OOM kill and a real restart policy, seen through the event stream."""
+    from tests.e2e.test_up import _cleanup
+
+    project = f"cg-e2e-watch-oom-{int(time.time())}"
+    labels = {"com.docker.compose.project": project}
+    _cleanup(docker_client, project)
+    try:
+        hog = docker_client.containers.run(
+            busybox_image,
+            ["sh", "-c", "sleep 2; x=$(cat /dev/urandom)"],  # grows until the kernel kills it
+            name=f"{project}-hog-1",
+            labels={**labels, "com.docker.compose.service": "hog"},
+            mem_limit="16m",
+            memswap_limit="16m",
+            detach=True,
+        )
+        flaky = docker_client.containers.run(
+            busybox_image,
+            ["sh", "-c", "sleep 1; exit 3"],
+            name=f"{project}-flaky-1",
+            labels={**labels, "com.docker.compose.service": "flaky"},
+            restart_policy={"Name": "on-failure", "MaximumRetryCount": 2},
+            detach=True,
+        )
+        probe = ContainersProbe(connect(), project)
+        got: dict[str, ContainerSignal] = {}
+        try:
+
+            def settled() -> bool:
+                got.update({s.service: s for s in of(ContainerSignal, probe.read(time.time()))})
+                return (
+                    len(got) == 2
+                    and got["hog"].state == "exited"
+                    and got["flaky"].state == "exited"
+                    and got["flaky"].restart_count == 2
+                )
+
+            until(settled, 90, "the hog OOM-killed and flaky out of retries")
+            assert probe.following  # the changes came through the event stream
+        finally:
+            probe.close()
+        assert got["hog"].oom_killed is True and got["hog"].exit_code == 137, got["hog"]
+        assert got["hog"].container_id == hog.id
+        assert got["flaky"].oom_killed is False and got["flaky"].exit_code == 3, got["flaky"]
+        assert got["flaky"].container_id == flaky.id
+    finally:
+        _cleanup(docker_client, project)

@@ -18,7 +18,7 @@ from composegen.watch.probes.containers import ContainersProbe
 from composegen.watch.probes.gateway import GatewayLogProbe, parse_line
 from composegen.watch.probes.gpu_access import GpuAccessProbe
 from composegen.watch.probes.gpus import GpusProbe
-from composegen.watch.probes.kmsg import bus_key, parse_xid
+from composegen.watch.probes.kmsg import KmsgXids, bus_key, parse_xid
 from composegen.watch.probes.residency import ResidencyProbe
 from composegen.watch.types import (
     ContainerSignal,
@@ -353,9 +353,26 @@ def test_gpus_nvml_unavailable_is_a_probe_error(nvml_scenario: Install) -> None:
     assert isinstance(err, ProbeError) and err.probe == "gpus"
     assert "kernel driver is not loaded" in err.message
     assert Snapshot.of(0.0, StackInfo("p"), [err]).gpus is None  # a warning, not "no GPUs"
-    probe.read(1.0)
+    (again,) = probe.read(1.0)
     assert fake.init_calls == 1  # not retried at every interval
+    assert isinstance(again, ProbeError) and "kernel driver is not loaded" in again.message
     probe.close()
+
+
+def test_the_real_kernel_log_is_read_without_blocking() -> None:
+    """/dev/kmsg blocks a plain read until the kernel logs something: opened non-blocking at
+    its end, a read with nothing new returns at once."""
+    try:
+        reader = KmsgXids()
+    except OSError as exc:
+        pytest.skip(f"/dev/kmsg cannot be read here ({exc.strerror})")
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(reader.read()), daemon=True)
+    worker.start()
+    worker.join(10.0)
+    reader.close()
+    assert done, "reading /dev/kmsg blocked"
+    assert all(isinstance(xid, int) for _, xid in done[0])
 
 
 def test_kernel_xid_lines() -> None:
@@ -685,6 +702,29 @@ def test_gateway_reattaches_to_a_recreated_gateway_without_duplicates() -> None:
         got = of(RequestSignal, _drain(probe, 1, 3.0))
         assert [(r.request_time_s, r.service) for r in got] == [(0.3, "ollama-0")]
         assert engine.log_attaches[-1] == (new.id, probe.start)
+    finally:
+        probe.close()
+
+
+def test_gateway_address_taken_over_by_a_new_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failover the engine may give a removed replica's address to the new container:
+    under traffic the address map is read again (at most every IPS_MAX_AGE_S)."""
+    from composegen.watch.probes import gateway as gateway_mod
+
+    engine = FakeDocker()
+    gw, a, _ = _stack_with_gateway(engine)
+    probe = GatewayLogProbe(engine, P)
+    try:
+        probe.read(0.0)
+        until(lambda: probe.attached == gw.id)
+        gw.log_line(_access("ollama", f"{a.ip}:11434", 200, "200", 0.1, time.time()))
+        assert [r.service for r in of(RequestSignal, _drain(probe, 1, 1.0))] == ["ollama-0"]
+        a.remove(force=True)
+        cpu = service(engine, "ollama-cpu")
+        cpu.ip = a.ip
+        monkeypatch.setattr(gateway_mod, "IPS_MAX_AGE_S", 0.0)
+        gw.log_line(_access("ollama", f"{a.ip}:11434", 200, "200", 0.2, time.time()))
+        assert [r.service for r in of(RequestSignal, _drain(probe, 1, 2.0))] == ["ollama-cpu"]
     finally:
         probe.close()
 

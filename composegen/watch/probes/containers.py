@@ -65,7 +65,6 @@ class ContainersProbe:
         self.cache: dict[str, tuple[tuple[str, ...], ContainerSignal]] = {}
         self.inspects = 0  # how many inspect calls this probe made (for tests and benchmarks)
         self._dirty: set[str] = set()
-        self._all_dirty = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stream: Any = None

@@ -27,6 +27,7 @@ from composegen.watch.probes import guarded
 from composegen.watch.types import ProbeError, RequestSignal, Signal
 
 MAX_BUFFERED = 10_000
+IPS_MAX_AGE_S = 10.0  # under traffic, the address -> service map is read again this often
 RETRY_S = 1.0  # before attaching again after a stream ended (a recreated gateway)
 IDLE_RETRY_S = 5.0  # between two looks for a gateway while none runs
 GATEWAY = "gateway"
@@ -108,6 +109,7 @@ class GatewayLogProbe:
         self.attached: str | None = None  # the gateway container followed now
         self.attaches = 0
         self.ips: dict[str, str] = {}  # container IP -> service
+        self._ips_at = 0.0  # when `ips` was read (monotonic)
         self._last_ts: dict[str, tuple[int, int]] = {}  # container id -> last line's time
         self._error: str | None = None
         self._lock = threading.Lock()
@@ -191,6 +193,7 @@ class GatewayLogProbe:
                 if ip and service:
                     ips[str(ip)] = service
         self.ips = ips
+        self._ips_at = time.monotonic()
 
     @guarded
     def read(self, now: float) -> Sequence[Signal]:
@@ -203,7 +206,8 @@ class GatewayLogProbe:
             error = self._error
         out: list[Signal] = []
         unknown = {ip for r in got if (ip := _ip(r.upstream)) and ip not in self.ips}
-        if unknown:
+        stale = got and time.monotonic() - self._ips_at > IPS_MAX_AGE_S
+        if unknown or stale:  # a new address, or a recreated container may have taken an old one
             try:
                 self._refresh_ips()
             except ComposegenError as exc:

@@ -1,8 +1,8 @@
 """The host's GPUs, each interval: through one NVML session, or from an --inventory file.
 
-NVML (detect/nvml.NvmlSession): initialised once, then ~10 queries per GPU per read (each ~0.1
-ms) and a drain of the Xid event set. Where NVML cannot deliver Xid events for a GPU, its Xids
-come from the kernel log (/dev/kmsg, probes/kmsg.py).
+NVML (detect/nvml_session.NvmlSession): initialised once, then ~10 queries per GPU per read
+(each ~0.1 ms) and a drain of the Xid event set. Where NVML cannot deliver Xid events for a
+GPU, its Xids come from the kernel log (/dev/kmsg, probes/kmsg.py).
 
 --inventory FILE: re-read at every read with detect.sources.load_inventory (any format `detect
 --from` reads); per-GPU `health` and `temperature_c` of a `detect --save` file count like NVML's.
@@ -86,6 +86,7 @@ class GpusProbe:
         self.session: Any = None
         self.kmsg: KmsgXids | None = None
         self._failed_at: float | None = None
+        self._failure = ""  # why NVML failed to initialise last time
         self._notes: list[ProbeError] = []  # reported once, at the next read
 
     @guarded
@@ -102,15 +103,15 @@ class GpusProbe:
     # --- NVML -----------------------------------------------------------------------------------
 
     def _open(self) -> ProbeError | None:
-        from composegen.detect import nvml
+        from composegen.detect import nvml, nvml_session
 
         mono = time.monotonic()
         if self._failed_at is not None and mono - self._failed_at < NVML_RETRY_S:
-            return ProbeError(self.name, "NVML is not available (retrying once a minute)")
+            return ProbeError(self.name, f"NVML: {self._failure} (tried again once a minute)")
         try:
-            self.session = nvml.NvmlSession(self.nvml_timeout_s)
+            self.session = nvml_session.NvmlSession(self.nvml_timeout_s)
         except nvml.NvmlUnavailable as exc:
-            self._failed_at = mono
+            self._failed_at, self._failure = mono, exc.reason
             return ProbeError(self.name, f"NVML: {exc.reason}")
         self._failed_at = None
         if self.session.event_error is not None:
