@@ -44,10 +44,13 @@ def cli(debug: bool) -> None:
     Typical flow:
       composegen detect                      what GPUs, CPU, RAM and Docker engine this host has
       composegen profiles                    which profiles fit this host, and why not
-      composegen plan --profile rag-a100     which GPU would run which service
-      composegen render --profile rag-a100 -o stack    write the stack into stack/
+      composegen plan                        the profile that suits this host, and its GPU map
+      composegen render -o stack             write that stack into stack/
+      composegen render -P rag-a100 -o stack   a profile of your choice (-P/--profile)
+      composegen up -C stack                 start it; logs, exec, status, down as in Compose
 
-    On a host with no GPU, plan and render use the profile's reference hardware.
+    On a host with no GPU, plan and render need --profile and use its reference hardware.
+    -p is the project name and -f the compose file, as in Compose.
 
     Exit codes: 0 success, 1 runtime failure, 2 bad input.
     """
@@ -148,14 +151,52 @@ INVENTORY = click.option(
     metavar="FILE",
     help="Plan for the host described by FILE (anything `detect --from` reads), not this one.",
 )
-PROFILE = click.option(
-    "--profile",
-    "-p",
-    "profile_name",
-    required=True,
-    metavar="NAME",
-    help="Profile name (see `composegen profiles`) or a path to a profile YAML.",
-)
+PROFILE = [
+    click.option(
+        "--profile",
+        "-P",
+        "profile_name",
+        default=None,
+        metavar="NAME",
+        help="Profile name (see `composegen profiles`) or a path to a profile YAML. Omitted or "
+        "`auto`: the profile that suits this host (or --inventory FILE) best, and why.",
+    ),
+    # -p is the project name everywhere (as in Compose); here it only says so
+    click.option("-p", "project_flag", default=None, hidden=True, metavar="NAME"),
+]
+
+
+def _profile_opts(func: Any) -> Any:
+    for opt in reversed(PROFILE):
+        func = opt(func)
+    return func
+
+
+def _pick_profile(
+    profile_name: str | None,
+    project_flag: str | None,
+    profiles_dirs: tuple[str, ...],
+    inventory: str | None,
+    reference: bool,
+) -> tuple[str, Any]:
+    """(the profile to use, this host's inventory when auto-selection detected it)."""
+    if project_flag is not None:
+        command = click.get_current_context().info_name
+        raise BadInputError(
+            f"-p is the project name (as in Compose), and `{command}` has no project",
+            f"the profile is -P/--profile: composegen {command} -P {project_flag}",
+        )
+    from composegen.selection import AUTO
+
+    if profile_name not in (None, AUTO):
+        return profile_name, None
+    from composegen import app
+
+    name, why, local = app.auto_profile(profiles_dirs, inventory, reference)
+    click.echo(f"composegen: {why}", err=True)
+    return name, local
+
+
 PIN_BY = click.option(
     "--pin-by",
     type=click.Choice(["uuid", "index"]),
@@ -219,6 +260,10 @@ def profiles(
     fits: yes       every service gets the GPUs it asks for
           degraded  some services run on CPU or are dropped, by the profile's own rules
           no        the profile refuses this hardware (the reason says what to change)
+
+    Best first: by fit, then closeness to each profile's reference hardware (GPU count, VRAM
+    per GPU, GPU models, NVLink); the first is what `plan` and `render` choose without
+    --profile.
     """
     ctx.ensure_object(dict)
     ctx.obj["profiles_dirs"] = profiles_dirs
@@ -245,6 +290,7 @@ def profiles(
                         "fits": f.fits,
                         "why": f.why,
                         "hardware": f.hardware,
+                        "closeness": f.closeness.text() if f.closeness else None,
                         "description": f.description,
                     }
                     for f in fits
@@ -294,7 +340,7 @@ def profiles_show(
 
 
 @cli.command(context_settings=CONTEXT)
-@PROFILE
+@_profile_opts
 @INVENTORY
 @REFERENCE
 @PROFILES_DIR
@@ -303,7 +349,8 @@ def profiles_show(
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @_overrides
 def plan(
-    profile_name: str,
+    profile_name: str | None,
+    project_flag: str | None,
     inventory: str | None,
     reference: bool,
     profiles_dirs: tuple[str, ...],
@@ -314,12 +361,18 @@ def plan(
     values_files: tuple[str, ...],
     images: tuple[str, ...],
 ) -> None:
-    """Show which GPU runs which service of a profile, with VRAM used/free and the spares."""
+    """Show which GPU runs which service of a profile, with VRAM used/free and the spares.
+
+    Without --profile (or with --profile auto) the profile that suits the hardware best is
+    chosen: by fit (yes, degraded, no), then closeness to each profile's reference hardware
+    (GPU count, VRAM per GPU, GPU models, NVLink); one line on stderr says why."""
     from composegen import app
     from composegen.profiles import Overrides
 
+    name, local = _pick_profile(profile_name, project_flag, profiles_dirs, inventory, reference)
     built = app.build(
-        profile_name,
+        name,
+        local=local,
         extra_dirs=profiles_dirs,
         overrides=Overrides(sets, values_files, images),
         inventory=inventory,
@@ -340,7 +393,7 @@ def plan(
 
 
 @cli.command(context_settings=CONTEXT)
-@PROFILE
+@_profile_opts
 @click.option(
     "-o",
     "--output",
@@ -375,7 +428,8 @@ def plan(
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
 def render(
-    profile_name: str,
+    profile_name: str | None,
+    project_flag: str | None,
     out_dir: str,
     inventory: str | None,
     reference: bool,
@@ -401,7 +455,8 @@ def render(
             STACK.md               the plan in words: which GPU runs what and why
 
     Re-rendering an unchanged directory changes nothing; a file edited by hand is kept
-    unless --force.
+    unless --force. Without --profile (or with --profile auto) the profile that suits this
+    host best is chosen, as in `plan`, and one line on stderr says why.
     """
     import ipaddress
     from pathlib import Path
@@ -415,8 +470,10 @@ def render(
         raise BadInputError(
             f"--bind {bind!r}: not an IP address", "e.g. --bind 127.0.0.1"
         ) from None
+    name, local = _pick_profile(profile_name, project_flag, profiles_dirs, inventory, reference)
     built = app.build(
-        profile_name,
+        name,
+        local=local,
         extra_dirs=profiles_dirs,
         overrides=Overrides(sets, values_files, images),
         inventory=inventory,
