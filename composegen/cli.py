@@ -571,6 +571,21 @@ def _project_opts(func: Any) -> Any:
     return func
 
 
+def _project_opts_long_file(func: Any) -> Any:
+    """The project options with the compose file as --file only: in `logs`, -f is --follow,
+    as in `docker compose logs -f`."""
+    file_opt = click.option(
+        "--file",
+        "file",
+        metavar="FILE",
+        default=None,
+        help="The compose file (default: DIR/docker-compose.yml).",
+    )
+    for opt in reversed([PROJECT_OPTS[0], file_opt, PROJECT_OPTS[2]]):
+        func = opt(func)
+    return func
+
+
 def _load_project(directory: str | None, file: str | None, project_name: str | None) -> Any:
     from pathlib import Path
 
@@ -582,6 +597,30 @@ def _load_project(directory: str | None, file: str | None, project_name: str | N
     return load_project(path, project_name)
 
 
+def _named_project(project_name: str | None) -> str | None:
+    """-p NAME, else COMPOSE_PROJECT_NAME, normalised as Compose does (None: neither)."""
+    name = project_name or os.environ.get("COMPOSE_PROJECT_NAME")
+    if not name:
+        return None
+    from pathlib import Path
+
+    from composegen.engine.compose import project_name as normalised
+
+    return normalised(name, {}, {}, Path("."))
+
+
+def _project_name_only(directory: str | None, file: str | None, project_name: str | None) -> str:
+    """The project's name for commands that need only its labels (logs, exec): the compose
+    file's, or with the file gone or broken, -p NAME / COMPOSE_PROJECT_NAME."""
+    try:
+        return str(_load_project(directory, file, project_name).name)
+    except BadInputError:
+        name = _named_project(project_name)
+        if not name:
+            raise
+        return name
+
+
 def _project_or_labels(directory: str | None, file: str | None, project_name: str | None) -> Any:
     """(client, target) for `down` and `status`: the compose file's project, or with -p NAME
     when the file is gone or broken, the project as its containers' labels describe it."""
@@ -591,13 +630,14 @@ def _project_or_labels(directory: str | None, file: str | None, project_name: st
     try:
         project = _load_project(directory, file, project_name)
     except BadInputError as exc:
-        if not project_name:
+        name = _named_project(project_name)
+        if not name:
             raise
         from pathlib import Path
 
         client = eng.connect()
         where = Path(file).parent if file else Path(directory or ".")
-        return client, engine_up.target_from_labels(client, project_name, exc.message, where)
+        return client, engine_up.target_from_labels(client, name, exc.message, where)
     return eng.connect(), engine_up.Target(project.name, project.directory, project, None)
 
 
@@ -1047,6 +1087,142 @@ def fallback(
         failover.Request(chosen[0], gpu_failed, inventory, dry_run, force),
         failover.Io(say, progress),
     )
+
+
+@cli.command(context_settings=CONTEXT)
+@_project_opts_long_file
+@click.option("-f", "--follow", is_flag=True, help="Follow the output until Ctrl-C.")
+@click.option(
+    "-n",
+    "--tail",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Show the last N lines of each container (default: all).",
+)
+@click.option("-t", "--timestamps", is_flag=True, help="Show the engine's timestamps.")
+@click.argument("services", nargs=-1, metavar="[SERVICE]...")
+def logs(
+    directory: str | None,
+    file: str | None,
+    project_name: str | None,
+    follow: bool,
+    tail: int | None,
+    timestamps: bool,
+    services: tuple[str, ...],
+) -> None:
+    """Show the logs of the stack's containers (or of SERVICE...), as `docker compose logs`:
+    each line prefixed `SERVICE-N  |`, interleaved by time; -f follows until Ctrl-C.
+
+    Containers are found by Compose's labels, so a stack Compose started works too. Here -f
+    is --follow, as in `docker compose logs -f`; the compose file is --file FILE (or -C DIR).
+    """
+    from composegen.engine import attach
+    from composegen.engine import docker as eng
+
+    name = _project_name_only(directory, file, project_name)
+    client = eng.connect()
+    attach.logs(
+        client,
+        name,
+        services,
+        attach.LogOptions(follow=follow, tail=tail, timestamps=timestamps),
+        lambda line: click.echo(_one_line(line)),
+    )
+
+
+@cli.command(
+    "exec",
+    context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@_project_opts
+@click.option("-T", "--no-tty", "no_tty", is_flag=True, help="Do not allocate a TTY.")
+@click.option(
+    "-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set an environment variable."
+)
+@click.option("-w", "--workdir", default=None, metavar="DIR", help="Run the command in DIR.")
+@click.option("-u", "--user", default="", metavar="USER", help="Run the command as USER.")
+@click.option(
+    "--index",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="The container of the service, when it has several.",
+)
+@click.argument("service")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(
+    directory: str | None,
+    file: str | None,
+    project_name: str | None,
+    no_tty: bool,
+    env: tuple[str, ...],
+    workdir: str | None,
+    user: str,
+    index: int,
+    service: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND in the running container of SERVICE, as `docker compose exec`: with a TTY
+    when stdin is one (unless -T), stdin passed on; exits with the command's exit code."""
+    from composegen.engine import attach
+    from composegen.engine import docker as eng
+
+    for item in env:
+        if "=" not in item or not item.partition("=")[0]:
+            raise BadInputError(f"-e {item!r}: expected KEY=VALUE", "e.g. -e OLLAMA_DEBUG=1")
+    name = _project_name_only(directory, file, project_name)
+    client = eng.connect()
+    stdin_fd = _stdin_fd()
+    tty = not no_tty and stdin_fd is not None and os.isatty(stdin_fd)
+    req = eng.ExecRequest(list(command), tty=tty, env=env, workdir=workdir, user=user)
+
+    def write(stream: int, data: bytes) -> None:
+        out = sys.stderr if stream == 2 else sys.stdout
+        out.buffer.write(data)
+        out.flush()
+
+    with _raw_terminal(stdin_fd if tty else None):
+        size = _terminal_size() if tty else None
+        code = attach.exec_in(client, name, service, req, stdin_fd, write, index, size)
+    sys.exit(code)
+
+
+def _stdin_fd() -> int | None:
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):  # no real stdin (closed, or a test's)
+        return None
+
+
+def _terminal_size() -> tuple[int, int]:
+    import shutil
+
+    cols, rows = shutil.get_terminal_size()
+    return rows, cols
+
+
+def _raw_terminal(fd: int | None) -> Any:
+    """The local terminal in raw mode while a TTY exec runs (keys go to the container)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def raw() -> Any:
+        if fd is None:
+            yield
+            return
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(fd)
+        try:
+            tty.setraw(fd)
+            yield
+        finally:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+    return raw()
 
 
 def _check_residency(client: Any, project: Any, report: Any) -> None:
