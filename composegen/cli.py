@@ -1101,6 +1101,7 @@ def fallback(
     help="Show the last N lines of each container (default: all).",
 )
 @click.option("-t", "--timestamps", is_flag=True, help="Show the engine's timestamps.")
+@click.option("--no-log-prefix", is_flag=True, help="Do not prefix the lines with SERVICE-N |.")
 @click.argument("services", nargs=-1, metavar="[SERVICE]...")
 def logs(
     directory: str | None,
@@ -1109,6 +1110,7 @@ def logs(
     follow: bool,
     tail: int | None,
     timestamps: bool,
+    no_log_prefix: bool,
     services: tuple[str, ...],
 ) -> None:
     """Show the logs of the stack's containers (or of SERVICE...), as `docker compose logs`:
@@ -1126,7 +1128,7 @@ def logs(
         client,
         name,
         services,
-        attach.LogOptions(follow=follow, tail=tail, timestamps=timestamps),
+        attach.LogOptions(follow, tail, timestamps, prefix=not no_log_prefix),
         lambda line: click.echo(_one_line(line)),
     )
 
@@ -1174,7 +1176,7 @@ def exec_command(
             raise BadInputError(f"-e {item!r}: expected KEY=VALUE", "e.g. -e OLLAMA_DEBUG=1")
     name = _project_name_only(directory, file, project_name)
     client = eng.connect()
-    stdin_fd = _stdin_fd()
+    stdin_fd = attach.stdin_fd(sys.stdin)
     tty = not no_tty and stdin_fd is not None and os.isatty(stdin_fd)
     req = eng.ExecRequest(list(command), tty=tty, env=env, workdir=workdir, user=user)
 
@@ -1183,46 +1185,9 @@ def exec_command(
         out.buffer.write(data)
         out.flush()
 
-    with _raw_terminal(stdin_fd if tty else None):
-        size = _terminal_size() if tty else None
+    with attach.raw_terminal(stdin_fd if tty else None) as size:
         code = attach.exec_in(client, name, service, req, stdin_fd, write, index, size)
     sys.exit(code)
-
-
-def _stdin_fd() -> int | None:
-    try:
-        return sys.stdin.fileno()
-    except (AttributeError, ValueError, OSError):  # no real stdin (closed, or a test's)
-        return None
-
-
-def _terminal_size() -> tuple[int, int]:
-    import shutil
-
-    cols, rows = shutil.get_terminal_size()
-    return rows, cols
-
-
-def _raw_terminal(fd: int | None) -> Any:
-    """The local terminal in raw mode while a TTY exec runs (keys go to the container)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def raw() -> Any:
-        if fd is None:
-            yield
-            return
-        import termios
-        import tty
-
-        saved = termios.tcgetattr(fd)
-        try:
-            tty.setraw(fd)
-            yield
-        finally:
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-    return raw()
 
 
 def _check_residency(client: Any, project: Any, report: Any) -> None:

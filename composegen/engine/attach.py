@@ -8,6 +8,7 @@ functions passed in.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import queue
 import threading
@@ -96,6 +97,7 @@ class LogOptions:
     follow: bool = False
     tail: int | None = None  # the last N lines of each container; None: all
     timestamps: bool = False
+    prefix: bool = True  # SERVICE-N  | before each line
 
 
 def logs(
@@ -113,7 +115,8 @@ def logs(
 
     def show(box: Box, line: str) -> None:
         stamp, text = split_stamp(line)
-        out(f"{box.label:<{width}}  | " + (f"{stamp} {text}" if opts.timestamps else text))
+        head = f"{box.label:<{width}}  | " if opts.prefix else ""
+        out(head + (f"{stamp} {text}" if opts.timestamps else text))
 
     if not opts.follow:
         per_box = [
@@ -200,3 +203,32 @@ def exec_in(
             "start it with `composegen up`",
         )
     return eng.exec_attached(client, box.id, req, stdin_fd, write, size)
+
+
+def stdin_fd(stream: Any) -> int | None:
+    """The file descriptor of stdin; None when there is none to pass on (closed, or a
+    test's stand-in)."""
+    try:
+        return int(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int | None) -> Iterator[tuple[int, int] | None]:
+    """The terminal on fd in raw mode while a TTY exec runs (keys go to the container), then
+    as it was; yields its size (rows, columns). fd None: no terminal, nothing changed."""
+    if fd is None:
+        yield None
+        return
+    import shutil
+    import termios
+    import tty
+
+    cols, rows = shutil.get_terminal_size()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield rows, cols
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -343,3 +343,28 @@ def test_detect_and_profiles_show_the_same_ranking(capsys: pytest.CaptureFixture
         "2 GPU(s) vs 3 in the reference, VRAM/GPU 2x24564 MiB vs 24576+12282+8192, 0 of 3 GPU "
         "models, NVLink none as the reference"
     )
+
+
+def test_logs_without_prefix(
+    engine: FakeDocker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = call(["logs", "-C", str(tmp_path), "-p", "proj", "--no-log-prefix"], capsys)
+    assert code == 0, err
+    assert out.splitlines() == ["a1", "b1", "a2"]
+
+
+def test_project_name_order_of_a_compose_file(
+    engine: FakeDocker,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """-p, else COMPOSE_PROJECT_NAME, else the file's name:, else the directory (Compose's)."""
+    (tmp_path / "docker-compose.yml").write_text("name: fromfile\n" + COMPOSE)
+    _, out, err = call(["status", "-C", str(tmp_path), "--json"], capsys)
+    assert json.loads(out)["project"] == "fromfile", err
+    monkeypatch.setenv("COMPOSE_PROJECT_NAME", "proj")
+    _, out, err = call(["status", "-C", str(tmp_path), "--json"], capsys)
+    assert json.loads(out)["project"] == "proj", err
+    _, out, err = call(["status", "-C", str(tmp_path), "-p", "other", "--json"], capsys)
+    assert json.loads(out)["project"] == "other", err
