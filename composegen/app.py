@@ -13,6 +13,7 @@ from composegen.inventory import Inventory
 from composegen.plan import PinBy, Plan, PlanError, PlanOptions, make_plan
 from composegen.profiles import Overrides, Profile
 from composegen.render import RenderOptions, render
+from composegen.selection import Candidate, Closeness
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,18 @@ class Fit:
     score: tuple[int, int, int]
     description: str
     hardware: str = ""  # what the result is for: "this host", "reference hardware: ...", ...
+    closeness: Closeness | None = None  # the hardware against the profile's reference
 
 
 def fit(prof: Profile, inv: Inventory, hardware: str = "") -> Fit:
+    from dataclasses import replace
+
+    from composegen.selection import closeness
+
+    return replace(_fit(prof, inv, hardware), closeness=closeness(prof.reference, inv))
+
+
+def _fit(prof: Profile, inv: Inventory, hardware: str = "") -> Fit:
     try:
         plan = make_plan(inv, prof)
     except PlanError as exc:
@@ -110,7 +120,8 @@ def fit(prof: Profile, inv: Inventory, hardware: str = "") -> Fit:
 def rank(
     inv: Inventory, extra_dirs: Sequence[str] = (), *, this_host: bool = False, hardware: str = ""
 ) -> list[Fit]:
-    """Every profile rated on `inv`. With this_host (inv is this host's own inventory), a host
+    """Every profile rated on `inv`, best first (selection.ranked: fit, then closeness to the
+    profile's reference hardware). With this_host (inv is this host's own inventory), a host
     with no usable GPU rates each profile on its reference hardware, as `plan` and `render` do
     (choose_inventory), and each Fit's hardware says so."""
     out = []
@@ -125,7 +136,64 @@ def rank(
             out.append(fit(prof, target.inventory, target.note))
         else:
             out.append(fit(prof, inv, hardware or inv.source))
-    return sorted(out, key=lambda f: (-f.score[0], -f.score[1], -f.score[2], f.name))
+    from composegen import selection
+
+    order = selection.ranked([_candidate(f) for f in out])
+    by_name = {f.name: f for f in out}
+    return [by_name[c.name] for c in order]
+
+
+def _candidate(f: Fit) -> Candidate:
+    from composegen.selection import Candidate
+
+    return Candidate(f.name, f.fits, f.why, f.closeness)
+
+
+def auto_profile(
+    extra_dirs: Sequence[str] = (),
+    inventory: str | None = None,
+    reference: bool = False,
+    local: Inventory | None = None,
+) -> tuple[str, str, Inventory | None]:
+    """`--profile auto` (or none): (the profile that suits the hardware best, why in one line,
+    this host's inventory when it was detected, for build to reuse).
+
+    The hardware is --inventory FILE, else this host. A host with no usable GPU has nothing
+    to choose by (every profile fits its own reference hardware): that is bad input, and the
+    error lists the profiles to pass with --profile."""
+    from composegen import selection
+
+    names = sorted(profiles.available(extra_dirs))
+    hint = f"pass --profile NAME (one of: {', '.join(names)})"
+    if reference:
+        raise BadInputError(
+            "--reference needs a profile: whose reference hardware?",
+            f"{hint}; it is then planned on that profile's reference hardware",
+        )
+    if inventory:
+        from composegen.detect.sources import load_inventory
+
+        inv, hardware = load_inventory(inventory), f"inventory file {inventory}"
+    else:
+        if local is None:
+            from composegen.detect.sources import detect_local
+
+            local = detect_local(with_host=False)
+        inv, hardware = local, "this host"
+    if not inv.healthy_gpus:
+        why = inv.no_gpu_reason or "no healthy GPU"
+        raise BadInputError(
+            f"no profile chosen: {hardware} has no usable GPU ({why}), so no profile suits it "
+            "better than another",
+            f"{hint}; with no GPU it is planned on that profile's reference hardware",
+        )
+    try:
+        choice = selection.choose(
+            [_candidate(f) for f in rank(inv, extra_dirs, hardware=hardware)], hardware
+        )
+    except selection.NothingFits as exc:
+        raise BadInputError(f"no profile fits {hardware}: {exc.reasons}", hint) from None
+    return choice.name, choice.line, (None if inventory else local)
 
 
 @dataclass(frozen=True)
@@ -148,12 +216,13 @@ def build(
     bind: str = "127.0.0.1",
     ignore_used: bool = False,
     previous_dir: Path | None = None,
+    local: Inventory | None = None,
 ) -> Rendered:
     """Load, choose the inventory, plan, render. previous_dir: the directory being re-rendered;
     when the inventory is this host, the memory its stack was planned to hold is not counted
     as held by others (a running stack's own memory), so re-rendering it gives the same plan."""
     prof = profiles.load(name, extra_dirs, overrides)
-    target = choose_inventory(prof, inventory, reference)
+    target = choose_inventory(prof, inventory, reference, local)
     own_notes: list[str] = []
     if previous_dir is not None and not ignore_used and target.note == "this host":
         target = Target(_without_own_use(target.inventory, previous_dir, own_notes), target.note)

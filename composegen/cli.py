@@ -44,10 +44,13 @@ def cli(debug: bool) -> None:
     Typical flow:
       composegen detect                      what GPUs, CPU, RAM and Docker engine this host has
       composegen profiles                    which profiles fit this host, and why not
-      composegen plan --profile rag-a100     which GPU would run which service
-      composegen render --profile rag-a100 -o stack    write the stack into stack/
+      composegen plan                        the profile that suits this host, and its GPU map
+      composegen render -o stack             write that stack into stack/
+      composegen render -P rag-a100 -o stack   a profile of your choice (-P/--profile)
+      composegen up -C stack                 start it; logs, exec, status, down as in Compose
 
-    On a host with no GPU, plan and render use the profile's reference hardware.
+    On a host with no GPU, plan and render need --profile and use its reference hardware.
+    -p is the project name and -f the compose file, as in Compose.
 
     Exit codes: 0 success, 1 runtime failure, 2 bad input.
     """
@@ -148,14 +151,52 @@ INVENTORY = click.option(
     metavar="FILE",
     help="Plan for the host described by FILE (anything `detect --from` reads), not this one.",
 )
-PROFILE = click.option(
-    "--profile",
-    "-p",
-    "profile_name",
-    required=True,
-    metavar="NAME",
-    help="Profile name (see `composegen profiles`) or a path to a profile YAML.",
-)
+PROFILE = [
+    click.option(
+        "--profile",
+        "-P",
+        "profile_name",
+        default=None,
+        metavar="NAME",
+        help="Profile name (see `composegen profiles`) or a path to a profile YAML. Omitted or "
+        "`auto`: the profile that suits this host (or --inventory FILE) best, and why.",
+    ),
+    # -p is the project name everywhere (as in Compose); here it only says so
+    click.option("-p", "project_flag", default=None, hidden=True, metavar="NAME"),
+]
+
+
+def _profile_opts(func: Any) -> Any:
+    for opt in reversed(PROFILE):
+        func = opt(func)
+    return func
+
+
+def _pick_profile(
+    profile_name: str | None,
+    project_flag: str | None,
+    profiles_dirs: tuple[str, ...],
+    inventory: str | None,
+    reference: bool,
+) -> tuple[str, Any]:
+    """(the profile to use, this host's inventory when auto-selection detected it)."""
+    if project_flag is not None:
+        command = click.get_current_context().info_name
+        raise BadInputError(
+            f"-p is the project name (as in Compose), and `{command}` has no project",
+            f"the profile is -P/--profile: composegen {command} -P {project_flag}",
+        )
+    from composegen.selection import AUTO
+
+    if profile_name not in (None, AUTO):
+        return profile_name, None
+    from composegen import app
+
+    name, why, local = app.auto_profile(profiles_dirs, inventory, reference)
+    click.echo(f"composegen: {why}", err=True)
+    return name, local
+
+
 PIN_BY = click.option(
     "--pin-by",
     type=click.Choice(["uuid", "index"]),
@@ -219,6 +260,10 @@ def profiles(
     fits: yes       every service gets the GPUs it asks for
           degraded  some services run on CPU or are dropped, by the profile's own rules
           no        the profile refuses this hardware (the reason says what to change)
+
+    Best first: by fit, then closeness to each profile's reference hardware (GPU count, VRAM
+    per GPU, GPU models, NVLink); the first is what `plan` and `render` choose without
+    --profile.
     """
     ctx.ensure_object(dict)
     ctx.obj["profiles_dirs"] = profiles_dirs
@@ -245,6 +290,7 @@ def profiles(
                         "fits": f.fits,
                         "why": f.why,
                         "hardware": f.hardware,
+                        "closeness": f.closeness.text() if f.closeness else None,
                         "description": f.description,
                     }
                     for f in fits
@@ -294,7 +340,7 @@ def profiles_show(
 
 
 @cli.command(context_settings=CONTEXT)
-@PROFILE
+@_profile_opts
 @INVENTORY
 @REFERENCE
 @PROFILES_DIR
@@ -303,7 +349,8 @@ def profiles_show(
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @_overrides
 def plan(
-    profile_name: str,
+    profile_name: str | None,
+    project_flag: str | None,
     inventory: str | None,
     reference: bool,
     profiles_dirs: tuple[str, ...],
@@ -314,12 +361,18 @@ def plan(
     values_files: tuple[str, ...],
     images: tuple[str, ...],
 ) -> None:
-    """Show which GPU runs which service of a profile, with VRAM used/free and the spares."""
+    """Show which GPU runs which service of a profile, with VRAM used/free and the spares.
+
+    Without --profile (or with --profile auto) the profile that suits the hardware best is
+    chosen: by fit (yes, degraded, no), then closeness to each profile's reference hardware
+    (GPU count, VRAM per GPU, GPU models, NVLink); one line on stderr says why."""
     from composegen import app
     from composegen.profiles import Overrides
 
+    name, local = _pick_profile(profile_name, project_flag, profiles_dirs, inventory, reference)
     built = app.build(
-        profile_name,
+        name,
+        local=local,
         extra_dirs=profiles_dirs,
         overrides=Overrides(sets, values_files, images),
         inventory=inventory,
@@ -340,7 +393,7 @@ def plan(
 
 
 @cli.command(context_settings=CONTEXT)
-@PROFILE
+@_profile_opts
 @click.option(
     "-o",
     "--output",
@@ -375,7 +428,8 @@ def plan(
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
 def render(
-    profile_name: str,
+    profile_name: str | None,
+    project_flag: str | None,
     out_dir: str,
     inventory: str | None,
     reference: bool,
@@ -401,7 +455,8 @@ def render(
             STACK.md               the plan in words: which GPU runs what and why
 
     Re-rendering an unchanged directory changes nothing; a file edited by hand is kept
-    unless --force.
+    unless --force. Without --profile (or with --profile auto) the profile that suits this
+    host best is chosen, as in `plan`, and one line on stderr says why.
     """
     import ipaddress
     from pathlib import Path
@@ -415,8 +470,10 @@ def render(
         raise BadInputError(
             f"--bind {bind!r}: not an IP address", "e.g. --bind 127.0.0.1"
         ) from None
+    name, local = _pick_profile(profile_name, project_flag, profiles_dirs, inventory, reference)
     built = app.build(
-        profile_name,
+        name,
+        local=local,
         extra_dirs=profiles_dirs,
         overrides=Overrides(sets, values_files, images),
         inventory=inventory,
@@ -514,6 +571,21 @@ def _project_opts(func: Any) -> Any:
     return func
 
 
+def _project_opts_long_file(func: Any) -> Any:
+    """The project options with the compose file as --file only: in `logs`, -f is --follow,
+    as in `docker compose logs -f`."""
+    file_opt = click.option(
+        "--file",
+        "file",
+        metavar="FILE",
+        default=None,
+        help="The compose file (default: DIR/docker-compose.yml).",
+    )
+    for opt in reversed([PROJECT_OPTS[0], file_opt, PROJECT_OPTS[2]]):
+        func = opt(func)
+    return func
+
+
 def _load_project(directory: str | None, file: str | None, project_name: str | None) -> Any:
     from pathlib import Path
 
@@ -525,6 +597,30 @@ def _load_project(directory: str | None, file: str | None, project_name: str | N
     return load_project(path, project_name)
 
 
+def _named_project(project_name: str | None) -> str | None:
+    """-p NAME, else COMPOSE_PROJECT_NAME, normalised as Compose does (None: neither)."""
+    name = project_name or os.environ.get("COMPOSE_PROJECT_NAME")
+    if not name:
+        return None
+    from pathlib import Path
+
+    from composegen.engine.compose import project_name as normalised
+
+    return normalised(name, {}, {}, Path("."))
+
+
+def _project_name_only(directory: str | None, file: str | None, project_name: str | None) -> str:
+    """The project's name for commands that need only its labels (logs, exec): the compose
+    file's, or with the file gone or broken, -p NAME / COMPOSE_PROJECT_NAME."""
+    try:
+        return str(_load_project(directory, file, project_name).name)
+    except BadInputError:
+        name = _named_project(project_name)
+        if not name:
+            raise
+        return name
+
+
 def _project_or_labels(directory: str | None, file: str | None, project_name: str | None) -> Any:
     """(client, target) for `down` and `status`: the compose file's project, or with -p NAME
     when the file is gone or broken, the project as its containers' labels describe it."""
@@ -534,13 +630,14 @@ def _project_or_labels(directory: str | None, file: str | None, project_name: st
     try:
         project = _load_project(directory, file, project_name)
     except BadInputError as exc:
-        if not project_name:
+        name = _named_project(project_name)
+        if not name:
             raise
         from pathlib import Path
 
         client = eng.connect()
         where = Path(file).parent if file else Path(directory or ".")
-        return client, engine_up.target_from_labels(client, project_name, exc.message, where)
+        return client, engine_up.target_from_labels(client, name, exc.message, where)
     return eng.connect(), engine_up.Target(project.name, project.directory, project, None)
 
 
@@ -990,6 +1087,107 @@ def fallback(
         failover.Request(chosen[0], gpu_failed, inventory, dry_run, force),
         failover.Io(say, progress),
     )
+
+
+@cli.command(context_settings=CONTEXT)
+@_project_opts_long_file
+@click.option("-f", "--follow", is_flag=True, help="Follow the output until Ctrl-C.")
+@click.option(
+    "-n",
+    "--tail",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Show the last N lines of each container (default: all).",
+)
+@click.option("-t", "--timestamps", is_flag=True, help="Show the engine's timestamps.")
+@click.option("--no-log-prefix", is_flag=True, help="Do not prefix the lines with SERVICE-N |.")
+@click.argument("services", nargs=-1, metavar="[SERVICE]...")
+def logs(
+    directory: str | None,
+    file: str | None,
+    project_name: str | None,
+    follow: bool,
+    tail: int | None,
+    timestamps: bool,
+    no_log_prefix: bool,
+    services: tuple[str, ...],
+) -> None:
+    """Show the logs of the stack's containers (or of SERVICE...), as `docker compose logs`:
+    each line prefixed `SERVICE-N  |`, interleaved by time; -f follows until Ctrl-C.
+
+    Containers are found by Compose's labels, so a stack Compose started works too. Here -f
+    is --follow, as in `docker compose logs -f`; the compose file is --file FILE (or -C DIR).
+    """
+    from composegen.engine import attach
+    from composegen.engine import docker as eng
+
+    name = _project_name_only(directory, file, project_name)
+    client = eng.connect()
+    attach.logs(
+        client,
+        name,
+        services,
+        attach.LogOptions(follow, tail, timestamps, prefix=not no_log_prefix),
+        lambda line: click.echo(_one_line(line)),
+    )
+
+
+@cli.command(
+    "exec",
+    context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@_project_opts
+@click.option("-T", "--no-tty", "no_tty", is_flag=True, help="Do not allocate a TTY.")
+@click.option(
+    "-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set an environment variable."
+)
+@click.option("-w", "--workdir", default=None, metavar="DIR", help="Run the command in DIR.")
+@click.option("-u", "--user", default="", metavar="USER", help="Run the command as USER.")
+@click.option(
+    "--index",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="The container of the service, when it has several.",
+)
+@click.argument("service")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(
+    directory: str | None,
+    file: str | None,
+    project_name: str | None,
+    no_tty: bool,
+    env: tuple[str, ...],
+    workdir: str | None,
+    user: str,
+    index: int,
+    service: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND in the running container of SERVICE, as `docker compose exec`: with a TTY
+    when stdin is one (unless -T), stdin passed on; exits with the command's exit code."""
+    from composegen.engine import attach
+    from composegen.engine import docker as eng
+
+    for item in env:
+        if "=" not in item or not item.partition("=")[0]:
+            raise BadInputError(f"-e {item!r}: expected KEY=VALUE", "e.g. -e OLLAMA_DEBUG=1")
+    name = _project_name_only(directory, file, project_name)
+    client = eng.connect()
+    stdin_fd = attach.stdin_fd(sys.stdin)
+    tty = not no_tty and stdin_fd is not None and os.isatty(stdin_fd)
+    req = eng.ExecRequest(list(command), tty=tty, env=env, workdir=workdir, user=user)
+
+    def write(stream: int, data: bytes) -> None:
+        out = sys.stderr if stream == 2 else sys.stdout
+        out.buffer.write(data)
+        out.flush()
+
+    with attach.raw_terminal(stdin_fd if tty else None) as size:
+        code = attach.exec_in(client, name, service, req, stdin_fd, write, index, size)
+    sys.exit(code)
 
 
 def _check_residency(client: Any, project: Any, report: Any) -> None:

@@ -71,6 +71,14 @@ Public names (stable: tests import them; add to them, do not rename):
   `log_attaches` as (container id, since)); `end_streams()` ends every open
   stream as an engine restart does; `exec_reply(container, cmd) -> (code, output bytes) | None`
   answers an exec (None: the default).
+- Attached exec (`composegen exec`): `api.exec_create(cid, cmd, stdin=, tty=, environment=,
+  workdir=, user=)` (409 when the container does not run), `api.exec_start(id, tty=,
+  socket=True)` (a socket: the exec reads stdin to its end when stdin=True, then answers
+  exec_reply or exec_codes, `cat` echoing its stdin, framed as the engine frames a non-TTY
+  stream), `api.exec_inspect(id)`, `api.exec_resize(id, height, width)`; `exec_specs[id]`
+  holds the arguments, `stdin_data`, `exit_code`, `size`; `exec_stderr[cmd_tuple]` is what
+  that command writes to stderr.
+- `api.logs(..., follow=False, tail=N)` answers what is logged (the last N) and ends.
 - `LABEL_PROJECT`, `LABEL_SERVICE`: Compose's labels; `API_VERSION`: "1.41"; `NO_SUCH_HOST`:
   the engine's message for a registry that cannot be reached.
 """
@@ -461,16 +469,70 @@ class _Api:
         engine = self.engine
         c = engine.containers.get(cid)
         since = float(kw.get("since") or 0)
+        tail = kw.get("tail", "all")
         stream = FakeStream(engine, c.id)
         with engine.lock:
             engine.log_followers.append(stream)
             engine.log_attaches.append((c.id, since))
             old = [r for r in c.log_records if r[0] >= since]
+        if isinstance(tail, int):
+            old = old[len(old) - tail :] if tail else []
         for when, text in old:
             stream.push(when, text)
-        if c.status != "running":
+        if c.status != "running" or not kw.get("follow", True):
             stream.close()
         return stream
+
+    # exec as `docker exec` / `composegen exec` attach to it: create, start on a socket, inspect
+
+    def exec_create(self, cid: str, cmd: list[str], **kw: Any) -> dict[str, str]:
+        engine = self.engine
+        c = engine.containers.get(cid)
+        c._alive()
+        if c.status != "running":
+            raise _api_error(f"Container {cid} is not running", 409)
+        with engine.lock:
+            exec_id = f"exec{next(engine.ids):060x}"
+            engine.execs.append(list(cmd))
+            engine.journal.append(("exec", c.service, tuple(cmd)))
+            engine.exec_specs[exec_id] = {"container": c, "cmd": list(cmd), **kw}
+        return {"Id": exec_id}
+
+    def exec_start(self, exec_id: str, tty: bool = False, socket: bool = False, **_: Any) -> Any:
+        import socket as pysocket
+
+        engine = self.engine
+        spec = engine.exec_specs[exec_id]
+        ours, theirs = pysocket.socketpair()
+
+        def run() -> None:
+            got = b""
+            if spec.get("stdin"):
+                while chunk := theirs.recv(65536):
+                    got += chunk
+            spec["stdin_data"] = got
+            reply = engine.exec_reply(spec["container"], spec["cmd"]) if engine.exec_reply else None
+            if reply is None:
+                code = engine.exec_codes.get(tuple(spec["cmd"]), 0)
+                reply = (code, got if spec["cmd"] == ["cat"] else b"")
+            spec["exit_code"] = reply[0]
+            err = engine.exec_stderr.get(tuple(spec["cmd"]), b"")
+            for stream, data in ((1, reply[1]), (2, err)):
+                if data:
+                    head = b"" if tty else bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big")
+                    theirs.sendall(head + data)
+            theirs.close()
+
+        threading.Thread(target=run, daemon=True).start()
+        return ours
+
+    def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        spec = self.engine.exec_specs[exec_id]
+        code = spec.get("exit_code")
+        return {"Running": code is None, "ExitCode": code}
+
+    def exec_resize(self, exec_id: str, height: int, width: int) -> None:
+        self.engine.exec_specs[exec_id]["size"] = (height, width)
 
     def connect_container_to_network(self, cid: str, net: str, **_: Any) -> None:
         self.engine._check()
@@ -528,6 +590,8 @@ class FakeDocker:
         self.event_streams: list[FakeStream] = []
         self.log_followers: list[FakeStream] = []
         self.log_attaches: list[tuple[str, float]] = []  # (container id, since) of each attach
+        self.exec_specs: dict[str, dict[str, Any]] = {}  # exec_create's arguments, by exec id
+        self.exec_stderr: dict[tuple[str, ...], bytes] = {}
         self.list_calls = 0
         self.inspects = 0
         self.images_present: set[str] | None = set(images) if images is not None else None

@@ -548,3 +548,98 @@ def iter_stream(stream: Any) -> Iterator[Any]:
         yield from stream
     except (DockerException, RequestException, OSError, ValueError, AttributeError):
         return
+
+
+# --- logs and exec, as `docker compose logs` / `exec` ---------------------------------------
+
+
+def logs_stream(client: Any, cid: str, follow: bool, tail: int | None) -> Any:
+    """A container's stdout and stderr (merged, as Compose shows them), with the engine's
+    timestamps, as raw chunks: the last `tail` lines (None: all), then, with follow, what
+    comes until the container stops or close() is called."""
+    with mapped_errors(f"logs of container {cid[:12]}"):
+        return client.api.logs(
+            cid,
+            stdout=True,
+            stderr=True,
+            stream=True,
+            follow=follow,
+            timestamps=True,
+            tail="all" if tail is None else tail,
+        )
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    cmd: list[str]
+    tty: bool = False
+    env: tuple[str, ...] = ()  # KEY=VALUE
+    workdir: str | None = None
+    user: str = ""
+
+
+def exec_attached(
+    client: Any,
+    cid: str,
+    req: ExecRequest,
+    stdin_fd: int | None,
+    write: Callable[[int, bytes], None],
+    size: tuple[int, int] | None = None,
+) -> int:
+    """Run req.cmd in the container with stdin_fd's bytes as its stdin (None: none), passing
+    its output to write(stream, data) (stream 1 stdout, 2 stderr; with a TTY all is 1); the
+    command's exit code. `size` (rows, columns) sizes the TTY."""
+    from docker.utils.socket import frames_iter
+
+    with mapped_errors(f"exec in container {cid[:12]}"):
+        exec_id = client.api.exec_create(
+            cid,
+            req.cmd,
+            stdin=stdin_fd is not None,
+            tty=req.tty,
+            environment=list(req.env) or None,
+            workdir=req.workdir,
+            user=req.user,
+        )["Id"]
+        sock = client.api.exec_start(exec_id, tty=req.tty, socket=True)
+        if req.tty and size:
+            with suppress(Exception):  # a TTY of the default size still works
+                client.api.exec_resize(exec_id, height=size[0], width=size[1])
+    raw = getattr(sock, "_sock", sock)
+    if stdin_fd is not None:
+        threading.Thread(target=_pump_stdin, args=(stdin_fd, raw), daemon=True).start()
+    try:
+        for stream, data in frames_iter(sock, req.tty):
+            if data:
+                write(stream, data)
+    finally:
+        close_stream(sock)
+    return _exec_code(client, exec_id)
+
+
+def _pump_stdin(fd: int, raw: Any) -> None:
+    """stdin to the exec, then half-close so that the command sees its end."""
+    import os
+    import socket
+
+    with suppress(OSError):
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            raw.sendall(data)
+        raw.shutdown(socket.SHUT_WR)
+
+
+def _exec_code(client: Any, exec_id: str) -> int:
+    """The exec's exit code; the engine may say Running for a moment after its output ends."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        with mapped_errors("exec"):
+            info = client.api.exec_inspect(exec_id)
+        code = info.get("ExitCode")
+        if (not info.get("Running") and code is not None) or time.monotonic() > deadline:
+            return int(code if code is not None else 1)
+        time.sleep(0.05)

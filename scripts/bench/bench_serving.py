@@ -59,7 +59,7 @@ def free_port() -> int:
 def render(directory: Path, exe: str) -> None:
     t = tags()
     done = sh(
-        exe, "-m", "composegen", "render", "-p", PROFILE, "--reference", "-o", str(directory),
+        exe, "-m", "composegen", "render", "-P", PROFILE, "--reference", "-o", str(directory),
         "--image", f"ollama={t['ollama']}", "--image", f"nginx={t['nginx']}",
         "--set", f"gateway.port={free_port()}",
     )  # fmt: skip

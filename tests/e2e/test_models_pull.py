@@ -240,7 +240,7 @@ def _served(hub_container: Any) -> int:
 def _rag(st: Stack, docker_client: Any, tags: dict[str, str]) -> None:
     """Re-render with the hf-fetch stand-in, and HF_ENDPOINT pointing at the fake hub."""
     fetch = _image(docker_client, tags, "hf-fetch", HF_FETCH)
-    args = ["render", "-p", "rag-a100", "-o", str(st.directory), "--reference"]
+    args = ["render", "-P", "rag-a100", "-o", str(st.directory), "--reference"]
     args += [a for i in image_overrides("rag-a100", tags) for a in ("--image", i)]
     args += ["--image", f"hf-fetch={fetch}", "--set", f"gateway.port={st.port}"]
     done = cli(*args)

@@ -86,7 +86,7 @@ def render_stack(name: str, tmp: Path, tags: dict[str, str], *sets: str) -> Stac
     images = image_overrides(name, tags)
     inv = None if scenario == "reference" else inventory_file(tmp, scenario)
     all_sets = (f"gateway.port={port}", *sets)
-    args = ["render", "-p", name, "-o", str(tmp / name)]
+    args = ["render", "-P", name, "-o", str(tmp / name)]
     args += ["--reference"] if inv is None else ["--inventory", inv]
     for i in images:
         args += ["--image", i]

@@ -96,7 +96,7 @@ def test_render_says_which_alternative_runs(tmp_path: Path) -> None:
 
 def test_saved_inventory_with_memory_used_is_counted_with_a_warning() -> None:
     xml = str(fixture_path(*A5000_XML))
-    proc = run_cli("plan", "-p", "zenglow-personas", "--inventory", xml, "--json")
+    proc = run_cli("plan", "-P", "zenglow-personas", "--inventory", xml, "--json")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[0] == (
         "composegen: warning: GPU 0: 22437 of 24564 MiB already in use by other processes, "
@@ -105,7 +105,7 @@ def test_saved_inventory_with_memory_used_is_counted_with_a_warning() -> None:
     data = json.loads(proc.stdout)
     assert {s["name"]: s["gpus"] for s in data["services"]} == {"leonardo": [1], "jarvis": []}
     assert [g["other_used_mib"] for g in data["gpus"]] == [22107, 17408]  # 17253 -> 68 x 256
-    old = run_cli("plan", "-p", "zenglow-personas", "--inventory", xml, "--json", "--ignore-used")
+    old = run_cli("plan", "-P", "zenglow-personas", "--inventory", xml, "--json", "--ignore-used")
     assert old.returncode == 0 and old.stderr == ""
     again = json.loads(old.stdout)
     assert {s["name"]: s["gpus"] for s in again["services"]} == {"leonardo": [0], "jarvis": [1]}
@@ -133,7 +133,7 @@ def test_render_records_ignore_used_and_fallback_replans_the_same(tmp_path: Path
     for flag, leonardo in (([], (1,)), (["--ignore-used"], (0,))):
         out = tmp_path / f"stack{len(flag)}"
         proc = run_cli(
-            "render", "-p", "zenglow-personas", "--inventory", xml, "-o", str(out), *flag
+            "render", "-P", "zenglow-personas", "--inventory", xml, "-o", str(out), *flag
         )
         assert proc.returncode == 0, proc.stderr
         state = json.loads((out / ".composegen" / "render.json").read_text())
@@ -146,7 +146,7 @@ def test_render_json_from_before_used_memory_counted_replans_as_it_was(tmp_path:
 
     out = tmp_path / "stack"
     xml = str(fixture_path(*A5000_XML))
-    proc = run_cli("render", "-p", "zenglow-personas", "--inventory", xml, "-o", str(out))
+    proc = run_cli("render", "-P", "zenglow-personas", "--inventory", xml, "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     state_file = out / ".composegen" / "render.json"
     state = json.loads(state_file.read_text())
@@ -190,7 +190,7 @@ def test_profiles_with_an_inventory_file_say_so(capsys: pytest.CaptureFixture[st
 
 
 def test_set_typo_names_set_on_the_command_line() -> None:
-    proc = run_cli("plan", "-p", "rag-a100", "--reference", "--set", "planner.headrom=0.2")
+    proc = run_cli("plan", "-P", "rag-a100", "--reference", "--set", "planner.headrom=0.2")
     assert proc.returncode == 2
     assert proc.stderr == (
         "composegen: error: --set 'planner.headrom=0.2' (on profiles/rag-a100.yaml): planner: "
@@ -215,12 +215,12 @@ def test_rerendering_a_running_stack_does_not_count_its_own_memory(
     fake = nvml_scenario("consumer_pair")  # RTX 3060 Ti 8192 MiB + GTX 1660 SUPER 6144 MiB
     fake.s.gpus[0].used_mib, fake.s.gpus[1].used_mib = 310, 180  # idle, a display on each
     out = tmp_path / "stack"
-    code, first, err = call(["render", "-p", "zenglow-personas", "-o", str(out)], capsys)
+    code, first, err = call(["render", "-P", "zenglow-personas", "-o", str(out)], capsys)
     assert code == 0, err
     assert "leonardo                 GPU 0" in first and "jarvis                   GPU 1" in first
     # the stack runs: its Ollama servers hold what the plan gave them, on top of the display
     fake.s.gpus[0].used_mib, fake.s.gpus[1].used_mib = 310 + 6656, 180 + 3584
-    code, again, err = call(["render", "-p", "zenglow-personas", "-o", str(out)], capsys)
+    code, again, err = call(["render", "-P", "zenglow-personas", "-o", str(out)], capsys)
     assert code == 0, err
     assert "leonardo                 GPU 0" in again and "jarvis                   GPU 1" in again
     assert "wrote 0 file(s), 12 unchanged" in again
@@ -230,7 +230,7 @@ def test_rerendering_a_running_stack_does_not_count_its_own_memory(
     )
     # plan (no directory) counts it all: GPU 0 keeps 7372 - 7168 = 204 MiB, GPU 1 5529 - 3840
     # = 1689, too little for either persona or its alternative (4608, 1792)
-    code, text, err = call(["plan", "-p", "zenglow-personas", "--json"], capsys)
+    code, text, err = call(["plan", "-P", "zenglow-personas", "--json"], capsys)
     assert code == 0, err
     assert {s["name"]: s["device"] for s in json.loads(text)["services"]} == {
         "leonardo": "cpu",

@@ -99,13 +99,13 @@ def test_render_then_rerender_then_check(tmp_path: Path) -> None:
 
 def test_hand_edit_is_kept_without_force(tmp_path: Path) -> None:
     out = tmp_path / "stack"
-    assert run_cli("render", "-p", "rma-shared", "--reference", "-o", str(out)).returncode == 0
+    assert run_cli("render", "-P", "rma-shared", "--reference", "-o", str(out)).returncode == 0
     compose = out / "docker-compose.yml"
     edited = compose.read_text() + "# my note\n"
     compose.write_text(edited)
     refused = run_cli(
         "render",
-        "-p",
+        "-P",
         "rma-shared",
         "--reference",
         "-o",
@@ -118,14 +118,14 @@ def test_hand_edit_is_kept_without_force(tmp_path: Path) -> None:
     assert compose.read_text() == edited
     assert "OLLAMA_KEEP_ALIVE=2m" in (out / ".env").read_text()  # nothing else written either
     dry = run_cli(
-        "render", "-p", "rma-shared", "--reference", "-o", str(out), "--force", "--dry-run"
+        "render", "-P", "rma-shared", "--reference", "-o", str(out), "--force", "--dry-run"
     )
     assert dry.returncode == 0, dry.stderr
     assert f"  would save your edits of {compose} in docker-compose.yml.bak\n" in dry.stdout, (
         dry.stdout
     )
     assert not (out / "docker-compose.yml.bak").exists()
-    forced = run_cli("render", "-p", "rma-shared", "--reference", "-o", str(out), "--force")
+    forced = run_cli("render", "-P", "rma-shared", "--reference", "-o", str(out), "--force")
     assert forced.returncode == 0
     assert (out / "docker-compose.yml.bak").read_text() == edited
     assert "# my note" not in compose.read_text()
@@ -136,7 +136,7 @@ def test_hand_edit_is_kept_without_force(tmp_path: Path) -> None:
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "stack"
-    proc = run_cli("render", "-p", "zenglow-personas", "--reference", "-o", str(out), "--dry-run")
+    proc = run_cli("render", "-P", "zenglow-personas", "--reference", "-o", str(out), "--dry-run")
     assert proc.returncode == 0
     assert "would write 12 file(s)" in proc.stdout
     named = [
@@ -166,7 +166,7 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
 
 def test_bind_all_interfaces_warns(tmp_path: Path) -> None:
     proc = run_cli(
-        "render", "-p", "zenglow-personas", "--reference", "-o", str(tmp_path), "--bind", "0.0.0.0"
+        "render", "-P", "zenglow-personas", "--reference", "-o", str(tmp_path), "--bind", "0.0.0.0"
     )
     assert proc.returncode == 0
     assert "warning: --bind 0.0.0.0" in proc.stderr
@@ -189,7 +189,7 @@ def test_bind_without_api_key_warns(
 ) -> None:
     proc = run_cli(
         "render",
-        "-p",
+        "-P",
         "zenglow-personas",
         "--reference",
         "-o",
@@ -206,7 +206,7 @@ def test_inventory_file_plans_that_host(tmp_path: Path) -> None:
     xml = fixture_path("nvidia-smi", "xml", "telegraf__dual_a5000-v13.xml")
     # --ignore-used: the fixture's GPUs are 91% and 70% in use (see test_used_memory.py)
     proc = run_cli(
-        "plan", "-p", "zenglow-personas", "--inventory", str(xml), "--json", "--ignore-used"
+        "plan", "-P", "zenglow-personas", "--inventory", str(xml), "--json", "--ignore-used"
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -220,21 +220,21 @@ def test_inventory_file_plans_that_host(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-p", "nope", "--reference"], "unknown profile 'nope'"),
+        (["-P", "nope", "--reference"], "unknown profile 'nope'"),
         (
-            ["-p", "rag-a100", "--reference", "--set", "planner.headroom=x"],
+            ["-P", "rag-a100", "--reference", "--set", "planner.headroom=x"],
             "planner.headroom: must be a number",
         ),
-        (["-p", "rag-a100", "--reference", "--image", "bogus=x:1"], "has no image key 'bogus'"),
-        (["-p", "rag-a100", "--reference", "--bind", "localhost"], "not an IP address"),
+        (["-P", "rag-a100", "--reference", "--image", "bogus=x:1"], "has no image key 'bogus'"),
+        (["-P", "rag-a100", "--reference", "--bind", "localhost"], "not an IP address"),
         (
-            ["-p", "rag-a100", "--reference", "--inventory", "/nonexistent.json"],
+            ["-P", "rag-a100", "--reference", "--inventory", "/nonexistent.json"],
             "exclude each other",
         ),
-        (["-p", "rag-a100", "--inventory", "/nonexistent.json"], "/nonexistent.json: no such file"),
+        (["-P", "rag-a100", "--inventory", "/nonexistent.json"], "/nonexistent.json: no such file"),
         (
             [
-                "-p",
+                "-P",
                 "rag-a100",
                 "--reference",
                 "--set",

@@ -198,7 +198,7 @@ REPLICAS = "ollama-replicas"
 
 def render(tmp_path: Path, capsys: pytest.CaptureFixture[str], profile: str, *args: str) -> Path:
     out = tmp_path / profile
-    code, _, err = call(["render", "-p", profile, "--reference", "-o", str(out), *args], capsys)
+    code, _, err = call(["render", "-P", profile, "--reference", "-o", str(out), *args], capsys)
     assert code == 0, err
     return out
 
@@ -272,7 +272,7 @@ def test_revision_from_the_profile_reaches_the_label(
 def test_a_bad_revision_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = str(_values(tmp_path, "main; rm -rf /"))
     code, _, err = call(
-        ["render", "-p", "rag-a100", "--reference", "-o", str(tmp_path / "x"), "--values", bad],
+        ["render", "-P", "rag-a100", "--reference", "-o", str(tmp_path / "x"), "--values", bad],
         capsys,
     )
     assert code == 2 and err.startswith("composegen: error:") and "revision" in err

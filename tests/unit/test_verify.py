@@ -386,7 +386,7 @@ class FakeClient:
 def _render(tmp_path: Path, *sets: str, profile: str = "ollama-replicas") -> Project:
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "stack"
-    args = ["render", "-p", profile, "--inventory", inventory_file(tmp_path, "a100_4x64")]
+    args = ["render", "-P", profile, "--inventory", inventory_file(tmp_path, "a100_4x64")]
     for s in ("gateway.port=18473", *sets):
         args += ["--set", s]
     cli.main([*args, "-o", str(out)])

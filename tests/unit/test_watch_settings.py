@@ -210,7 +210,7 @@ def test_profile_watch_section_loads(tmp_path: Path) -> None:
 
 def test_renders_bad_set_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["plan", "-p", "rag-a100", "--reference", "--set", "watch.memory_warn_pct=101"])
+        main(["plan", "-P", "rag-a100", "--reference", "--set", "watch.memory_warn_pct=101"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
