@@ -234,7 +234,7 @@ def idle_run(work: Path, exe: str, idle_s: float) -> tuple[float, float, float, 
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     done = sh(
-        exe, "render", "-p", "ollama-pool", "--inventory", str(inv), "-o", str(d), "--force",
+        exe, "render", "-P", "ollama-pool", "--inventory", str(inv), "-o", str(d), "--force",
         "--image", f"ollama={t['ollama']}", "--image", f"nginx={t['nginx']}",
         "--set", f"gateway.port={port}",
     )  # fmt: skip
