@@ -102,11 +102,12 @@ def doctor(
     client = None
     info: dict[str, Any] = {}
     try:
-        client = s.connect()
-        version, info = eng.engine_facts(client)
         from composegen.detect.host import engine_from_info
 
+        connected = s.connect()
+        version, info = eng.engine_facts(connected)
         engine = engine_from_info(version, info, s.find_hook())
+        client = connected  # only an engine that answered is asked anything else
     except ComposegenError as exc:
         engine = DockerEngine(error=exc.message)
     checks = [engine_check(engine)]
