@@ -1211,7 +1211,7 @@ def _doctor_first(callback: Any) -> Any:
             from composegen import doctor as doc
             from composegen.doctor.run import doctor as run_doctor
 
-            project = _load_project(kw["directory"], kw["file"], kw["project_name"])
+            project = _load_project(kw.get("directory"), kw.get("file"), kw.get("project_name"))
             checks = run_doctor(project, fast=True)
             for c in checks:
                 if c.status == "warn":
