@@ -113,8 +113,8 @@ def doctor(
     checks = [engine_check(engine)]
     if client is not None and not fast:
         checks.append(_disk(client, project, info, s.disk_free))
-    checks.append(runtime_check(engine, n_gpu))
-    if client is not None:
+    if client is not None:  # without an engine, its engine check says all there is to say
+        checks.append(runtime_check(engine, n_gpu))
         checks.append(cgroup_check(info.get("CgroupDriver"), s.dev_root, n_gpu))
     checks += _ports(client, project, s.port_probe)
     planned = planned_devices(project)

@@ -92,6 +92,7 @@ def test_unreachable_engine_fails_and_skips_what_needs_it(stack: Project, tmp_pa
     assert "lost the Docker engine" in engine.detail
     assert "systemctl start docker" in (engine.fix or "")
     assert not by_name(checks, "gpu-request") and not by_name(checks, "cgroup")
+    assert not by_name(checks, "nvidia-runtime")
     assert failed(checks)
 
 
