@@ -233,9 +233,24 @@ def test_one_throwaway_container_per_planned_gpu_removed_after(
     stack: Project, tmp_path: Path
 ) -> None:
     fake = FakeDocker()
+    made: list[dict[str, Any]] = []
+    create = fake.containers.create
+
+    def spy(image: str, **kw: Any) -> Any:
+        made.append({"image": image, **kw})
+        return create(image, **kw)
+
+    fake.containers.create = spy  # type: ignore[method-assign]
     checks = full(stack, tmp_path, fake)
     req = by_name(checks, "gpu-request")
     assert [c.status for c in req] == ["ok"] * 4
+    # the stack's own image, nvidia-smi -L, one device request for exactly that UUID, labelled
+    assert sorted(r["device_requests"][0]["DeviceIDs"][0] for r in made) == UUIDS
+    for r in made:
+        assert r["image"] == OLLAMA
+        assert (r["entrypoint"], r["command"]) == (["nvidia-smi"], ["-L"])
+        assert r["labels"][doc_run.LABEL_DOCTOR] == "t1"
+        assert r["device_requests"][0]["Driver"] == "nvidia"
     for c, uuid in zip(req, UUIDS, strict=True):
         assert c.detail.startswith(f"GPU {uuid} (ollama-") and "nvidia-smi -L lists it" in c.detail
     created = [e for e in fake.calls if e.startswith("create proj-doctor-")]
@@ -463,3 +478,15 @@ def test_failure_names_every_failed_check_and_its_fix() -> None:
     )
     assert err.hint == "free it / fallback; or skip the checks with --no-doctor"
     assert failure(checks[1:2]) is None
+
+
+def test_doctor_table_on_a_terminal(
+    stack: Project, tmp_path: Path, engine: FakeDocker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = inventory_file(tmp_path, "lost_gpu")
+    code, out, _ = call(["doctor", "-C", str(stack.directory), "--inventory", inv], capsys)
+    assert code == 1
+    assert "composegen doctor ollama-replicas" in out
+    for name in ("engine", "disk", "nvidia-runtime", "gpu-request", "ports", "cuda", "drift"):
+        assert name in out
+    assert "2 of the plan's 4 GPU(s) lost since render" in out
