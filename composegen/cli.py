@@ -664,6 +664,9 @@ def _project_or_labels(directory: str | None, file: str | None, project_name: st
     is_flag=True,
     help="Do not fetch missing models before start nor load the Ollama models after.",
 )
+@click.option(
+    "--no-doctor", is_flag=True, help="Skip the fast checks of `composegen doctor` first."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
 def up(
     directory: str | None,
@@ -673,6 +676,7 @@ def up(
     no_wait: bool,
     pull: str,
     no_models: bool,
+    no_doctor: bool,
     as_json: bool,
 ) -> None:
     """Start the stack of a compose file through the Docker engine and wait until it is healthy.
@@ -693,6 +697,8 @@ def up(
     from composegen.engine.state import project_lock, read_mode, write_mode
 
     project = _load_project(directory, file, project_name)
+    if not no_doctor:
+        _doctor_first(project, as_json)
     client = eng.connect()
     models = None
     loaded: list[tuple[str, str]] = []
@@ -1507,3 +1513,71 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(1)
+
+
+# --- doctor, and `up` running its fast checks first -------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@_project_opts
+@click.option(
+    "--inventory",
+    metavar="FILE",
+    default=None,
+    help="Take GPU health from FILE (an inventory, or a stack's render.json), not NVML.",
+)
+@click.option("--fast", is_flag=True, help="Only the checks `up` runs first (no containers).")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(
+    directory: str | None,
+    file: str | None,
+    project_name: str | None,
+    inventory: str | None,
+    fast: bool,
+    as_json: bool,
+) -> None:
+    """Check, before a stack is started, what makes GPU stacks fail on the first day.
+
+    engine: reachable, version and API, disk space; nvidia-runtime: the hook, the nvidia runtime
+    or CDI specs; gpu-request: a throwaway container per planned GPU running the stack's image
+    (removed afterwards); cgroup: the systemd cgroup driver without /dev/char symlinks; ports:
+    free; cuda: the driver against the images' CUDA; drift: the plan's GPUs still healthy.
+    Exit 1 when a check fails (warnings do not).
+    """
+    from composegen import doctor as doc
+    from composegen.doctor.run import doctor as run_doctor
+
+    project = _load_project(directory, file, project_name)
+    checks = run_doctor(project, fast=fast, inventory=inventory)
+    if as_json:
+        click.echo(_json({"project": project.name, **doc.to_dict(checks)}), nl=False)
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"composegen doctor {project.name}")
+        for col in ("check", "status", "detail", "fix"):
+            table.add_column(col, overflow="fold")
+        style = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+        for c in checks:
+            status = f"[{style[c.status]}]{c.status}[/]"
+            table.add_row(c.name, status, _one_line(c.detail), _one_line(c.fix or ""))
+        _console().print(table)
+    if doc.failed(checks):
+        sys.exit(1)
+
+
+def _doctor_first(project: Any, as_json: bool) -> None:
+    """`up` runs the fast checks of doctor first: warnings on stderr, a failure stops it."""
+    from composegen import doctor as doc
+    from composegen.doctor.run import doctor as run_doctor
+
+    checks = run_doctor(project, fast=True)
+    for c in checks:
+        if c.status == "warn":
+            click.echo(f"doctor: warning: {c.name}: {c.detail} ({c.fix})", err=True)
+    error = doc.failure(checks)
+    if error is not None:
+        if as_json:
+            bad = [c.to_dict() for c in checks if c.status == "fail"]
+            click.echo(_json_line({"event": "doctor", "failed": bad}))
+        raise error

@@ -79,6 +79,23 @@ Public names (stable: tests import them; add to them, do not rename):
   holds the arguments, `stdin_data`, `exit_code`, `size`; `exec_stderr[cmd_tuple]` is what
   that command writes to stderr.
 - `api.logs(..., follow=False, tail=N)` answers what is logged (the last N) and ends.
+
+- For doctor: `version()` / `info()` answer from `engine_version` / `engine_info` (dicts a test
+  may change: CgroupDriver, Runtimes, DockerRootDir...); `api.inspect_image(name)` (Size,
+  Config.Env, Config.Labels; `image_config[name] = {"Env": [...], "Labels": {...}}` sets them);
+  `containers.create(image, entrypoint, command, name, labels, device_requests)` makes a
+  throwaway container whose `start` honours (or refuses) its GPU request and whose `wait`
+  runs its command as the test engine's stand-ins do: `nvidia-smi -L` lists the requested
+  device ids, `true` exits 0; list rows carry `Ports` (PublicPort, IP) of a running container.
+  Doctor scenarios:
+    - "systemd-cgroup": info's CgroupDriver is systemd (default cgroupfs);
+    - "nvidia-runtime": info lists an `nvidia` runtime;
+    - "no-nvidia-driver": starting a container with a GPU request fails as an engine without
+      the NVIDIA hook does (`could not select device driver "nvidia" with capabilities`);
+    - "gpu-probe-fails": a throwaway container's `nvidia-smi -L` exits 255 with "Failed to
+      initialize NVML: Unknown Error";
+  and knobs `gpu_refused` (device ids whose request the NVIDIA hook refuses: unknown device)
+  and `no_smi_images` (images without nvidia-smi: starting it fails, executable not found).
 - `LABEL_PROJECT`, `LABEL_SERVICE`: Compose's labels; `API_VERSION`: "1.41"; `NO_SUCH_HOST`:
   the engine's message for a registry that cannot be reached.
 """
@@ -218,7 +235,22 @@ class FakeContainer:
             "State": self.status,
             "Status": text,
             "NetworkSettings": {"Networks": {"backend": {"IPAddress": self.ip}}},
+            "Ports": self._ports() if self.status == "running" else [],
         }
+
+    def _ports(self) -> list[dict[str, Any]]:
+        bindings = (self.attrs.get("HostConfig") or {}).get("PortBindings") or {}
+        return [
+            {
+                "IP": b.get("HostIp") or "0.0.0.0",
+                "PrivatePort": int(key.split("/")[0]),
+                "PublicPort": int(b["HostPort"]),
+                "Type": key.split("/")[1],
+            }
+            for key, binds in bindings.items()
+            for b in binds
+            if b.get("HostPort")
+        ]
 
     def _alive(self) -> None:
         self.engine._check()
@@ -261,6 +293,8 @@ class FakeContainer:
             self.logged += b"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate\n"
             self.engine._record("start", self)
             return
+
+        self.engine._refuse_gpu(self)
         self.set_state("running")
         self._refresh_health()
         self.engine._record("start", self)
@@ -295,8 +329,28 @@ class FakeContainer:
         code = engine.exec_codes.get(tuple(cmd), 0 if running and cmd != ["false"] else 1)
         return SimpleNamespace(exit_code=code, output=b"")
 
-    def logs(self, tail: int = 30) -> bytes:
+    def logs(self, tail: int = 30, **_: Any) -> bytes:
         return self.logged
+
+    def wait(self, timeout: float | None = None) -> dict[str, int]:
+        """A throwaway container (containers.create) runs its command to the end."""
+        self._alive()
+        cmd = [*(self.spec.get("entrypoint") or []), *(self.spec.get("command") or [])]
+        code, out = 0, b""
+        if cmd[:1] == ["nvidia-smi"]:
+            if self.engine.scenario == "gpu-probe-fails":
+                code, out = 255, b"Failed to initialize NVML: Unknown Error\n"
+            else:
+                ids = [
+                    str(i)
+                    for r in self.spec.get("device_requests") or []
+                    for i in r.get("DeviceIDs") or []
+                ]
+                lines = [f"GPU {n}: NVIDIA Stub GPU (UUID: {i})" for n, i in enumerate(ids)]
+                out = "".join(f"{line}\n" for line in lines).encode()
+        self.logged = out
+        self.set_state("exited", code)
+        return {"StatusCode": code}
 
 
 class FakeStream:
@@ -353,6 +407,21 @@ class _Containers:
                     return c
         raise NotFound(f"No such container: {key}", explanation=f"No such container: {key}")
 
+    def create(self, image: str, **kw: Any) -> FakeContainer:
+        """A throwaway container (doctor's GPU request): started, waited for, removed."""
+        engine = self.engine
+        engine._check()
+        engine._images_get(image)
+        name = str(kw.get("name"))
+        with engine.lock:
+            if any(c.name == name for c in engine.containers_by_id.values()):
+                raise _api_error(f'Conflict. The container name "/{name}" is already in use', 409)
+            cid = f"{next(engine.ids):064x}"
+            c = FakeContainer(engine, cid, name, {**kw, "image": image})
+            engine.containers_by_id[cid] = c
+        engine._record("create", c)
+        return c
+
 
 class _Images:
     def __init__(self, engine: FakeDocker) -> None:
@@ -363,6 +432,16 @@ class _Images:
         if not self.engine.has_image(name):
             raise ImageNotFound(f"No such image: {name}", explanation=f"No such image: {name}")
         return SimpleNamespace(id=f"sha256:{sum(name.encode()):064x}", tags=[name])
+
+
+_DEFAULT_INFO: dict[str, Any] = {
+    "ServerVersion": "20.10.24+dfsg1",
+    "CgroupDriver": "cgroupfs",
+    "CgroupVersion": "2",
+    "DockerRootDir": "/var/lib/docker",
+    "Runtimes": {"runc": {"path": "runc"}, "io.containerd.runc.v2": {"path": "runc"}},
+}
+NO_NVIDIA_DRIVER = 'could not select device driver "nvidia" with capabilities: [[gpu]]'
 
 
 class _Named:
@@ -447,6 +526,14 @@ class _Api:
             and (want is None or c.status == want)
             and _matches(c.labels, filters)
         ]
+
+    def inspect_image(self, name: str) -> dict[str, Any]:
+        engine = self.engine
+        engine._images_get(name)
+        config = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
+        config.update(engine.image_config.get(name, {}))
+        # 126 MB: the size of the test engine's stand-in images (`docker images`)
+        return {"Id": f"sha256:{sum(name.encode()):064x}", "Size": 125_829_120, "Config": config}
 
     def inspect_container(self, cid: str) -> dict[str, Any]:
         engine = self.engine
@@ -598,6 +685,22 @@ class FakeDocker:
         self.missing_images: set[str] = set()
         self.unhealthy: set[str] = set()
         self.online = scenario != "no-engine"
+        self.engine_version: dict[str, Any] = {
+            "Version": "20.10.24+dfsg1",
+            "ApiVersion": api_version,
+            "MinAPIVersion": "1.12",
+        }
+        self.engine_info: dict[str, Any] = {**_DEFAULT_INFO}
+        self.image_config: dict[str, dict[str, Any]] = {}
+        self.gpu_refused: set[str] = set()
+        self.no_smi_images: set[str] = set()
+        if scenario == "systemd-cgroup":
+            self.engine_info["CgroupDriver"] = "systemd"
+        elif scenario == "nvidia-runtime":
+            self.engine_info["Runtimes"] = {
+                **_DEFAULT_INFO["Runtimes"],
+                "nvidia": {"path": "nvidia-container-runtime"},
+            }
         self.containers = _Containers(self)
         self.networks = _Named(self, "network")
         self.volumes = _Named(self, "volume")
@@ -625,6 +728,41 @@ class FakeDocker:
     def ping(self) -> bool:
         self._check()
         return True
+
+    def version(self) -> dict[str, Any]:
+        self._check()
+        return dict(self.engine_version)
+
+    def info(self) -> dict[str, Any]:
+        self._check()
+        return dict(self.engine_info)
+
+    def _images_get(self, name: str) -> None:
+        self.images.get(name)
+
+    def _refuse_gpu(self, c: FakeContainer) -> None:
+        """A GPU request the engine (or the NVIDIA hook) refuses at start."""
+        reqs = c.spec.get("device_requests") or []
+        if not reqs:
+            return
+        if self.scenario == "no-nvidia-driver":
+            raise _api_error(NO_NVIDIA_DRIVER)
+        for r in reqs:
+            for dev in r.get("DeviceIDs") or []:
+                if dev in self.gpu_refused:
+                    raise _api_error(
+                        "failed to create shim task: OCI runtime create failed: runc create "
+                        "failed: unable to start container process: error during container "
+                        "init: error running hook #0: error running hook: exit status 1, "
+                        f"stdout: , stderr: nvidia-container-cli: device error: {dev}: "
+                        "unknown device: unknown"
+                    )
+        if (c.spec.get("entrypoint") or [])[:1] == ["nvidia-smi"] and c.image in self.no_smi_images:
+            raise _api_error(
+                "failed to create shim task: OCI runtime create failed: runc create failed: "
+                'unable to start container process: exec: "nvidia-smi": executable file not '
+                "found in $PATH: unknown"
+            )
 
     def log(self, *entry: Any) -> None:
         with self.lock:

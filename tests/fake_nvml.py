@@ -530,3 +530,13 @@ SCENARIOS = {
     "ecc_rising": ecc_rising,
     "xid_no_events": xid_no_events,
 }
+
+
+def old_driver() -> Scenario:
+    """a100_4x64 on the R535 driver: CUDA 12.2 at most (doctor's driver-against-CUDA check)."""
+    s = a100_4x64()
+    s.driver, s.cuda, s.nvml = "535.183.01", 12020, "12.535.183.01"
+    return s
+
+
+SCENARIOS["old_driver"] = old_driver

@@ -643,3 +643,85 @@ def _exec_code(client: Any, exec_id: str) -> int:
         if (not info.get("Running") and code is not None) or time.monotonic() > deadline:
             return int(code if code is not None else 1)
         time.sleep(0.05)
+
+
+# --- doctor: what the engine says before a stack starts -----------------------------------------
+
+
+def engine_facts(client: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The engine's /version and /info answers."""
+    with mapped_errors("engine"):
+        return dict(client.version()), dict(client.info())
+
+
+def image_facts(client: Any, image: str) -> dict[str, Any] | None:
+    """An image's inspect (Size, Config.Labels, Config.Env); None when it is not on the engine."""
+    from docker.errors import ImageNotFound
+
+    with mapped_errors(f"image {image}"):
+        try:
+            return dict(client.api.inspect_image(image))
+        except ImageNotFound:
+            return None
+
+
+def published_ports(row: dict[str, Any]) -> set[tuple[str, int]]:
+    """(host address, host port) a listed container publishes (its list row's Ports)."""
+    return {
+        (str(p.get("IP") or "0.0.0.0"), int(p["PublicPort"]))
+        for p in row.get("Ports") or []
+        if p.get("PublicPort")
+    }
+
+
+def gpu_probe(
+    client: Any,
+    *,
+    image: str,
+    name: str,
+    labels: dict[str, str],
+    device_id: str,
+    command: list[str],
+    timeout_s: float,
+    driver: str = "nvidia",
+) -> tuple[int | None, str]:
+    """A throwaway container asking for one GPU, running `command` as its entrypoint: (its
+    exit code, None when it ran past timeout_s; its output). Removed afterwards, whatever
+    happens. The engine's refusals raise as mapped_errors maps them (GpuUnsupportedError
+    for "could not select device driver")."""
+    import docker
+    from docker.errors import NotFound
+
+    req = docker.types.DeviceRequest(driver=driver, device_ids=[device_id], capabilities=[["gpu"]])
+    container = None
+    try:
+        with mapped_errors(f"GPU request for {device_id}"):
+            with suppress(NotFound):
+                client.containers.get(name).remove(force=True)
+            container = client.containers.create(
+                image,
+                entrypoint=command[:1],
+                command=command[1:],
+                name=name,
+                labels=labels,
+                device_requests=[req],
+                detach=True,
+            )
+            container.start()
+        code = wait_exit(container, timeout_s)
+        with mapped_errors(f"logs of {name}"):
+            out = container.logs(stdout=True, stderr=True)
+        return code, bytes(out or b"").decode("utf-8", "replace")
+    finally:
+        if container is not None:
+            remove_quietly(container)
+
+
+def remove_labelled(client: Any, label: str) -> int:
+    """Remove every container carrying `label` (KEY=VALUE); how many were removed."""
+    n = 0
+    with suppress(Exception):  # the engine went away: nothing else to clean
+        for c in client.containers.list(all=True, filters={"label": [label]}):
+            remove_quietly(c)
+            n += 1
+    return n

@@ -127,7 +127,9 @@ def test_gateway_port_already_taken(docker_client: Any, stack_factory: Any) -> N
     squatter.bind(("127.0.0.1", st.port))
     squatter.listen(1)
     try:
-        done, _ = up(st, "--wait-timeout", "60")
+        # --no-doctor: doctor would refuse before starting anything (tests/e2e/test_doctor.py);
+        # this drill is about the engine meeting the taken port
+        done, _ = up(st, "--wait-timeout", "60", "--no-doctor")
         assert done.returncode == 1
         line = one_line_error(done.stderr)
         assert "service gateway" in line and str(st.port) in line

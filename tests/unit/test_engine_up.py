@@ -332,7 +332,10 @@ def test_up_in_cpu_fallback_is_refused_and_points_at_restore(
         engine_up.refuse_in_fallback(tmp_path, "proj")
     client = FakeDocker()
     monkeypatch.setattr(eng, "connect", lambda *a, **k: client)
-    code, _, err = call(["up", "-C", str(tmp_path), "-p", "proj", "--no-wait"], capsys)
+    # --no-doctor: the hook and ports of the host running the tests are not the point here
+    code, _, err = call(
+        ["up", "-C", str(tmp_path), "-p", "proj", "--no-wait", "--no-doctor"], capsys
+    )
     assert code == 1
     assert "runs in cpu-fallback mode" in err and "composegen fallback --restore" in err
     assert client.calls == []

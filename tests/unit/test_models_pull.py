@@ -561,11 +561,12 @@ def test_up_no_models_touches_no_store(
 
     monkeypatch.setattr(engine_up, "up", fake_up)
     monkeypatch.setattr(engine_up, "load_ollama_models", lambda *a: calls.append("load") or [])
-    code, _, err = call(["up", "-C", str(d), "-p", "proj", "--no-models"], capsys)
+    # --no-doctor: the hook of the host running the tests is not the point here
+    code, _, err = call(["up", "-C", str(d), "-p", "proj", "--no-models", "--no-doctor"], capsys)
     assert code == 0, err
     assert calls == ["up"]
     calls.clear()
-    code, _, err = call(["up", "-C", str(d), "-p", "proj"], capsys)
+    code, _, err = call(["up", "-C", str(d), "-p", "proj", "--no-doctor"], capsys)
     assert code == 0, err
     assert calls == ["fill", "up", "load"]
 
