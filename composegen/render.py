@@ -639,6 +639,23 @@ def cpu_plan(prof: Profile, plan: Plan) -> Plan:
 # --- templates --------------------------------------------------------------------------------
 
 
+_DOTENV_BARE = re.compile(r"[A-Za-z0-9_./:,@%+=~-]*")
+_DOTENV_DQ = {"\\": "\\\\", '"': '\\"', "$": "\\$", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def dotenv_value(value: object) -> str:
+    """A .env value that Compose v2 (compose-go's dotenv, read like a shell) and composegen's
+    reader (engine/compose.py parse_dotenv) both read back as `value`: bare when it is plain,
+    else 'single quoted' (literal: no $ expansion, no # comment), or "double quoted" with
+    escapes where a single quote or a trailing backslash would end a single-quoted one."""
+    text = str(value)
+    if _DOTENV_BARE.fullmatch(text):
+        return text
+    if "'" not in text and not text.endswith("\\") and not any(c in text for c in "\n\r\t"):
+        return f"'{text}'"
+    return '"' + "".join(_DOTENV_DQ.get(c, c) for c in text) + '"'
+
+
 @functools.lru_cache(maxsize=1)
 def _env() -> Any:
     import jinja2
@@ -651,7 +668,7 @@ def _env() -> Any:
     if base is not None:
         (base / "jinja").mkdir(exist_ok=True, mode=0o700)
         bytecode = jinja2.FileSystemBytecodeCache(str(base / "jinja"))
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         bytecode_cache=bytecode,
         undefined=jinja2.StrictUndefined,
@@ -660,6 +677,8 @@ def _env() -> Any:
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.filters["dotenv"] = dotenv_value
+    return env
 
 
 def _groups(prof: Profile, plan: Plan) -> list[dict[str, Any]]:
