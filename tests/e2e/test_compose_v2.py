@@ -116,6 +116,12 @@ def test_composegen_up_then_v2_ps_up_and_down(
     # 1.44 (no start_interval), where composegen has already proven every service ready
     assert {r["Health"] for r in rows} <= {"healthy", "starting"}, rows
 
+    # composegen status: its own readiness next to Docker's health (still "starting" here)
+    rows_cg = {r["service"]: r for r in status(st)["services"]}
+    assert set(rows_cg) == expected
+    assert {r["ready"] for r in rows_cg.values()} == {"yes"}
+    assert {r["health"] for r in rows_cg.values()} <= {"healthy", "starting"}
+
     # v2 up after composegen up: nothing recreated
     again = run_v2(v2, st, "up", "-d", "--wait", "--wait-timeout", "120")
     assert again.returncode == 0, again.stdout + again.stderr
