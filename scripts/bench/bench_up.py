@@ -39,7 +39,7 @@ def sh(*cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
 
 def tags() -> dict[str, str]:
     out = sh("bash", str(ROOT / "scripts/images.sh"), "--list").stdout.split()
-    return dict(zip(("debian", "model", "ollama", "nginx"), out, strict=True))
+    return dict(zip(("debian", "model", "ollama", "nginx"), out[:4], strict=True))  # + hf-*
 
 
 def render(directory: Path, exe: str, extra: tuple[str, ...] = ()) -> None:
@@ -103,7 +103,9 @@ def run_composegen(directory: Path, exe: str) -> tuple[float, float]:
     project = "bench-cg"
     down(project, exe, directory)
     t0 = time.time()
-    done = sh(exe, "up", "-C", str(directory), "-p", project, "--pull", "never", "--json")
+    done = sh(
+        exe, "up", "-C", str(directory), "-p", project, "--pull", "never", "--no-models", "--json"
+    )
     took = time.time() - t0
     if done.returncode != 0:
         sys.exit(f"composegen up failed: {done.stderr}")
