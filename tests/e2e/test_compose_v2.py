@@ -135,3 +135,35 @@ def test_composegen_up_then_v2_ps_up_and_down(
     assert gone.returncode == 0, gone.stdout + gone.stderr
     assert containers(docker_client, st.project) == {}
     assert {v.name for v in docker_client.volumes.list(filters=label)} == volumes
+
+
+def test_stack_for_docker_25_starts_here_and_up_says_once(
+    docker_client: Any, tags: dict[str, str], tmp_path: Path
+) -> None:
+    """Rendered for an engine with API 1.44 (start_interval in every healthcheck), started by
+    `composegen up` on this API 1.41 engine: it starts, and up says once that the engine
+    ignores start_interval."""
+    from tests.e2e.test_up import _cleanup, free_port, image_overrides
+    from tests.stack_checks import inventory_file
+
+    port = free_port()
+    out = tmp_path / "stack"
+    args = ["render", "-p", "zenglow-personas", "-o", str(out)]
+    args += ["--inventory", inventory_file(tmp_path, "consumer_pair@api1.44")]
+    for i in image_overrides("zenglow-personas", tags):
+        args += ["--image", i]
+    rendered = cli(*args, "--set", f"gateway.port={port}")
+    assert rendered.returncode == 0, rendered.stderr
+    assert "start_interval: 1s" in (out / "docker-compose.yml").read_text()
+    project = f"cg-e2e-v2-si-{port}"
+    _cleanup(docker_client, project)
+    try:
+        done = cli("up", "-C", str(out), "-p", project, "--json", "--wait-timeout", "120")
+        assert done.returncode == 0, done.stdout + done.stderr
+        events = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+        notes = [e["detail"] for e in events if e.get("state") == "note"]
+        assert len(notes) == 1, notes
+        assert "API 1.41, older than 1.44" in notes[0] and "ignores" in notes[0]
+        assert events[-1]["event"] == "done"
+    finally:
+        _cleanup(docker_client, project)
