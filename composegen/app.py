@@ -12,7 +12,7 @@ from composegen.files import OutFile, WriteResult, check_tree, write_tree
 from composegen.inventory import Inventory
 from composegen.plan import PinBy, Plan, PlanError, PlanOptions, make_plan
 from composegen.profiles import Overrides, Profile
-from composegen.render import RenderOptions, render
+from composegen.render import RenderOptions, engine_takes_start_interval, render
 from composegen.selection import Candidate, Closeness
 
 
@@ -231,7 +231,11 @@ def build(
         from dataclasses import replace
 
         plan = replace(plan, warnings=(*own_notes, *plan.warnings))  # not in STACK.md
-    files = render(prof, plan, RenderOptions(bind=bind))
+    files = render(
+        prof,
+        plan,
+        RenderOptions(bind=bind, start_interval=engine_takes_start_interval(target.inventory)),
+    )
     ov = overrides or Overrides()
     inputs = RenderInputs(
         profile=name if not Path(name).suffix else str(Path(name).resolve()),
@@ -467,5 +471,11 @@ def rebuild(inputs: RenderInputs) -> Rendered:
             prof,
             PlanOptions(pin_by=plan.pin_by, previous=plan, count_used=count_used),
         )
-    files = render(prof, plan, RenderOptions(bind=inputs.bind))
+    files = render(
+        prof,
+        plan,
+        RenderOptions(
+            bind=inputs.bind, start_interval=engine_takes_start_interval(inputs.inventory)
+        ),
+    )
     return Rendered(prof, plan, Target(inputs.inventory, "recorded inventory"), files)

@@ -27,9 +27,44 @@ API_KEY_VAR = "COMPOSEGEN_API_KEY"
 NGINX_DIR = "/etc/nginx/composegen"
 
 
+# healthcheck start_interval: Docker checks this often during start_period, so its own health
+# turns "healthy" about when composegen has proven the service ready, not one interval later
+START_INTERVAL = "1s"
+START_INTERVAL_API = (1, 44)  # Engine API 1.44 (Docker 25); Compose v2 refuses it before that
+
+
 @dataclass(frozen=True)
 class RenderOptions:
     bind: str = "127.0.0.1"
+    # render healthcheck start_interval: only for an engine known to take it. Compose v2 refuses
+    # the whole file on an older engine ("can't set healthcheck.start_interval as feature
+    # require Docker Engine v25 or later") and Compose v1 refuses the key everywhere, so a stack
+    # for an unknown or older engine leaves it out.
+    start_interval: bool = False
+
+
+def engine_takes_start_interval(inventory: Any) -> bool:
+    """Whether the inventory's Docker engine (detect's) speaks API 1.44 or later."""
+    host = getattr(inventory, "host", None)
+    docker = getattr(host, "docker", None)
+    version = str(getattr(docker, "api_version", None) or "")
+    try:
+        have = tuple(int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return False
+    return len(have) == 2 and have >= START_INTERVAL_API
+
+
+def with_start_interval(compose: dict[str, Any], opts: RenderOptions) -> dict[str, Any]:
+    """Every healthcheck of the file with start_interval, where opts ask for it and the check
+    has a start_period for it to apply to (Compose v2 refuses start_interval without one)."""
+    if not opts.start_interval:
+        return compose
+    for block in (compose.get("services") or {}).values():
+        check = block.get("healthcheck")
+        if check and str(check.get("start_period", "0s")) not in ("0", "0s"):
+            check["start_interval"] = START_INTERVAL
+    return compose
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -604,6 +639,23 @@ def cpu_plan(prof: Profile, plan: Plan) -> Plan:
 # --- templates --------------------------------------------------------------------------------
 
 
+_DOTENV_BARE = re.compile(r"[A-Za-z0-9_./:,@%+=~-]*")
+_DOTENV_DQ = {"\\": "\\\\", '"': '\\"', "$": "\\$", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def dotenv_value(value: object) -> str:
+    """A .env value that Compose v2 (compose-go's dotenv, read like a shell) and composegen's
+    reader (engine/compose.py parse_dotenv) both read back as `value`: bare when it is plain,
+    else 'single quoted' (literal: no $ expansion, no # comment), or "double quoted" with
+    escapes where a single quote or a trailing backslash would end a single-quoted one."""
+    text = str(value)
+    if _DOTENV_BARE.fullmatch(text):
+        return text
+    if "'" not in text and not text.endswith("\\") and not any(c in text for c in "\n\r\t"):
+        return f"'{text}'"
+    return '"' + "".join(_DOTENV_DQ.get(c, c) for c in text) + '"'
+
+
 @functools.lru_cache(maxsize=1)
 def _env() -> Any:
     import jinja2
@@ -616,7 +668,7 @@ def _env() -> Any:
     if base is not None:
         (base / "jinja").mkdir(exist_ok=True, mode=0o700)
         bytecode = jinja2.FileSystemBytecodeCache(str(base / "jinja"))
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         bytecode_cache=bytecode,
         undefined=jinja2.StrictUndefined,
@@ -625,6 +677,8 @@ def _env() -> Any:
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.filters["dotenv"] = dotenv_value
+    return env
 
 
 def _groups(prof: Profile, plan: Plan) -> list[dict[str, Any]]:
@@ -717,7 +771,10 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
 
     files = [
         # the `monitor` profile (Prometheus, Grafana) rides in the main file, off by default
-        OutFile("docker-compose.yml", dump_yaml(monitoring.add_to_compose(prof, compose), header)),
+        OutFile(
+            "docker-compose.yml",
+            dump_yaml(with_start_interval(monitoring.add_to_compose(prof, compose), opts), header),
+        ),
         OutFile("nginx/nginx.conf", nginx_conf(prof, plan)),
         OutFile(".env", env.get_template("env.j2").render(**ctx), 0o600),
         OutFile(
@@ -728,7 +785,10 @@ def render(prof: Profile, plan: Plan, opts: RenderOptions = RenderOptions()) -> 
             env.get_template("emergency-fallback.sh.j2").render(**ctx),
             0o755,
         ),
-        OutFile("fallback/docker-compose.cpu.yml", dump_yaml(cpu_compose, header)),
+        OutFile(
+            "fallback/docker-compose.cpu.yml",
+            dump_yaml(with_start_interval(cpu_compose, opts), header),
+        ),
         OutFile("fallback/nginx.cpu.conf", nginx_conf(prof, cplan, cpu_names=True)),
         OutFile("STACK.md", env.get_template("STACK.md.j2").render(**ctx)),
     ]

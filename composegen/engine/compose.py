@@ -177,23 +177,33 @@ class Project:
 # --- .env and interpolation -----------------------------------------------------------------------
 
 
-# The .env grammar of Compose 1.29 (python-dotenv): `export ` prefix; 'single' and "double"
-# quoted values that may span lines, with backslash escapes (\\' in single quotes; \\n, \\t,
-# \\" ... in double quotes); a comment after a quoted value, or after whitespace in an unquoted
-# one; `${VAR}` and `${VAR:-default}` (not `$VAR`) expanded from earlier lines, then from the
-# process environment, in every value, quoted or not.
+# The .env grammar of Compose v2 (compose-go's dotenv), read like a shell: `export ` prefix;
+# 'single' quoted values are literal (only \' is an escape, no expansion); "double" quoted
+# values take backslash escapes (\n, \t, \", \\, \$ for a literal $) and expansion; both may
+# span lines; a comment after a quoted value, or after whitespace in an unquoted one;
+# `$VAR`, `${VAR}` and `${VAR:-default}` expanded in unquoted and double-quoted values, from
+# earlier lines, then from the process environment. Measured against Compose v2 2.40.3
+# (tests/unit/test_compose_loader.py test_dotenv_matches_compose_v2_config).
 _DOTENV_KEY = re.compile(r"'([^']+)'|([^=#\s]+)")
 _DOTENV_VALUE = {
-    "'": (re.compile(r"'((?:\\'|[^'])*)'"), re.compile(r"\\[\\']")),
-    '"': (re.compile(r'"((?:\\"|[^"])*)"'), re.compile(r"\\[\\'\"abfnrtv]")),
+    "'": (re.compile(r"'((?:\\'|[^'])*)'"), re.compile(r"\\'")),
+    '"': (re.compile(r'"((?:\\.|[^"\\])*)"', re.S), re.compile(r"\\[\\'\"abfnrtv$]")),
 }
-_DOTENV_VAR = re.compile(r"\$\{(?P<name>[^}:]*)(?::-(?P<default>[^}]*))?\}")
+_DOTENV_VAR = re.compile(
+    r"\$\{(?P<name>[^}:]*)(?::-(?P<default>[^}]*))?\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+_LITERAL_DOLLAR = "\x00"  # a \\$ of a double-quoted value, kept out of the expansion
 
 
 def _dotenv_unescape(pattern: re.Pattern[str], value: str) -> str:
     import codecs
 
-    return pattern.sub(lambda m: codecs.decode(m.group(0), "unicode-escape"), value)
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "\\$":
+            return _LITERAL_DOLLAR
+        return codecs.decode(m.group(0), "unicode-escape")
+
+    return pattern.sub(one, value)
 
 
 _DE_SPACE = re.compile(r"\s*")
@@ -211,15 +221,17 @@ def _match(pattern: re.Pattern[str], text: str, pos: int) -> int:
 
 def _expand(value: str, env: Mapping[str, str | None]) -> str:
     def one(m: re.Match[str]) -> str:  # a variable that is set, even to "", hides the default
+        if m.group("bare"):
+            return env.get(m.group("bare")) or ""
         return env.get(m.group("name"), m.group("default") or "") or ""
 
-    return _DOTENV_VAR.sub(one, value)
+    return _DOTENV_VAR.sub(one, value).replace(_LITERAL_DOLLAR, "$")
 
 
 def parse_dotenv(text: str, where: str, environ: Mapping[str, str]) -> dict[str, str]:
     """KEY=VALUE pairs of a .env text, as Compose reads them. A line it cannot read is an
     error naming the line (Compose skips it with a warning: the variable would be unset)."""
-    raw: list[tuple[str, str | None]] = []
+    raw: list[tuple[str, str | None, bool]] = []  # (key, value, expand it)
     pos, n = 0, len(text)
     while pos < n:
         pos = _match(_DE_SPACE, text, pos)
@@ -236,6 +248,7 @@ def parse_dotenv(text: str, where: str, environ: Mapping[str, str]) -> dict[str,
         key = km.group(1) or km.group(2)
         pos = _match(_DE_BLANK, text, km.end())
         value: str | None = None
+        literal = False
         if text.startswith("=", pos):
             pos = _match(_DE_BLANK, text, pos + 1)
             quote = text[pos : pos + 1]
@@ -245,6 +258,7 @@ def parse_dotenv(text: str, where: str, environ: Mapping[str, str]) -> dict[str,
                 if vm is None:
                     raise ComposeFileError(f"{where}:{line}: {key}: the {quote} is not closed")
                 value, pos = _dotenv_unescape(escapes, vm.group(1)), vm.end()
+                literal = quote == "'"
             else:
                 end = _match(_DE_REST, text, pos)
                 value, pos = re.sub(r"\s+#.*", "", text[pos:end]).rstrip(), end
@@ -257,10 +271,13 @@ def parse_dotenv(text: str, where: str, environ: Mapping[str, str]) -> dict[str,
                 "quote the whole value, or put a space before a # comment",
             )
         pos = cm.end()
-        raw.append((key, value))
+        raw.append((key, value, not literal))
     out: dict[str, str | None] = {}
-    for key, value in raw:  # each value sees the lines before it, then the environment
-        out[key] = None if value is None else _expand(value, {**environ, **out})
+    for key, value, expand in raw:  # each value sees the lines before it, then the environment
+        if value is None or not expand:
+            out[key] = value
+        else:
+            out[key] = _expand(value, {**environ, **out})
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -9,13 +9,15 @@ runs, instead of waiting for Docker's first scheduled check (interval 30 s by de
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from composegen.engine import compose_v2
 from composegen.engine import docker as eng
 from composegen.engine.compose import Project, Service
 from composegen.errors import ComposegenError
@@ -28,8 +30,9 @@ Report = Callable[[str, str, str], None]  # (service, state, detail)
 class Existing:
     id: str
     service: str
-    config_hash: str
+    config_hash: str  # com.docker.compose.config-hash: Compose v2's, or composegen's own
     status: str  # running | exited | created | restarting | ...
+    own_hash: str = ""  # io.composegen.config-hash: composegen's own, where it created it
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,19 @@ class Convergence:
     existing: dict[str, str] = field(default_factory=dict)  # service -> container id kept
 
 
-def converge(project: Project, existing: list[Existing]) -> Convergence:
+def up_to_date(svc: Service, e: Existing, v2_hashes: Mapping[str, str]) -> bool:
+    """The container was created for the service as the file says now: composegen's own hash
+    matches (its label, or the Compose label of a container from an earlier composegen), or
+    Compose v2's hash of the service (compose_v2.service_hashes) matches the label v2 wrote."""
+    own = svc.config_hash()
+    if own in (e.own_hash, e.config_hash):
+        return True
+    return bool(v2_hashes.get(svc.name)) and v2_hashes.get(svc.name) == e.config_hash
+
+
+def converge(
+    project: Project, existing: list[Existing], v2_hashes: Mapping[str, str] | None = None
+) -> Convergence:
     """Pure: what `up` must do so that the engine matches the file."""
     by_service: dict[str, list[Existing]] = {}
     for e in existing:
@@ -52,7 +67,7 @@ def converge(project: Project, existing: list[Existing]) -> Convergence:
         remove.extend(e.id for e in have[1:])
         if not have:
             actions[svc.name] = "create"
-        elif have[0].config_hash != svc.config_hash():
+        elif not up_to_date(svc, have[0], v2_hashes or {}):
             actions[svc.name] = "recreate"
         elif have[0].status != "running":
             actions[svc.name] = "start"
@@ -98,6 +113,7 @@ def list_existing(client: Any, project: str) -> list[Existing]:
                     labels.get(eng.LABEL_SERVICE, ""),
                     labels.get(eng.LABEL_HASH, ""),
                     c.status,
+                    labels.get(compose_v2.LABEL_OWN_HASH, ""),
                 )
             )
     return out
@@ -279,7 +295,34 @@ def ensure_image(client: Any, svc: Service, pull: str, on_pull: PullReport | Non
         ) from None
 
 
-def replace_container(client: Any, project: Project, svc: Service, old_id: str) -> Any:
+def _create(
+    client: Any,
+    project: Project,
+    svc: Service,
+    v2_hashes: Mapping[str, str],
+    name: str | None = None,
+) -> Any:
+    """Create the service's container with the labels both tools read: composegen's own hash,
+    and in com.docker.compose.config-hash Compose v2's hash where known (else composegen's), plus
+    the image ID in com.docker.compose.image, which Compose v2 also compares."""
+    own = svc.config_hash()
+    extra = {compose_v2.LABEL_OWN_HASH: own}
+    # no image ID to record: Compose v2 then recreates it once, nothing else changes
+    with contextlib.suppress(Exception):
+        extra[compose_v2.LABEL_IMAGE] = str(client.images.get(svc.image).id)
+    labelled = replace(svc, labels={**svc.labels, **extra})
+    return eng.create_container(
+        client, project, labelled, v2_hashes.get(svc.name) or own, name=name
+    )
+
+
+def replace_container(
+    client: Any,
+    project: Project,
+    svc: Service,
+    old_id: str,
+    v2_hashes: Mapping[str, str] | None = None,
+) -> Any:
     """Recreate a changed service, make before break as far as one name allows: the new
     container is created first under a temporary name (creating claims no port and no GPU),
     so an engine that refuses it leaves the old one running; then the old one is stopped and
@@ -288,7 +331,7 @@ def replace_container(client: Any, project: Project, svc: Service, old_id: str) 
 
     final = eng.container_name(project, svc)
     temp = f"{final}-new-{secrets.token_hex(3)}"
-    created = eng.create_container(client, project, svc, svc.config_hash(), name=temp)
+    created = _create(client, project, svc, v2_hashes or {}, name=temp)
     old = client.containers.get(old_id)
     old.stop(timeout=int(svc.stop_grace_s))
     old.remove(force=True)
@@ -316,6 +359,7 @@ def _run_service(
     report: Report,
     errors: list[BaseException],
     on_pull: PullReport | None = None,
+    v2_hashes: Mapping[str, str] | None = None,
 ) -> None:
     t = tracks[svc.name]
     try:
@@ -333,10 +377,10 @@ def _run_service(
         with eng.mapped_errors(f"service {svc.name}"):
             if action == "recreate":
                 report(svc.name, "recreating", svc.image)
-                container = replace_container(client, project, svc, str(existing_id))
+                container = replace_container(client, project, svc, str(existing_id), v2_hashes)
             elif action == "create":
                 report(svc.name, "creating", svc.image)
-                created = eng.create_container(client, project, svc, svc.config_hash())
+                created = _create(client, project, svc, v2_hashes or {})
                 container = client.containers.get(created.id)
                 container.start()
             else:
@@ -374,33 +418,13 @@ class UpResult:
     seconds: float
 
 
-START_INTERVAL_API = (1, 44)
-
-
-def check_engine_supports(client: Any, project: Project) -> None:
-    """Refuse, before anything changes, what the file asks and this engine cannot do:
-    healthcheck start_interval needs Engine API 1.44 (Docker 25)."""
-    wanted = [
-        s.name
-        for s in project.services
-        if s.healthcheck is not None and s.healthcheck.start_interval_s is not None
-    ]
-    if not wanted:
-        return
-    version = str(getattr(client.api, "api_version", "") or "0.0")
-    try:
-        have = tuple(int(x) for x in version.split(".")[:2])
-    except ValueError:
-        have = (0, 0)
-    if have < START_INTERVAL_API:
-        from composegen.engine.compose import ComposeFileError
-
-        raise ComposeFileError(
-            f"{project.file}: services.{wanted[0]}.healthcheck.start_interval: needs Docker "
-            f"Engine API 1.44 (Docker 25), this engine speaks {version}",
-            "remove the key (composegen up probes readiness itself from the first second), "
-            "or upgrade the engine",
-        )
+def check_engine_supports(client: Any, project: Project) -> str | None:
+    """What this engine does differently from the file, in one line for `up` to say once
+    (compose_v2.start_interval_note): an engine before API 1.44 has no healthcheck
+    start_interval and ignores the key (Compose v2 refuses the file there; composegen starts it,
+    and proves readiness itself from the first second)."""
+    version = str(getattr(client.api, "api_version", "") or "")
+    return compose_v2.start_interval_note(version, project)
 
 
 def _engine_alive(client: Any) -> bool:
@@ -516,13 +540,16 @@ def up(
     on_pull: PullReport | None = None,
 ) -> UpResult:
     rep: Report = report or (lambda s, st, d: None)
-    check_engine_supports(client, project)
+    note = check_engine_supports(client, project)
+    if note:
+        rep("engine", "note", note)
+    v2_hashes = compose_v2.service_hashes(project)
     t0 = time.monotonic()
     deadline = t0 + wait_timeout_s
     if wait:  # the HTTP client is needed only at the end: load it while containers start
         threading.Thread(target=lambda: __import__("httpx"), daemon=True).start()
     ensure_resources(client, project)
-    conv = converge(project, list_existing(client, project.name))
+    conv = converge(project, list_existing(client, project.name), v2_hashes)
     if not remove_orphans:  # a second file of the same project (the CPU variant) adds to it
         wanted = {s.name for s in project.services}
         conv = Convergence(
@@ -563,6 +590,7 @@ def up(
                 rep,
                 errors,
                 on_pull,
+                v2_hashes,
             ),
             name=f"up-{s.name}",
             daemon=True,

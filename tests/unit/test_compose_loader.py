@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -251,19 +252,15 @@ DOTENV_KEYS = [
 ]
 
 
-def test_dotenv_matches_docker_compose_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_dotenv_matches_compose_v2_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same .env and compose file through composegen's loader and through Compose's own
     `config`: every variable comes out the same."""
     import os
     import subprocess
 
-    import yaml
+    from tests.compose_cli import need_compose_v2
 
-    from tests.stack_checks import DOCKER_COMPOSE, need_docker_compose
-
-    need_docker_compose()
+    v2 = str(need_compose_v2())
     env_lines = "\n".join(f"      {k}: ${{{k}}}" for k in DOTENV_KEYS)
     f = write(
         tmp_path, f"services:\n  a:\n    image: img:1\n    environment:\n{env_lines}\n", DOTENV
@@ -275,7 +272,7 @@ def test_dotenv_matches_docker_compose_config(
     clean["PROC_H3_VAR"] = "from the process"
     monkeypatch.setenv("PROC_H3_VAR", "from the process")
     done = subprocess.run(
-        [DOCKER_COMPOSE, "config"],
+        [v2, "config", "--format", "json"],
         cwd=tmp_path,
         env=clean,
         capture_output=True,
@@ -284,16 +281,63 @@ def test_dotenv_matches_docker_compose_config(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    theirs = yaml.safe_load(done.stdout)["services"]["a"]["environment"]
+    theirs = json.loads(done.stdout)["services"]["a"]["environment"]
     theirs = {k: str(v).replace("$$", "$") for k, v in theirs.items()}  # config escapes $
     ours = dict(load_project(f).service("a").environment)
     assert ours == theirs
     # what the comparison covers, in Compose's words
-    assert ours["SQ"] == "single plain value \\n # not a comment"
+    assert ours["SQ"] == "single ${PLAIN} \\n # not a comment"  # literal, as in a shell
     assert ours["DQ"] == "double plain value \t tab"
     assert ours["MULTI"] == "line1\nline2"
     assert ours["FROM_PROC"] == "from the process"
-    assert ours["DOLLAR"] == "$PLAIN"
+    assert ours["DOLLAR"] == "plain value"  # $VAR expands too (Compose v1 left it)
+
+
+ROUND_TRIP = {
+    "DOLLAR_VAL": "pa$$word ${HOME} $USER",
+    "QUOTES": """it's "quoted" """,
+    "HASH": "a # not a comment",
+    "SPACES": "  padded  ",
+    "BACKSLASH_END": "ends\\",
+    "BOTH": "x'y\\'z $a",
+    "PLAIN": "llama3.2:3b",
+}
+
+
+def test_dotenv_values_round_trip_through_compose_v2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """render's .env writer (dotenv_value) and composegen's reader agree with Compose v2 on
+    values with $, quotes, # and spaces: v2's resolved environment is the value itself."""
+    import os
+    import subprocess
+
+    from composegen.render import dotenv_value
+    from tests.compose_cli import need_compose_v2
+
+    v2 = str(need_compose_v2())
+    dotenv = "".join(f"{k}={dotenv_value(v)}\n" for k, v in ROUND_TRIP.items())
+    env_lines = "\n".join(f"      {k}: ${{{k}}}" for k in ROUND_TRIP)
+    f = write(
+        tmp_path, f"services:\n  a:\n    image: img:1\n    environment:\n{env_lines}\n", dotenv
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    for k in ROUND_TRIP:
+        clean.pop(k, None)
+        monkeypatch.delenv(k, raising=False)
+    done = subprocess.run(
+        [v2, "config", "--format", "json"],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    theirs = json.loads(done.stdout)["services"]["a"]["environment"]
+    assert {k: v.replace("$$", "$") for k, v in theirs.items()} == ROUND_TRIP
+    assert dict(load_project(f).service("a").environment) == ROUND_TRIP
 
 
 def test_dotenv_line_compose_cannot_read_is_named(tmp_path: Path) -> None:

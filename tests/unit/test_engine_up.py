@@ -12,9 +12,9 @@ import pytest
 from composegen.engine import docker as eng
 from composegen.engine import switch
 from composegen.engine import up as engine_up
-from composegen.engine.compose import ComposeFileError, Project, load_project
+from composegen.engine.compose import Project, load_project
 from composegen.engine.state import write_mode
-from composegen.errors import EXIT_BAD_INPUT, EXIT_RUNTIME
+from composegen.errors import EXIT_RUNTIME
 from tests.fake_docker import NO_SUCH_HOST, FakeDocker
 from tests.unit.test_cli_detect import call
 
@@ -302,21 +302,25 @@ def test_restart_policy_pids_device_options_and_both_mounts_reach_the_engine(
     assert host["Binds"] == ["proj_models:/models:rw", "proj_models:/cache:ro"]
 
 
-def test_start_interval_is_refused_by_name_on_an_engine_before_1_44(tmp_path: Path) -> None:
+def test_start_interval_on_an_engine_before_1_44_is_said_once_and_started(tmp_path: Path) -> None:
     (tmp_path / "docker-compose.yml").write_text(
         STACK.format(image="img:1", start_period="60s").replace(
             "      interval: 5s\n", "      interval: 5s\n      start_interval: 1s\n"
         )
     )
     project = load_project(tmp_path / "docker-compose.yml", "proj")
-    client = FakeDocker()
-    with pytest.raises(ComposeFileError) as err:
-        engine_up.up(client, project, wait=False)
-    assert err.value.exit_code == EXIT_BAD_INPUT
-    assert "services.llm.healthcheck.start_interval: needs Docker Engine API 1.44" in str(err.value)
-    assert client.calls == []  # refused before anything changed
+    client = FakeDocker()  # API 1.41, as the engine of this machine
+    seen: list[tuple[str, str, str]] = []
+    engine_up.up(client, project, wait=False, report=lambda s, st, d: seen.append((s, st, d)))
+    notes = [d for s, st, d in seen if st == "note"]
+    assert len(notes) == 1, seen
+    assert "API 1.41, older than 1.44" in notes[0]
+    assert "ignores healthcheck start_interval (services llm)" in notes[0]
+    assert len(client.api.created) == 2  # started all the same
     newer = FakeDocker(api_version="1.44")
-    engine_up.up(newer, project, wait=False)
+    seen.clear()
+    engine_up.up(newer, project, wait=False, report=lambda s, st, d: seen.append((s, st, d)))
+    assert [st for s, st, d in seen if st == "note"] == []
     assert newer.api.created[0]["healthcheck"]["StartInterval"] == 1_000_000_000
 
 

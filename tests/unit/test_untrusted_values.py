@@ -199,7 +199,7 @@ def test_tunable_with_punctuation_survives_compose(tmp_path: Path) -> None:
         "render", "--profile", "ollama-pool", "--reference", "-o", str(out), "--values", str(values)
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"ODD_VALUE={ODD}\n" in (out / ".env").read_text(encoding="utf-8")
+    assert f"ODD_VALUE='{ODD}'\n" in (out / ".env").read_text(encoding="utf-8")  # quoted for v2
     names = yaml.safe_load((out / "docker-compose.yml").read_text(encoding="utf-8"))["services"]
     service = next(n for n in names if n != "gateway")
     assert _compose_env(out, service)["ODD_VALUE"] == ODD
