@@ -233,7 +233,7 @@ def create_container(
             "retries": h.retries,
             "start_period": int(h.start_period_s * 1e9),
         }
-        if h.start_interval_s is not None:  # (API 1.44+: up refuses it on older engines)
+        if h.start_interval_s is not None:  # API 1.44+; older engines ignore it (up says so)
             healthcheck = docker.types.Healthcheck(**healthcheck)
             healthcheck["StartInterval"] = int(h.start_interval_s * 1e9)
 
