@@ -4,9 +4,11 @@ that label afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,10 @@ from typing import Any
 import pytest
 
 TEST_LABEL = "io.composegen.test"
+# The label's value names this test session, so that its clean-up removes only what it made:
+# two sessions on one engine (a developer's run beside CI) never remove each other's containers.
+SESSION = uuid.uuid4().hex[:12]
+TEST_LABELS = {TEST_LABEL: SESSION}
 BUSYBOX_IMAGE = "composegen-test/busybox:1"
 
 
@@ -31,7 +37,7 @@ def _need_engine(reason: str) -> None:
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
     import docker
-    from docker.errors import DockerException
+    from docker.errors import DockerException, NotFound
 
     try:
         client = docker.from_env(timeout=10)
@@ -39,8 +45,9 @@ def docker_client() -> Iterator[Any]:
     except DockerException as exc:
         _need_engine(f"it does not answer ({str(exc).splitlines()[0][:120]})")
     yield client
-    for c in client.containers.list(all=True, filters={"label": TEST_LABEL}):
-        c.remove(force=True)
+    for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={SESSION}"}):
+        with contextlib.suppress(NotFound):
+            c.remove(force=True)
     client.close()
 
 

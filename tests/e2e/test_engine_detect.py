@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from composegen.detect.host import probe_docker
-from tests.e2e.conftest import TEST_LABEL
+from tests.e2e.conftest import TEST_LABELS
 
 
 def test_engine_reported_and_gpu_request_claim_is_true(
@@ -28,7 +28,7 @@ def test_engine_reported_and_gpu_request_claim_is_true(
             busybox_image,
             ["env"],
             device_requests=[request],
-            labels={TEST_LABEL: "1"},
+            labels=dict(TEST_LABELS),
             remove=True,
         )
         works = True

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.e2e.conftest import TEST_LABEL
+from tests.e2e.conftest import TEST_LABELS
 from tests.e2e.images import ensure_images
 
 pytestmark = pytest.mark.engine
@@ -44,7 +44,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @contextmanager
 def container(client: Any, image: str, **kwargs: Any) -> Iterator[Any]:
     """A detached, labelled container, removed afterwards whatever happens."""
-    labels = {**kwargs.pop("labels", {}), TEST_LABEL: "1"}
+    labels = {**kwargs.pop("labels", {}), **TEST_LABELS}
     c = client.containers.run(image, detach=True, labels=labels, **kwargs)
     try:
         yield c
@@ -338,7 +338,7 @@ def test_gateway_proxies_to_a_stub_replica(
             "        location /llm/ { proxy_pass http://llm/; }\n        location = /healthz",
         )
     )
-    net = docker_client.networks.create(f"cgtest-images-{time.time_ns()}", labels={TEST_LABEL: "1"})
+    net = docker_client.networks.create(f"cgtest-images-{time.time_ns()}", labels=dict(TEST_LABELS))
     try:
         with container(
             docker_client,

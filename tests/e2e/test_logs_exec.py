@@ -23,8 +23,7 @@ from tests.e2e.test_up import RUN, _cleanup, cli
 
 pytestmark = pytest.mark.engine
 
-# No io.composegen.test label: other test sessions on this engine remove every container
-# that has it when they end; these are removed by their project.
+# Removed by their project (the Compose project label), like the rendered stacks.
 ALPHA = "echo out-1; sleep 0.3; echo err-2 >&2; sleep 0.3; echo out-3; exec sleep 600"
 COMPOSE = f"""
 services:

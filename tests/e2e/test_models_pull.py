@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import TEST_LABEL
+from tests.e2e.conftest import TEST_LABELS
 from tests.e2e.test_up import Stack, cli, containers, image_overrides, up
 
 HF_HUB = "composegen-test/hf-hub:1"
@@ -47,7 +47,7 @@ def _read(docker_client: Any, tags: dict[str, str], volume: str, path: str) -> s
         tags["debian"],
         ["true"],
         volumes={volume: {"bind": "/v", "mode": "ro"}},
-        labels={TEST_LABEL: "1"},
+        labels=dict(TEST_LABELS),
     )
     try:
         stream, _ = c.get_archive(f"/v/{path}")
@@ -196,7 +196,7 @@ def hub(docker_client: Any, tags: dict[str, str]) -> Any:
 
     def start(network: str, gated: str = "", rate_mbps: float = 0.0) -> Any:
         # the fetch network made beforehand: `models pull` uses it and leaves it (not its own)
-        docker_client.networks.create(network, driver="bridge", labels={TEST_LABEL: "1"})
+        docker_client.networks.create(network, driver="bridge", labels=dict(TEST_LABELS))
         nets.append(network)
         c = docker_client.containers.run(
             image,
@@ -206,7 +206,7 @@ def hub(docker_client: Any, tags: dict[str, str]) -> Any:
                 "STUB_HF_GATED_REPOS": gated,
                 **({"STUB_HF_RATE_MBPS": str(rate_mbps)} if rate_mbps else {}),
             },
-            labels={TEST_LABEL: "1"},
+            labels=dict(TEST_LABELS),
             detach=True,
         )
         made.append(c)

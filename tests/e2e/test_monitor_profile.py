@@ -13,6 +13,7 @@ import pytest
 
 from composegen.watch.metrics import Metrics
 from composegen.watch.types import GpuSignal, Snapshot, StackInfo
+from tests.e2e.conftest import SESSION
 from tests.e2e.test_up import RUN, _cleanup, cli, containers
 
 pytestmark = pytest.mark.engine
@@ -23,14 +24,14 @@ services:
     image: {image}
     command: ["sleep", "600"]
     networks: [backend]
-    labels: {{io.composegen.test: "1"}}
+    labels: {{io.composegen.test: "{session}"}}
   scraper:
     image: {image}
     profiles: [monitor]
     command: ["sleep", "600"]
     networks: [monitor]
     extra_hosts: ["host.docker.internal:host-gateway"]
-    labels: {{io.composegen.test: "1"}}
+    labels: {{io.composegen.test: "{session}"}}
 networks:
   backend: {{internal: true}}
   monitor: {{}}
@@ -42,7 +43,9 @@ def test_monitor_profile_on_the_engine(
 ) -> None:
     project = f"cg-e2e-monitor-{RUN}"
     _cleanup(docker_client, project)
-    (tmp_path / "docker-compose.yml").write_text(COMPOSE.format(image=busybox_image))
+    (tmp_path / "docker-compose.yml").write_text(
+        COMPOSE.format(image=busybox_image, session=SESSION)
+    )
     bridge = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
     metrics = Metrics(project)
     metrics.observe(

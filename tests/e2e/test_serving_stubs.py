@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import TEST_LABEL
+from tests.e2e.conftest import TEST_LABELS
 from tests.e2e.test_images import container, host_port, http, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def volume(docker_client: Any) -> Iterator[Any]:
     made: list[Any] = []
 
     def make() -> str:
-        vol = docker_client.volumes.create(labels={TEST_LABEL: "1"})
+        vol = docker_client.volumes.create(labels=dict(TEST_LABELS))
         made.append(vol)
         return str(vol.name)
 
@@ -286,7 +286,7 @@ def test_a_full_disk_fails_the_pull_and_names_the_cause(
     vol = docker_client.volumes.create(
         driver="local",
         driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=1m"},
-        labels={TEST_LABEL: "1"},
+        labels=dict(TEST_LABELS),
     )
     try:
         mount = {vol.name: {"bind": "/root/.ollama"}}
@@ -431,7 +431,7 @@ def hub(docker_client: Any, images: dict[str, str]) -> Iterator[dict[str, Any]]:
     """The fake hub on a user-defined network (by its container name), published on 127.0.0.1
     for the test to read its byte counter."""
     net = docker_client.networks.create(
-        f"cgtest-hf-{uuid.uuid4().hex[:8]}", driver="bridge", labels={TEST_LABEL: "1"}
+        f"cgtest-hf-{uuid.uuid4().hex[:8]}", driver="bridge", labels=dict(TEST_LABELS)
     )
     name = f"cgtest-hub-{uuid.uuid4().hex[:8]}"
     env = {"STUB_HF_TOKEN": HF_TOKEN, "STUB_HF_CUT_AFTER_BYTES": str(CUT_AFTER)}
@@ -471,7 +471,7 @@ def fetch(
         environment=env,
         network=hub["network"],
         volumes={cache: {"bind": "/cache"}},
-        labels={TEST_LABEL: "1"},
+        labels=dict(TEST_LABELS),
     )
     try:
         code = int(c.wait(timeout=120)["StatusCode"])
