@@ -111,15 +111,17 @@ def load_fleet(path: str) -> Fleet:
     data = profiles._read_yaml(path)
     found = non_string_key(data)
     if found is not None:
-        raise BadInputError(f"{path}: key {found[1]!r} must be a string")
+        raise BadInputError(
+            f"{path}: {profiles._where(found[0])}: key {found[1]!r} must be a string"
+        )
     try:
         profiles._validate_schema(data, path, _schema())
     except BadInputError as exc:
         raise BadInputError(
             exc.message,
             exc.hint
-            or "a fleet file is `nodes: [{name: gpu-a, inventory: a.json}, ...]` "
-            "(keys: name, hostname, labels, inventory; spares: per-node|fleet)",
+            or "a fleet file is `nodes: [{name: gpu-a, inventory: a.json}, ...]`; node keys: "
+            "name, hostname, labels, inventory; spares: per-node or fleet",
         ) from None
     base = Path(path).parent
     nodes: list[Node] = []

@@ -234,6 +234,16 @@ BAD = [
     ),
     ("nodes:\n  - {name: GPU_A, inventory: gpu-a-2x64.json}\n", "nodes[0].name: 'GPU_A'"),
     ("nodes: []\n", "nodes: must not be empty"),
+    (
+        "nodes:\n  - {name: gpu-a, hostname: h1, inventory: gpu-a-2x64.json}\n"
+        "  - {name: gpu-b, hostname: h1, inventory: gpu-b-2x64.json}\n",
+        "nodes[1].hostname: 'h1' is already the hostname of nodes[0]",
+    ),
+    (
+        "nodes:\n  - {name: gpu-a, inventory: gpu-a-2x64.json, labels: {1: x}}\n",
+        "nodes[0].labels: key 1 must be a string",
+    ),
+    ("- gpu-a\n", "(top level): must be an object"),
     ("spares: per-node\n", "'nodes' is required"),
     (
         "nodes:\n  - {name: gpu-a, inventory: gpu-a-2x64.json}\nspares: node\n",
