@@ -372,3 +372,31 @@ def test_plan_with_a_bad_fleet_file_is_one_line_exit_2(
     assert err.startswith(f"composegen: error: {path}: nodes[0]: unknown key 'role'")
     assert err.count("\n") == 1 and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_failover_over_a_fleet_keeps_survivors_on_their_nodes() -> None:
+    from dataclasses import replace
+
+    fleet = load_fleet(fleet_file("ollama-2x2.yaml"))
+    prof = load("ollama-replicas")
+    before = plan_fleet(fleet, prof)
+    b = fleet.node("gpu-b")
+    lost = replace(
+        b.inventory,
+        gpus=tuple(
+            replace(g, health="lost", health_reason="fell off the bus") if g.index == 0 else g
+            for g in b.inventory.gpus
+        ),
+    )
+    after = plan_fleet(
+        replace(fleet, nodes=(fleet.nodes[0], replace(b, inventory=lost))),
+        prof,
+        PlanOptions(previous=before),
+    )
+    a, bu = uuids("gpu-a-2x64.json"), uuids("gpu-b-2x64.json")
+    assert placed(after) == {
+        "ollama-0": ("gpu-a", (a[0],)),
+        "ollama-1": ("gpu-a", (a[1],)),
+        "ollama-3": ("gpu-b", (bu[1],)),
+    }
+    assert "gpu-b GPU 0 not used: unhealthy (lost: fell off the bus)" in after.notes
