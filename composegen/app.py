@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from composegen import profiles
 from composegen.errors import BadInputError
@@ -15,11 +16,38 @@ from composegen.profiles import Overrides, Profile
 from composegen.render import RenderOptions, engine_takes_start_interval, render
 from composegen.selection import Candidate, Closeness
 
+if TYPE_CHECKING:
+    from composegen.fleet import Fleet
+
 
 @dataclass(frozen=True)
 class Target:
     inventory: Inventory
     note: str  # where the inventory came from, in words
+    fleet: Fleet | None = None  # --fleet FILE: the nodes; inventory is then the merged one
+
+
+def check_fleet_options(fleet: str | None, inventory: str | None, reference: bool) -> None:
+    """--inventory and --reference name one host, so they exclude --fleet."""
+    if fleet is not None and (inventory or reference):
+        given = "--inventory" if inventory else "--reference"
+        raise BadInputError(
+            f"--fleet and {given} exclude each other",
+            "a fleet file names each node's inventory; pass only one",
+        )
+
+
+def fleet_target(path: str) -> Target:
+    """--fleet FILE: the fleet as the planner's one inventory, and its nodes."""
+    from composegen.fleet import load_fleet
+
+    fleet = load_fleet(path)
+    gpus = len(fleet.inventory().gpus)
+    return Target(
+        fleet.inventory(),
+        f"fleet file {path} ({len(fleet.nodes)} nodes, {gpus} GPUs)",
+        fleet,
+    )
 
 
 def choose_inventory(
@@ -63,17 +91,19 @@ class Fit:
     closeness: Closeness | None = None  # the hardware against the profile's reference
 
 
-def fit(prof: Profile, inv: Inventory, hardware: str = "") -> Fit:
+def fit(prof: Profile, inv: Inventory, hardware: str = "", fleet: Fleet | None = None) -> Fit:
     from dataclasses import replace
 
     from composegen.selection import closeness
 
-    return replace(_fit(prof, inv, hardware), closeness=closeness(prof.reference, inv))
+    return replace(_fit(prof, inv, hardware, fleet), closeness=closeness(prof.reference, inv))
 
 
-def _fit(prof: Profile, inv: Inventory, hardware: str = "") -> Fit:
+def _fit(prof: Profile, inv: Inventory, hardware: str = "", fleet: Fleet | None = None) -> Fit:
+    from composegen.fleet import plan_fleet
+
     try:
-        plan = make_plan(inv, prof)
+        plan = plan_fleet(fleet, prof) if fleet is not None else make_plan(inv, prof)
     except PlanError as exc:
         return Fit(
             prof.name,
@@ -118,7 +148,12 @@ def _fit(prof: Profile, inv: Inventory, hardware: str = "") -> Fit:
 
 
 def rank(
-    inv: Inventory, extra_dirs: Sequence[str] = (), *, this_host: bool = False, hardware: str = ""
+    inv: Inventory,
+    extra_dirs: Sequence[str] = (),
+    *,
+    this_host: bool = False,
+    hardware: str = "",
+    fleet: Fleet | None = None,
 ) -> list[Fit]:
     """Every profile rated on `inv`, best first (selection.ranked: fit, then closeness to the
     profile's reference hardware). With this_host (inv is this host's own inventory), a host
@@ -135,7 +170,7 @@ def rank(
             target = choose_inventory(prof, None, False, local=inv)
             out.append(fit(prof, target.inventory, target.note))
         else:
-            out.append(fit(prof, inv, hardware or inv.source))
+            out.append(fit(prof, inv, hardware or inv.source, fleet))
     from composegen import selection
 
     order = selection.ranked([_candidate(f) for f in out])
@@ -154,6 +189,7 @@ def auto_profile(
     inventory: str | None = None,
     reference: bool = False,
     local: Inventory | None = None,
+    fleet: str | None = None,
 ) -> tuple[str, str, Inventory | None]:
     """`--profile auto` (or none): (the profile that suits the hardware best, why in one line,
     this host's inventory when it was detected, for build to reuse).
@@ -170,7 +206,12 @@ def auto_profile(
             "--reference needs a profile: whose reference hardware?",
             f"{hint}; it is then planned on that profile's reference hardware",
         )
-    if inventory:
+    nodes: Fleet | None = None
+    if fleet is not None:
+        check_fleet_options(fleet, inventory, reference)
+        target = fleet_target(fleet)
+        inv, hardware, nodes = target.inventory, f"fleet file {fleet}", target.fleet
+    elif inventory:
         from composegen.detect.sources import load_inventory
 
         inv, hardware = load_inventory(inventory), f"inventory file {inventory}"
@@ -189,11 +230,12 @@ def auto_profile(
         )
     try:
         choice = selection.choose(
-            [_candidate(f) for f in rank(inv, extra_dirs, hardware=hardware)], hardware
+            [_candidate(f) for f in rank(inv, extra_dirs, hardware=hardware, fleet=nodes)],
+            hardware,
         )
     except selection.NothingFits as exc:
         raise BadInputError(f"no profile fits {hardware}: {exc.reasons}", hint) from None
-    return choice.name, choice.line, (None if inventory else local)
+    return choice.name, choice.line, (None if inventory or fleet else local)
 
 
 @dataclass(frozen=True)
@@ -217,10 +259,14 @@ def build(
     ignore_used: bool = False,
     previous_dir: Path | None = None,
     local: Inventory | None = None,
+    fleet: str | None = None,
 ) -> Rendered:
     """Load, choose the inventory, plan, render. previous_dir: the directory being re-rendered;
     when the inventory is this host, the memory its stack was planned to hold is not counted
     as held by others (a running stack's own memory), so re-rendering it gives the same plan."""
+    if fleet is not None:
+        check_fleet_options(fleet, inventory, reference)
+        return _build_fleet(name, fleet, extra_dirs, overrides, pin_by, ignore_used)
     prof = profiles.load(name, extra_dirs, overrides)
     target = choose_inventory(prof, inventory, reference, local)
     own_notes: list[str] = []
@@ -252,6 +298,25 @@ def build(
         api_key=prof.gateway.api_key,
     )
     return Rendered(prof, plan, target, files, inputs)
+
+
+def _build_fleet(
+    name: str,
+    path: str,
+    extra_dirs: Sequence[str],
+    overrides: Overrides | None,
+    pin_by: PinBy | None,
+    ignore_used: bool,
+) -> Rendered:
+    """The plan over a fleet file. No compose files: a fleet runs as a Swarm stack
+    (`render --fleet F --target swarm`), not as one host's Compose project."""
+    from composegen.fleet import plan_fleet
+
+    prof = profiles.load(name, extra_dirs, overrides)
+    target = fleet_target(path)
+    assert target.fleet is not None
+    plan = plan_fleet(target.fleet, prof, PlanOptions(pin_by=pin_by, count_used=not ignore_used))
+    return Rendered(prof, plan, target, [])
 
 
 def _without_own_use(inv: Inventory, out_dir: Path, notes: list[str]) -> Inventory:

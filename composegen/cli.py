@@ -151,6 +151,11 @@ INVENTORY = click.option(
     metavar="FILE",
     help="Plan for the host described by FILE (anything `detect --from` reads), not this one.",
 )
+FLEET = click.option(
+    "--fleet",
+    metavar="FILE",
+    help="Plan over the GPU hosts of a fleet file (nodes: [{name, inventory}, ...]), not one host.",
+)
 PROFILE = [
     click.option(
         "--profile",
@@ -178,6 +183,7 @@ def _pick_profile(
     profiles_dirs: tuple[str, ...],
     inventory: str | None,
     reference: bool,
+    fleet: str | None = None,
 ) -> tuple[str, Any]:
     """(the profile to use, this host's inventory when auto-selection detected it)."""
     if project_flag is not None:
@@ -186,13 +192,13 @@ def _pick_profile(
             f"-p is the project name (as in Compose), and `{command}` has no project",
             f"the profile is -P/--profile: composegen {command} -P {project_flag}",
         )
+    from composegen import app
     from composegen.selection import AUTO
 
+    app.check_fleet_options(fleet, inventory, reference)
     if profile_name not in (None, AUTO):
         return profile_name, None
-    from composegen import app
-
-    name, why, local = app.auto_profile(profiles_dirs, inventory, reference)
+    name, why, local = app.auto_profile(profiles_dirs, inventory, reference, fleet=fleet)
     click.echo(f"composegen: {why}", err=True)
     return name, local
 
@@ -343,6 +349,7 @@ def profiles_show(
 @_profile_opts
 @INVENTORY
 @REFERENCE
+@FLEET
 @PROFILES_DIR
 @PIN_BY
 @IGNORE_USED
@@ -353,6 +360,7 @@ def plan(
     project_flag: str | None,
     inventory: str | None,
     reference: bool,
+    fleet: str | None,
     profiles_dirs: tuple[str, ...],
     pin_by: str | None,
     ignore_used: bool,
@@ -365,11 +373,16 @@ def plan(
 
     Without --profile (or with --profile auto) the profile that suits the hardware best is
     chosen: by fit (yes, degraded, no), then closeness to each profile's reference hardware
-    (GPU count, VRAM per GPU, GPU models, NVLink); one line on stderr says why."""
+    (GPU count, VRAM per GPU, GPU models, NVLink); one line on stderr says why.
+
+    With --fleet FILE the profile is planned over every node of the fleet: replicas on every
+    GPU of every node, a tensor-parallel group inside one node, and a NODE column."""
     from composegen import app
     from composegen.profiles import Overrides
 
-    name, local = _pick_profile(profile_name, project_flag, profiles_dirs, inventory, reference)
+    name, local = _pick_profile(
+        profile_name, project_flag, profiles_dirs, inventory, reference, fleet
+    )
     built = app.build(
         name,
         local=local,
@@ -379,6 +392,7 @@ def plan(
         reference=reference,
         pin_by=_pin(pin_by),
         ignore_used=ignore_used,
+        fleet=fleet,
     )
     for w in built.plan.warnings:
         click.echo(f"composegen: warning: {w}", err=True)

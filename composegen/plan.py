@@ -53,6 +53,20 @@ class PlanError(BadInputError):
     """The profile cannot be placed on this hardware and its rules say refuse."""
 
 
+SpareScope = Literal["per-node", "fleet"]
+
+
+@dataclass(frozen=True)
+class FleetLayout:
+    """A fleet as the planner sees it: one inventory whose GPUs are numbered across the nodes
+    (node order, then GPU index); `gpu_nodes[i]` is (node, the GPU's own index on that node)
+    for fleet index i. Built by composegen.fleet; None in PlanOptions for one host."""
+
+    nodes: tuple[str, ...]
+    gpu_nodes: tuple[tuple[str, int], ...]
+    spares: SpareScope = "fleet"
+
+
 @dataclass(frozen=True)
 class PlanOptions:
     pin_by: PinBy | None = None  # None: UUIDs when every GPU has a unique one, else indices
@@ -62,6 +76,9 @@ class PlanOptions:
     # Memory other processes hold (the inventory's memory.used) is not free for the stack.
     # Off (--ignore-used): plan as if every GPU were empty.
     count_used: bool = True
+    # A fleet: GPUs numbered across nodes; a tensor-parallel group stays on one node, spares are
+    # kept per node or fleet-wide, every instance gets its node.
+    layout: FleetLayout | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,7 @@ class Instance:
     shared: bool = False  # shares its GPU with another service
     alternative: int = 0  # 0: the profile's preferred models; k: its k-th `alternatives` entry
     choice: str = ""  # why these models, when they are not the preferred ones
+    node: str | None = None  # the fleet node it runs on; None: one host
 
     @property
     def tensor_parallel(self) -> int:
@@ -101,6 +119,8 @@ class GpuUse:
     usable: bool
     why_not: str | None = None
     other_used_mib: int = 0  # held by processes outside this plan, taken off usable_mib
+    node: str | None = None  # fleet plans: the GPU's node, and its own index there
+    node_index: int | None = None
 
     @property
     def free_mib(self) -> int:
@@ -120,6 +140,13 @@ class Plan:
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()  # the CLI prints them on stderr; --json has them
     count_used: bool = True
+    nodes: tuple[str, ...] = ()  # a fleet plan's nodes, in fleet order; () for one host
+    spares_scope: SpareScope | None = None  # a fleet plan's: per-node or fleet
+
+    @property
+    def gateway_node(self) -> str | None:
+        """The node the gateway runs on in a fleet plan: the first."""
+        return self.nodes[0] if self.nodes else None
 
     def of_service(self, service: str) -> tuple[Instance, ...]:
         return tuple(i for i in self.instances if i.service == service)
@@ -138,6 +165,19 @@ class Plan:
         return {k: tuple(v) for k, v in out.items()}
 
     def to_dict(self) -> dict[str, Any]:
+        out = self._to_dict()
+        if self.nodes:  # a fleet plan; a one-host plan's JSON stays as it was
+            out["nodes"] = list(self.nodes)
+            out["gateway_node"] = self.gateway_node
+            out["spares_scope"] = self.spares_scope
+            for svc, i in zip(out["services"], self.instances, strict=True):
+                svc["node"] = i.node
+            for gpu, g in zip(out["gpus"], self.gpus, strict=True):
+                gpu["node"] = g.node
+                gpu["node_index"] = g.node_index
+        return out
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "schema": "composegen/plan/v1",
             "profile": self.profile,
@@ -212,8 +252,15 @@ class _Slot:
 
 
 class _Run:
-    def __init__(self, inv: Inventory, prof: Profile, count_used: bool = True) -> None:
+    def __init__(
+        self,
+        inv: Inventory,
+        prof: Profile,
+        count_used: bool = True,
+        layout: FleetLayout | None = None,
+    ) -> None:
         self.prof = prof
+        self.layout = layout
         self.notes: list[str] = []
         self.warnings: list[str] = []
         self.slots: dict[int, _Slot] = {}
@@ -239,7 +286,7 @@ class _Run:
                 why = "MIG is enabled (composegen pins whole GPUs)"
             if why:
                 self.excluded[g.index] = why
-                self.notes.append(f"GPU {g.index} not used: {why}")
+                self.notes.append(f"{self.label(g.index)} not used: {why}")
                 continue
             assert g.memory_total_mib is not None
             usable = int(g.memory_total_mib * (1.0 - prof.headroom))
@@ -250,21 +297,37 @@ class _Run:
                 steps = -(-g.memory_used_mib // USED_STEP_MIB)
                 other = min(steps * USED_STEP_MIB, usable)
                 self.notes.append(
-                    f"GPU {g.index}: {other} MiB counted as held by other processes "
+                    f"{self.label(g.index)}: {other} MiB counted as held by other processes "
                     f"(its memory.used rounded up to {USED_STEP_MIB} MiB; --ignore-used: none)"
                 )
                 if g.memory_used_mib * 100 > g.memory_total_mib * USED_WARN_PCT:
                     self.warnings.append(
-                        f"GPU {g.index}: {g.memory_used_mib} of {g.memory_total_mib} MiB "
+                        f"{self.label(g.index)}: {g.memory_used_mib} of {g.memory_total_mib} MiB "
                         f"already in use by other processes, counted as used "
                         f"({usable - other} MiB left for the stack); --ignore-used plans as if "
                         f"it were free"
                     )
             self.slots[g.index] = _Slot(gpu=g, usable=usable - other, other=other)
-        self.topology_known = any(s.gpu.nvlink_peers for s in self.slots.values())
+        # per node: NVLink joins GPUs of one machine only
+        self.topology_known = {
+            self.node(i): True for i, s in self.slots.items() if s.gpu.nvlink_peers
+        }
         self.instances: list[Instance] = []
         self.dropped: list[tuple[str, str]] = []
         self.failover = False  # spares may take what lost its GPU, spares first
+
+    def node(self, index: int) -> str | None:
+        """The fleet node of fleet GPU `index`; None on one host."""
+        if self.layout is None or index >= len(self.layout.gpu_nodes):
+            return None
+        return self.layout.gpu_nodes[index][0]
+
+    def label(self, index: int) -> str:
+        """A GPU in words: "GPU 3" on one host, "gpu-b GPU 1" (its own index) in a fleet."""
+        if self.layout is None or index >= len(self.layout.gpu_nodes):
+            return f"GPU {index}"
+        node, own = self.layout.gpu_nodes[index]
+        return f"{node} GPU {own}"
 
     def mark_spares(self, indices: Sequence[int]) -> None:
         for i in indices:
@@ -322,7 +385,24 @@ class _Run:
     def _group(self, cands: list[_Slot], count: int, nvlink: bool) -> list[_Slot] | None:
         if len(cands) < count:
             return None
-        if count == 1 or not nvlink or not self.topology_known:
+        if count == 1:
+            return cands[:count]
+        # a tensor-parallel group never spans nodes: the first node (in the candidates' order
+        # of preference) that can hold the whole group; one host is one node
+        for node in dict.fromkeys(self.node(c.gpu.index) for c in cands):
+            chosen = self._group_on(
+                [c for c in cands if self.node(c.gpu.index) == node], count, nvlink, node
+            )
+            if chosen:
+                return chosen
+        return None
+
+    def _group_on(
+        self, cands: list[_Slot], count: int, nvlink: bool, node: str | None
+    ) -> list[_Slot] | None:
+        if len(cands) < count:
+            return None
+        if not nvlink or not self.topology_known.get(node):
             return cands[:count]
         for first in cands:
             group = [first]
@@ -353,6 +433,9 @@ class _Run:
         if not want:
             return
         can = max(0, len(self.slots) - gpus_needed)
+        if self.layout is not None and self.layout.spares == "per-node":
+            self._reserve_per_node(want, can, gpus_needed)
+            return
         n = min(want, can)
         if n < want:
             self.notes.append(
@@ -361,6 +444,27 @@ class _Run:
             )
         for idx in sorted(self.slots)[len(self.slots) - n :]:
             self.slots[idx].spare = True
+
+    def _reserve_per_node(self, want: int, can: int, gpus_needed: int) -> None:
+        """`want` spares on every node (its highest GPUs), fewer where the services need them:
+        taken back from the node keeping the most, the last such node first."""
+        on: dict[str | None, list[int]] = {}
+        for idx in sorted(self.slots):
+            on.setdefault(self.node(idx), []).append(idx)
+        keep = {node: min(want, len(idxs)) for node, idxs in on.items()}
+        while sum(keep.values()) > can:
+            most = max(keep.values())
+            last = [node for node in keep if keep[node] == most][-1]
+            keep[last] -= 1
+        for node, idxs in on.items():
+            if keep[node] < want:
+                self.notes.append(
+                    f"spare GPUs on {node} reduced from {want} to {keep[node]}: the services "
+                    f"need {gpus_needed} of the fleet's {len(self.slots)} usable GPUs"
+                    + (f" and {node} has {len(idxs)}" if len(idxs) < want else "")
+                )
+            for idx in idxs[len(idxs) - keep[node] :]:
+                self.slots[idx].spare = True
 
     def _options(self, svc: Service) -> list[tuple[tuple[Model, ...], int]]:
         """(models, VRAM per GPU) to try, in order: the preferred set, then each alternative."""
@@ -525,8 +629,8 @@ class _Run:
             for s in free:
                 if s not in slots:
                     self.notes.append(
-                        f"GPU {s.gpu.index} left free: {s.free} MiB is less than the {vram} "
-                        f"MiB that {', '.join(m.name for m in models or svc.models)} needs"
+                        f"{self.label(s.gpu.index)} left free: {s.free} MiB is less than the "
+                        f"{vram} MiB that {', '.join(m.name for m in models or svc.models)} needs"
                     )
             return k, models, vram, slots, choice
         return 0, (), options[-1][1], [], ""
@@ -606,7 +710,7 @@ def _pin_by(inv: Inventory, requested: PinBy | None, notes: list[str]) -> PinBy:
 
 
 def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) -> Plan:
-    run = _Run(inv, prof, opts.count_used)
+    run = _Run(inv, prof, opts.count_used, opts.layout)
     prev = {i.name: i for i in opts.previous.instances} if opts.previous else {}
     if opts.previous is not None:
         run.failover = True
@@ -656,21 +760,33 @@ def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) 
     notes = run.notes
     pin_by = _pin_by(inv, opts.pin_by, notes)
 
+    layout = opts.layout
+
     def ids(gpus: tuple[int, ...]) -> tuple[str, ...]:
         # pinned to the very GPU the slot was planned on (with duplicate indices, the first)
         if pin_by == "uuid":
             return tuple(str(run.slots[i].gpu.uuid) for i in gpus)
+        if layout is not None:  # a node numbers its own GPUs
+            return tuple(str(layout.gpu_nodes[i][1]) for i in gpus)
         return tuple(str(i) for i in gpus)
+
+    def node_of(i: Instance) -> str | None:
+        if layout is None:
+            return None
+        if i.gpus:
+            return run.node(i.gpus[0])
+        return layout.nodes[0] if layout.nodes else None  # CPU: with the gateway
 
     order = {s.name: n for n, s in enumerate(prof.services)}
     instances = tuple(
         sorted(
-            (replace(i, device_ids=ids(i.gpus)) for i in run.instances),
+            (replace(i, device_ids=ids(i.gpus), node=node_of(i)) for i in run.instances),
             key=lambda i: (order[i.service], i.replica),
         )
     )
     uses = []
     for g in sorted(inv.gpus, key=lambda g: g.index):
+        where = layout.gpu_nodes[g.index] if layout is not None else (None, None)
         slot = run.slots.get(g.index)
         if slot is None or slot.gpu is not g:
             uses.append(
@@ -684,6 +800,8 @@ def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) 
                     spare=False,
                     usable=False,
                     why_not=run.excluded.get(g.index, "duplicate index"),
+                    node=where[0],
+                    node_index=where[1],
                 )
             )
             continue
@@ -698,6 +816,8 @@ def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) 
                 spare=slot.spare,
                 usable=True,
                 other_used_mib=slot.other,
+                node=where[0],
+                node_index=where[1],
             )
         )
     return Plan(
@@ -712,4 +832,6 @@ def make_plan(inv: Inventory, prof: Profile, opts: PlanOptions = PlanOptions()) 
         notes=tuple(notes),
         warnings=tuple(run.warnings),
         count_used=opts.count_used,
+        nodes=layout.nodes if layout is not None else (),
+        spares_scope=layout.spares if layout is not None else None,
     )

@@ -157,6 +157,7 @@ class Profile:
     seed: str = ""
     headroom: float = 0.10
     spare_gpus: int = 0
+    spares: str | None = None  # over a fleet: per-node or fleet; None: as the fleet file says
     instance_tiers: tuple[tuple[int, int], ...] = ((24576, 3), (16384, 2), (0, 1))
     gateway: Gateway = Gateway()
     tunables: Mapping[str, str] = field(default_factory=dict)
@@ -728,6 +729,7 @@ def from_data(data: dict[str, Any], where: str) -> Profile:
         services=tuple(services),
         headroom=float(planner.get("headroom", 0.10)),
         spare_gpus=int(planner.get("spare_gpus", 0)),
+        spares=planner.get("spares"),
         instance_tiers=tuple(sorted(((t["min_mib"], t["instances"]) for t in tiers), reverse=True))
         if tiers
         else Profile.instance_tiers,

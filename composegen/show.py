@@ -228,6 +228,8 @@ def print_profile(prof: Profile, console: Console) -> None:
 def print_plan(plan: Plan, note: str, console: Console) -> None:
     console.print(f"[bold]{plan.profile}[/] on {note}; pinned by {plan.pin_by}", highlight=False)
     table = Table()
+    if plan.nodes:  # a fleet plan: each GPU by its node and its own index there
+        table.add_column("NODE")
     for col, justify in (
         ("GPU", "right"),
         ("name", "left"),
@@ -242,12 +244,21 @@ def print_plan(plan: Plan, note: str, console: Console) -> None:
             if g.instances
             else ("[cyan]spare[/]" if g.spare else ("free" if g.usable else f"[red]{g.why_not}[/]"))
         )
-        table.add_row(str(g.index), g.name, f"{g.used_mib} / {g.usable_mib}", str(g.free_mib), what)
+        row = [str(g.index), g.name, f"{g.used_mib} / {g.usable_mib}", str(g.free_mib), what]
+        if plan.nodes:
+            row = [g.node or "", str(g.node_index), *row[1:]]
+        table.add_row(*row)
     console.print(table)
-    cpu = [i.name for i in plan.instances if i.device == "cpu"]
+    cpu = [i.name + (f" ({i.node})" if i.node else "") for i in plan.instances if i.device == "cpu"]
     if cpu:
         console.print(f"on CPU: {', '.join(cpu)}", highlight=False)
-    console.print(f"spare GPUs: {', '.join(map(str, plan.spare_gpus)) or 'none'}", highlight=False)
+    spares = [str(g.index) for g in plan.gpus if g.spare]
+    if plan.nodes:
+        spares = [f"{g.node} GPU {g.node_index}" for g in plan.gpus if g.spare]
+        console.print(
+            f"gateway on {plan.gateway_node}; spares kept {plan.spares_scope}", highlight=False
+        )
+    console.print(f"spare GPUs: {', '.join(spares) or 'none'}", highlight=False)
     for name, why in plan.dropped:
         console.print(Text(f"dropped {name}: {why}", style="yellow"))
     for n in plan.notes:

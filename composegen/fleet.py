@@ -1,0 +1,180 @@
+"""The fleet file: the GPU hosts a profile is planned over, one inventory per node.
+
+    nodes:
+      - {name: gpu-a, hostname: gpu-a.lan, inventory: a.json}
+      - {name: gpu-b, labels: {gpu: a100}, inventory: b.csv}
+    spares: per-node        # or fleet (the default); the profile's planner.spares wins
+
+Inventory paths are relative to the fleet file and take anything `detect --from` reads. The
+planner sees the fleet as one inventory whose GPUs are numbered across the nodes (node order,
+then each node's GPU index) and a `FleetLayout` saying which node each GPU is on; a plan made
+over a fleet gives every instance its node (composegen.plan).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+from composegen.errors import BadInputError
+from composegen.inventory import Gpu, Inventory
+from composegen.plan import FleetLayout, Plan, PlanOptions, SpareScope, make_plan
+from composegen.profiles import Profile
+
+SCHEMA_FILE = Path(__file__).with_name("schemas") / "fleet.schema.json"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str  # the node's name in the fleet file (a-z0-9-, validated)
+    hostname: str | None  # Swarm node hostname for placement (node.hostname == ...)
+    labels: Mapping[str, str]  # or placement by node labels (node.labels.KEY == VALUE)
+    inventory: Inventory  # from the node's file (anything `detect --from` reads)
+    inventory_path: str = ""  # that file, as resolved against the fleet file
+
+
+@dataclass(frozen=True)
+class Fleet:
+    nodes: tuple[Node, ...]
+    spares: SpareScope = "fleet"  # the profile's planner.spares, when set, wins
+    path: str = ""
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def inventory(self) -> Inventory:
+        """The fleet as one inventory: GPUs numbered across nodes (node order, then index)."""
+        return _merged(self)[0]
+
+    def layout(self, profile_spares: str | None = None) -> FleetLayout:
+        scope = cast(SpareScope, profile_spares or self.spares)
+        return FleetLayout(
+            nodes=tuple(n.name for n in self.nodes), gpu_nodes=_merged(self)[1], spares=scope
+        )
+
+
+def plan_fleet(fleet: Fleet, prof: Profile, opts: PlanOptions | None = None) -> Plan:
+    """make_plan over the whole fleet: the one planner, with the fleet's layout."""
+    layout = fleet.layout(prof.spares)
+    return make_plan(fleet.inventory(), prof, replace(opts or PlanOptions(), layout=layout))
+
+
+def _merged(fleet: Fleet) -> tuple[Inventory, tuple[tuple[str, int], ...]]:
+    gpus: list[Gpu] = []
+    where: list[tuple[str, int]] = []
+    warnings: list[str] = []
+    for node in fleet.nodes:
+        own = sorted(node.inventory.gpus, key=lambda g: g.index)
+        base = len(gpus)
+        fleet_index: dict[int, int] = {}
+        for k, g in enumerate(own):
+            fleet_index.setdefault(g.index, base + k)
+        for k, g in enumerate(own):
+            # NVLink joins GPUs of one machine: its peers renumbered as the fleet numbers them
+            peers = tuple(sorted(fleet_index[p] for p in g.nvlink_peers if p in fleet_index))
+            gpus.append(replace(g, index=base + k, nvlink_peers=peers))
+            where.append((node.name, g.index))
+        warnings += [f"{node.name}: {w}" for w in node.inventory.warnings]
+    drivers = {n.inventory.driver_version for n in fleet.nodes}
+    cudas = {n.inventory.cuda_version for n in fleet.nodes}
+    inv = Inventory(
+        source="fleet",
+        gpus=tuple(gpus),
+        driver_version=drivers.pop() if len(drivers) == 1 else None,
+        cuda_version=cudas.pop() if len(cudas) == 1 else None,
+        no_gpu_reason=None if gpus else "no node of the fleet has a GPU",
+        warnings=tuple(warnings),
+    )
+    return inv, tuple(where)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _schema() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    return data
+
+
+def load_fleet(path: str) -> Fleet:
+    """Read and check a fleet file; BadInputError naming the file and the place in it."""
+    from composegen import profiles
+    from composegen.detect.sources import load_inventory
+    from composegen.files import non_string_key
+
+    data = profiles._read_yaml(path)
+    found = non_string_key(data)
+    if found is not None:
+        raise BadInputError(
+            f"{path}: {profiles._where(found[0])}: key {found[1]!r} must be a string"
+        )
+    try:
+        profiles._validate_schema(data, path, _schema())
+    except BadInputError as exc:
+        raise BadInputError(
+            exc.message,
+            exc.hint
+            or "a fleet file is `nodes: [{name: gpu-a, inventory: a.json}, ...]`; node keys: "
+            "name, hostname, labels, inventory; spares: per-node or fleet",
+        ) from None
+    base = Path(path).parent
+    nodes: list[Node] = []
+    seen: dict[str, int] = {}
+    hosts: dict[str, int] = {}
+    for k, raw in enumerate(data["nodes"]):
+        name = raw["name"]
+        if name in seen:
+            raise BadInputError(
+                f"{path}: nodes[{k}].name: {name!r} is already the name of nodes[{seen[name]}]",
+                "give every node its own name",
+            )
+        seen[name] = k
+        host = raw.get("hostname")
+        if host is not None and host in hosts:
+            raise BadInputError(
+                f"{path}: nodes[{k}].hostname: {host!r} is already the hostname of "
+                f"nodes[{hosts[host]}]",
+                "one entry per Swarm node",
+            )
+        if host is not None:
+            hosts[host] = k
+        inv_path = str(base / raw["inventory"])
+        try:
+            inv = load_inventory(inv_path)
+        except BadInputError as exc:
+            raise BadInputError(
+                f"{path}: nodes[{k}].inventory: {exc.message}",
+                exc.hint
+                or f"save it on {name} with `composegen detect --save FILE`; the path is "
+                "relative to the fleet file",
+            ) from None
+        nodes.append(Node(name, host, dict(raw.get("labels") or {}), inv, inv_path))
+    _check_uuids(path, nodes)
+    return Fleet(tuple(nodes), spares=data.get("spares", "fleet"), path=path)
+
+
+def _check_uuids(path: str, nodes: list[Node]) -> None:
+    """A GPU UUID names one GPU in the whole fleet: it is what every service is pinned to."""
+    seen: dict[str, tuple[str, int]] = {}
+    for node in nodes:
+        for g in node.inventory.gpus:
+            if not g.uuid:
+                continue
+            if g.uuid in seen:
+                other, idx = seen[g.uuid]
+                raise BadInputError(
+                    f"{path}: GPU UUID {g.uuid} is on {other} (GPU {idx}) and on {node.name} "
+                    f"(GPU {g.index}, {node.inventory_path})",
+                    "each node's inventory must be saved on that node with `composegen detect "
+                    "--save FILE`; two nodes cannot share an inventory file",
+                )
+            seen[g.uuid] = (node.name, g.index)
+
+
+__all__ = ["Fleet", "Node", "load_fleet", "plan_fleet"]
