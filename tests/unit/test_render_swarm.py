@@ -377,3 +377,103 @@ def test_stack_passes_the_schema_compose_v2_and_the_docker_cli(
         if n != "gateway"
     ]
     assert all(r and r["generic_resources"] for r in reservations)
+
+
+# --- render --fleet F --target swarm ----------------------------------------------------------
+
+try:
+    import composegen.fleet  # noqa: F401  (issue 14 item 1: the fleet file and its planner)
+
+    HAVE_FLEET = True
+except ImportError:
+    HAVE_FLEET = False
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "swarm"], "--target swarm needs --fleet FILE"),
+        (["--target", "compose", "--fleet", "f.yaml"], "--fleet renders a Docker Swarm stack"),
+        (["--fleet", "f.yaml", "--inventory", "a.json"], "--fleet and --inventory exclude"),
+        (["--fleet", "f.yaml", "--bind", "0.0.0.0"], "publishes the gateway on its node"),
+    ],
+)
+def test_cli_swarm_option_errors_are_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    from tests.unit.test_cli_detect import run_cli
+
+    out = tmp_path / "stack"
+    proc = run_cli("render", "-P", "ollama-replicas", *args, "-o", str(out))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def _fleet_file(tmp_path: Path) -> Path:
+    """Two nodes, inventories as nvidia-smi XML (what `detect --from` reads), paths relative."""
+    for name in (
+        "openpai__nvidia_smi_sample.xml",
+        "openpai__nvidia_smi_sample_ecc_unsupported.xml",
+    ):
+        shutil.copyfile(XML / name, tmp_path / name)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "nodes:\n"
+        "  - {name: gpu-a, hostname: ws-a, inventory: openpai__nvidia_smi_sample.xml}\n"
+        "  - {name: gpu-b, inventory: openpai__nvidia_smi_sample_ecc_unsupported.xml}\n",
+        encoding="utf-8",
+    )
+    return fleet
+
+
+@pytest.mark.skipif(HAVE_FLEET, reason="composegen.fleet is here: the next test renders")
+def test_cli_fleet_says_not_yet_without_the_fleet_planner(tmp_path: Path) -> None:
+    from tests.unit.test_cli_detect import run_cli
+
+    out = tmp_path / "stack"
+    proc = run_cli(
+        "render", "-P", "ollama-replicas", "--fleet", str(_fleet_file(tmp_path)), "-o", str(out)
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "composegen: error: --fleet: fleet files are not in this build of composegen yet "
+        "(render one host with --target compose (the default))"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not HAVE_FLEET, reason="composegen.fleet (issue 14 item 1) is not merged yet")
+def test_cli_renders_a_fleet_as_a_swarm_stack(tmp_path: Path) -> None:
+    from tests.unit.test_cli_detect import run_cli
+
+    out = tmp_path / "stack"
+    proc = run_cli(
+        "render",
+        "-P",
+        "ollama-replicas",
+        "--fleet",
+        str(_fleet_file(tmp_path)),
+        "--target",
+        "swarm",
+        "-o",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    stack = yaml.safe_load((out / STACK_FILE).read_text(encoding="utf-8"))
+    services = stack["services"]
+    pins = {
+        n: (b["deploy"]["placement"]["constraints"], b["environment"]["NVIDIA_VISIBLE_DEVICES"])
+        for n, b in services.items()
+        if n != "gateway"
+    }
+    # gpu-b has no hostname and no labels: placed by its name
+    assert sorted(pins.values()) == sorted(
+        [(["node.hostname == ws-a"], u) for u in GTX_1070 if u in json.dumps(pins)]
+        + [(["node.hostname == gpu-b"], u) for u in RTX_2080TI]
+    )
+    assert json.loads((out / "swarm/gpu-b/daemon.json").read_text())["node-generic-resources"] == [
+        f"NVIDIA-GPU={u}" for u in RTX_2080TI
+    ]
+    assert not (out / "docker-compose.yml").exists()
