@@ -83,7 +83,7 @@ class Instance:
     shared: bool = False  # shares its GPU with another service
     alternative: int = 0  # 0: the profile's preferred models; k: its k-th `alternatives` entry
     choice: str = ""  # why these models, when they are not the preferred ones
-    node: str | None = None  # the fleet node it runs on (None: one host)
+    node: str | None = None  # the fleet node it runs on; None: one host
 
     @property
     def tensor_parallel(self) -> int:
