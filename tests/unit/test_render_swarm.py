@@ -480,3 +480,19 @@ def test_cli_renders_a_fleet_as_a_swarm_stack(tmp_path: Path) -> None:
         f"NVIDIA-GPU={u}" for u in RTX_2080TI
     ]
     assert not (out / "docker-compose.yml").exists()
+
+
+def test_gateway_conf_without_resolve_passes_nginx_t(replicas: Any, tmp_path: Path) -> None:
+    """nginx -t (this machine's nginx, 1.22: no `resolve` in open source before 1.27.3) on the
+    form an older gateway image gets: the upstream servers of every node."""
+    from tests.stack_checks import need_nginx, nginx_test
+
+    need_nginx()
+    prof, plan, _ = replicas
+    pair_nodes = [Node("gpu-a", Inventory("x"), "ws-a"), Node("gpu-b", Inventory("x"), "ws-b")]
+    files = render_swarm(prof, plan, pair_nodes, SwarmOptions(resolve=False))
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    (conf_dir / "nginx.conf").write_text(files_of(files)["nginx/nginx.conf"], encoding="utf-8")
+    done = nginx_test(conf_dir, "nginx.conf", tmp_path / "work")
+    assert done.returncode == 0, done.stderr
