@@ -544,3 +544,78 @@ def rebuild(inputs: RenderInputs) -> Rendered:
         ),
     )
     return Rendered(prof, plan, Target(inputs.inventory, "recorded inventory"), files)
+
+
+# --- render --target swarm --------------------------------------------------------------------
+
+
+def check_swarm_options(
+    target: str | None,
+    fleet: str | None,
+    profile_name: str | None,
+    inventory: str | None,
+    reference: bool,
+    bind: str,
+) -> str:
+    """The render target the options ask for ("compose" or "swarm"), or BadInputError: a
+    swarm stack is planned over a fleet file, and the one-host options do not apply to it."""
+    chosen = target or ("swarm" if fleet else "compose")
+    if chosen == "compose":
+        if fleet:
+            raise BadInputError(
+                "--fleet renders a Docker Swarm stack, not one host's Compose project",
+                "render --fleet FILE --target swarm",
+            )
+        return chosen
+    if not fleet:
+        raise BadInputError(
+            "--target swarm needs --fleet FILE: a swarm stack places every service on a node",
+            "a fleet file is `nodes: [{name: gpu-a, inventory: a.json}, ...]`",
+        )
+    if inventory or reference:
+        given = "--inventory" if inventory else "--reference"
+        raise BadInputError(
+            f"--fleet and {given} exclude each other",
+            "a fleet file names each node's inventory; pass only one",
+        )
+    if bind != "127.0.0.1":
+        raise BadInputError(
+            f"--bind {bind}: a swarm stack publishes the gateway on its node's addresses",
+            "leave out --bind with --target swarm; keep the port private with a firewall",
+        )
+    if profile_name in (None, "auto"):
+        raise BadInputError(
+            "--target swarm: name the profile (-P NAME); a fleet does not choose one yet",
+            "composegen profiles lists them",
+        )
+    return chosen
+
+
+def build_swarm(
+    name: str,
+    fleet_path: str,
+    *,
+    extra_dirs: Sequence[str] = (),
+    overrides: Overrides | None = None,
+    pin_by: PinBy | None = None,
+    ignore_used: bool = False,
+) -> Rendered:
+    """Load the profile and the fleet file, plan over the fleet, render the swarm stack."""
+    import importlib
+
+    from composegen.render_swarm import render_swarm
+
+    try:  # composegen.fleet: the fleet file and its planner (issue 14, item 1)
+        fleet_mod = importlib.import_module("composegen.fleet")
+        load_fleet, plan_fleet = fleet_mod.load_fleet, fleet_mod.plan_fleet
+    except (ImportError, AttributeError):
+        raise BadInputError(
+            "--fleet: fleet files are not in this build of composegen yet",
+            "render one host with --target compose (the default)",
+        ) from None
+    prof = profiles.load(name, extra_dirs, overrides)
+    fleet = load_fleet(fleet_path)
+    plan = plan_fleet(fleet, prof, PlanOptions(pin_by=pin_by, count_used=not ignore_used))
+    files = render_swarm(prof, plan, fleet.nodes)
+    note = f"fleet file {fleet_path} ({len(fleet.nodes)} nodes)"
+    return Rendered(prof, plan, Target(fleet.inventory(), note), files)

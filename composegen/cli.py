@@ -441,6 +441,20 @@ def plan(
     help="Overwrite files edited by hand since the last render (keeps a .bak copy).",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
+@click.option(
+    "--target",
+    type=click.Choice(["compose", "swarm"]),
+    default=None,
+    help="compose: one host's Compose project (the default). swarm: a stack for "
+    "`docker stack deploy` over the nodes of --fleet FILE, and swarm/ to prepare each node.",
+)
+@click.option(
+    "--fleet",
+    "render_fleet",
+    metavar="FILE",
+    help="Plan over the GPU hosts of a fleet file (nodes: [{name, inventory}, ...]); "
+    "renders --target swarm.",
+)
 def render(
     profile_name: str | None,
     project_flag: str | None,
@@ -457,6 +471,8 @@ def render(
     check: bool,
     force: bool,
     dry_run: bool,
+    target: str | None,
+    render_fleet: str | None,
 ) -> None:
     """Plan a profile for this host and write the stack into DIR.
 
@@ -484,19 +500,34 @@ def render(
         raise BadInputError(
             f"--bind {bind!r}: not an IP address", "e.g. --bind 127.0.0.1"
         ) from None
-    name, local = _pick_profile(profile_name, project_flag, profiles_dirs, inventory, reference)
-    built = app.build(
-        name,
-        local=local,
-        extra_dirs=profiles_dirs,
-        overrides=Overrides(sets, values_files, images),
-        inventory=inventory,
-        reference=reference,
-        pin_by=_pin(pin_by),
-        bind=str(addr),
-        ignore_used=ignore_used,
-        previous_dir=Path(out_dir),
+    swarm = (
+        app.check_swarm_options(target, render_fleet, profile_name, inventory, reference, bind)
+        == "swarm"
     )
+    if swarm:
+        assert profile_name is not None and render_fleet is not None
+        built = app.build_swarm(
+            profile_name,
+            render_fleet,
+            extra_dirs=profiles_dirs,
+            overrides=Overrides(sets, values_files, images),
+            pin_by=_pin(pin_by),
+            ignore_used=ignore_used,
+        )
+    else:
+        name, local = _pick_profile(profile_name, project_flag, profiles_dirs, inventory, reference)
+        built = app.build(
+            name,
+            local=local,
+            extra_dirs=profiles_dirs,
+            overrides=Overrides(sets, values_files, images),
+            inventory=inventory,
+            reference=reference,
+            pin_by=_pin(pin_by),
+            bind=str(addr),
+            ignore_used=ignore_used,
+            previous_dir=Path(out_dir),
+        )
     for w in built.plan.warnings:
         click.echo(f"composegen: warning: {w}", err=True)
     out = Path(out_dir)
@@ -511,15 +542,17 @@ def render(
             sys.exit(1)
         click.echo(f"{out}: up to date")
         return
-    if addr.is_unspecified:
+    if addr.is_unspecified and not swarm:
         click.echo(
             f"composegen: warning: --bind {bind} publishes the gateway on every network "
             "interface; Docker's published ports bypass host firewalls such as ufw",
             err=True,
         )
-    if not addr.is_loopback and not built.profile.gateway.api_key:
+    if (swarm or not addr.is_loopback) and not built.profile.gateway.api_key:
         click.echo(
-            f"composegen: warning: --bind {bind} without an API key: the gateway is open to "
+            "composegen: warning: "
+            + ("a swarm gateway" if swarm else f"--bind {bind}")
+            + " without an API key: the gateway is open to "
             "the network without authentication (set one: --set gateway.api_key=KEY, "
             "KEY from `openssl rand -hex 32`)",
             err=True,
@@ -531,6 +564,8 @@ def render(
     click.echo(f"{built.plan.profile} for {built.target.note}")
     for inst in built.plan.instances:
         where = f"GPU {','.join(map(str, inst.gpus))}" if inst.gpus else "CPU"
+        if swarm:
+            where = f"{inst.node}: {where}"
         click.echo(f"  {inst.name:<24} {where}")
     if built.plan.spare_gpus:
         click.echo(f"  spare GPUs: {', '.join(map(str, built.plan.spare_gpus))}")
