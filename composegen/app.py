@@ -601,18 +601,9 @@ def build_swarm(
     ignore_used: bool = False,
 ) -> Rendered:
     """Load the profile and the fleet file, plan over the fleet, render the swarm stack."""
-    import importlib
-
+    from composegen.fleet import load_fleet, plan_fleet
     from composegen.render_swarm import render_swarm
 
-    try:  # composegen.fleet: the fleet file and its planner (issue 14, item 1)
-        fleet_mod = importlib.import_module("composegen.fleet")
-        load_fleet, plan_fleet = fleet_mod.load_fleet, fleet_mod.plan_fleet
-    except (ImportError, AttributeError):
-        raise BadInputError(
-            "--fleet: fleet files are not in this build of composegen yet",
-            "render one host with --target compose (the default)",
-        ) from None
     prof = profiles.load(name, extra_dirs, overrides)
     fleet = load_fleet(fleet_path)
     plan = plan_fleet(fleet, prof, PlanOptions(pin_by=pin_by, count_used=not ignore_used))

@@ -381,13 +381,6 @@ def test_stack_passes_the_schema_compose_v2_and_the_docker_cli(
 
 # --- render --fleet F --target swarm ----------------------------------------------------------
 
-try:
-    import composegen.fleet  # noqa: F401  (issue 14 item 1: the fleet file and its planner)
-
-    HAVE_FLEET = True
-except ImportError:
-    HAVE_FLEET = False
-
 
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -428,23 +421,6 @@ def _fleet_file(tmp_path: Path) -> Path:
     return fleet
 
 
-@pytest.mark.skipif(HAVE_FLEET, reason="composegen.fleet is here: the next test renders")
-def test_cli_fleet_says_not_yet_without_the_fleet_planner(tmp_path: Path) -> None:
-    from tests.unit.test_cli_detect import run_cli
-
-    out = tmp_path / "stack"
-    proc = run_cli(
-        "render", "-P", "ollama-replicas", "--fleet", str(_fleet_file(tmp_path)), "-o", str(out)
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == (
-        "composegen: error: --fleet: fleet files are not in this build of composegen yet "
-        "(render one host with --target compose (the default))"
-    )
-    assert not out.exists()
-
-
-@pytest.mark.skipif(not HAVE_FLEET, reason="composegen.fleet (issue 14 item 1) is not merged yet")
 def test_cli_renders_a_fleet_as_a_swarm_stack(tmp_path: Path) -> None:
     from tests.unit.test_cli_detect import run_cli
 
