@@ -148,10 +148,17 @@ def _ports(client: Any, project: Project, probe: Probe) -> list[Check]:
     own: set[tuple[str, int]] = set()
     if client is not None:
         try:
-            for row in eng.list_rows(client, project.name, running_only=True):
-                own |= eng.published_ports(row)
+            rows = eng.list_rows(client, project.name)
         except ComposegenError:
-            pass  # the engine went away since: every taken port is someone else's
+            rows = []  # the engine went away since: every taken port is someone else's
+        ports = published(project)
+        for row in rows:
+            own |= eng.published_ports(row)
+            # a container of the stack that is not running (restarting, left by a failed
+            # `up`) shows no ports in the list, yet its proxy may hold them for a moment:
+            # the ports its service publishes count as the stack's own (up replaces it)
+            service = (row.get("Labels") or {}).get(eng.LABEL_SERVICE)
+            own |= {(ip, port) for svc, ip, port, _ in ports if svc == service}
     return port_checks(published(project), own, probe)
 
 

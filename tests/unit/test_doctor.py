@@ -216,6 +216,28 @@ def test_port_held_by_the_stacks_own_container_is_ok(
     assert f"127.0.0.1:{taken}/tcp (this stack's)" in one(checks, "ports").detail
 
 
+def test_port_held_while_the_stacks_gateway_restarts_is_ok(
+    stack: Project, tmp_path: Path, taken: int
+) -> None:
+    # a failed `up` leaves the gateway restarting: the list shows it without ports, while its
+    # proxy holds the port between two starts (the drill "container killed while up waits")
+    fake = FakeDocker()
+    fake.add(stack.name, "gateway", status="restarting")
+    checks = doc_run.doctor(stack, fast=True, seams=seams(fake, tmp_path))
+    assert one(checks, "ports").status == "ok"
+    assert f"127.0.0.1:{taken}/tcp (this stack's)" in one(checks, "ports").detail
+
+
+def test_port_taken_while_another_service_of_the_stack_exists_still_fails(
+    stack: Project, tmp_path: Path, taken: int
+) -> None:
+    fake = FakeDocker()
+    others = [s.name for s in stack.services if s.name != "gateway"]
+    fake.add(stack.name, others[0], status="exited")
+    checks = doc_run.doctor(stack, fast=True, seams=seams(fake, tmp_path))
+    assert one(checks, "ports").status == "fail"
+
+
 def test_free_ports_are_ok(stack: Project, tmp_path: Path) -> None:
     checks = doc_run.doctor(stack, fast=True, seams=seams(FakeDocker(), tmp_path))
     assert one(checks, "ports").detail.startswith("1 published port(s) free: 127.0.0.1:")
