@@ -1,0 +1,373 @@
+"""A real multi-node Docker Swarm on this one machine (scripts/swarm.sh): two dockerds, each in
+its own network namespace, advertising two fake GPUs each as generic resources `NVIDIA-GPU`.
+
+The main engine is only read (its test images are copied to the nodes); everything here talks to
+the nodes' own sockets. Needs root, iproute2, util-linux and the test images; in CI
+(COMPOSEGEN_REQUIRE_ENGINE=1) a missing prerequisite fails, elsewhere the tests skip.
+
+Docker 20.10 (Debian's) rejects a task holding a named generic resource whenever its node is
+updated ("assigned node no longer meets constraints", moby/moby#44378, fixed in 23.0), and a
+task's first use of an overlay network on a node is such an update. The fixture therefore keeps
+the overlay network attached on every node with a global, GPU-less anchor service first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import _need
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "swarm.sh"
+WORK = Path(os.environ.get("COMPOSEGEN_WORK", ROOT / ".ci-work")) / "swarm"
+XML = ROOT / "tests" / "fixtures" / "nvidia-smi" / "xml"
+# the GPUs each node advertises, read here from the captures themselves (not from the script)
+NODE_CAPTURES = {
+    1: XML / "openpai__nvidia_smi_sample.xml",
+    2: XML / "openpai__nvidia_smi_sample_ecc_unsupported.xml",
+}
+NETWORK = "cgsw-backend"
+BUSYBOX = "composegen-test/busybox:1"
+MODEL = "composegen-test/model-stub:1"
+NGINX = "composegen-test/nginx:1"
+
+
+def fixture_uuids(path: Path) -> set[str]:
+    return set(re.findall(r"<uuid>\s*(GPU-[0-9a-f-]{36})\s*</uuid>", path.read_text()))
+
+
+@dataclass(frozen=True)
+class Node:
+    index: int
+    sock: str
+    host: str
+    gpus: frozenset[str]
+
+    def docker(self, *args: str, timeout: float = 60, check: bool = True) -> str:
+        env = {**os.environ, "DOCKER_HOST": f"unix://{self.sock}"}
+        res = subprocess.run(
+            ["docker", *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} on node {self.index}: {res.stderr}")
+        return res.stdout
+
+
+def swarm_script(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def leftovers() -> list[str]:
+    """What a torn-down test bed must not leave: namespaces, node dirs, dockerds, mounts."""
+    found = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [f"netns {ln.split()[0]}" for ln in netns.splitlines() if ln.startswith("cgsw-")]
+    found += [f"dir {p}" for p in WORK.glob("n[0-9]")]
+    mounts = Path("/proc/mounts").read_text().split("\n")
+    found += [f"mount {m.split()[1]}" for m in mounts if f" {WORK}/" in m]
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    found += [f"process {ln.strip()}" for ln in ps.splitlines() if f"{WORK}/n" in ln]
+    return found
+
+
+@pytest.fixture(scope="session")
+def swarm(tags: dict[str, str]) -> Iterator[dict[int, Node]]:
+    """`scripts/swarm.sh up 2`, an overlay network held on both nodes; always `down` after."""
+    if os.geteuid() != 0:
+        _need("the Swarm test bed", "it needs root (network namespaces)", "run as root")
+    for tool in ("ip", "nsenter", "unshare", "dockerd"):
+        if shutil.which(tool) is None:
+            _need("the Swarm test bed", f"{tool} is missing", "apt-get install iproute2 docker.io")
+    up = swarm_script("up", "2")
+    try:
+        if up.returncode != 0:
+            _need("the Swarm test bed", f"swarm.sh up failed: {up.stderr[-800:]}", "see its log")
+        env = dict(ln.split("=", 1) for ln in up.stdout.splitlines() if "=" in ln)
+        nodes = {
+            i: Node(
+                i,
+                env[f"SWARM_NODE{i}_SOCK"],
+                env[f"SWARM_NODE{i}_HOST"],
+                frozenset(env[f"SWARM_NODE{i}_GPUS"].split(",")),
+            )
+            for i in (1, 2)
+        }
+        mgr = nodes[1]
+        mgr.docker("network", "create", "-d", "overlay", "--attachable", NETWORK)
+        mgr.docker(
+            "service", "create", "-d", "--name", "anchor", "--mode", "global",
+            "--network", NETWORK, BUSYBOX, "sleep", "3600",
+        )  # fmt: skip
+        wait_tasks(mgr, "anchor", 2)
+        yield nodes
+    finally:
+        swarm_script("down")
+
+
+def tasks(mgr: Node, service: str) -> list[dict[str, Any]]:
+    """The service's tasks meant to run: node hostname, state, error, container id."""
+    ids = mgr.docker("service", "ps", "-q", "--filter", "desired-state=running", service).split()
+    if not ids:
+        return []
+    out = []
+    for t in json.loads(mgr.docker("inspect", *ids)):
+        node = json.loads(mgr.docker("node", "inspect", t["NodeID"]))[0] if t.get("NodeID") else {}
+        out.append(
+            {
+                "node": node.get("Description", {}).get("Hostname", ""),
+                "state": t["Status"]["State"],
+                "err": t["Status"].get("Err", ""),
+                "container": t["Status"].get("ContainerStatus", {}).get("ContainerID", ""),
+            }
+        )
+    return out
+
+
+def wait_tasks(mgr: Node, service: str, n: int, deadline_s: float = 60) -> list[dict[str, Any]]:
+    """Poll until `n` tasks of the service run; their details."""
+    end = time.monotonic() + deadline_s
+    seen: list[dict[str, Any]] = []
+    while time.monotonic() < end:
+        seen = tasks(mgr, service)
+        if len(seen) == n and all(t["state"] == "running" for t in seen):
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"{service}: not {n} running tasks within {deadline_s} s: {seen}")
+
+
+def node_of(nodes: dict[int, Node], host: str) -> Node:
+    return next(n for n in nodes.values() if n.host == host)
+
+
+def gpu_env(nodes: dict[int, Node], task: dict[str, Any]) -> str:
+    """DOCKER_RESOURCE_NVIDIA-GPU in the task container's environment, read on its own node."""
+    node = node_of(nodes, task["node"])
+    env = json.loads(node.docker("inspect", "--format", "{{json .Config.Env}}", task["container"]))
+    found = [e.split("=", 1)[1] for e in env if e.startswith("DOCKER_RESOURCE_NVIDIA-GPU=")]
+    assert len(found) == 1, f"{task}: {env}"
+    return found[0]
+
+
+def gpu_service(mgr: Node, name: str, *extra: str) -> None:
+    mgr.docker(
+        "service", "create", "-d", "--name", name, "--network", NETWORK,
+        "--endpoint-mode", "dnsrr", "--stop-grace-period", "1s",
+        "--generic-resource", "NVIDIA-GPU=1", *extra,
+        BUSYBOX, "sleep", "3600",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def services(swarm: dict[int, Node]) -> Iterator[list[str]]:
+    """Names of services a test made; removed after it, and their containers gone."""
+    made: list[str] = []
+    yield made
+    if not made:
+        return
+    swarm[1].docker("service", "rm", *made, check=False)
+    for node in swarm.values():  # their GPUs free again before the next test
+        end = time.monotonic() + 30
+        while time.monotonic() < end and any(
+            node.docker("ps", "-aq", "--filter", f"label=com.docker.swarm.service.name={s}")
+            for s in made
+        ):
+            time.sleep(0.3)
+
+
+def test_fixture_gpus_are_what_each_node_advertises(swarm: dict[int, Node]) -> None:
+    for i, capture in NODE_CAPTURES.items():
+        want = fixture_uuids(capture)
+        assert len(want) == 2, capture
+        node = json.loads(swarm[1].docker("node", "inspect", swarm[i].host))[0]
+        named = {
+            g["NamedResourceSpec"]["Value"]
+            for g in node["Description"]["Resources"]["GenericResources"]
+            if g["NamedResourceSpec"]["Kind"] == "NVIDIA-GPU"
+        }
+        assert named == want
+
+
+def test_gpu_service_runs_on_its_planned_node_with_that_nodes_gpu(
+    swarm: dict[int, Node], services: list[str]
+) -> None:
+    mgr = swarm[1]
+    services.append("gpu-pinned")
+    gpu_service(mgr, "gpu-pinned", "--constraint", "node.labels.composegen.node==node2")
+    (task,) = wait_tasks(mgr, "gpu-pinned", 1)
+    assert task["node"] == "cgsw-node2"
+    assert gpu_env(swarm, task) in fixture_uuids(NODE_CAPTURES[2])
+
+
+def test_two_gpu_services_never_get_the_same_gpu(
+    swarm: dict[int, Node], services: list[str]
+) -> None:
+    mgr = swarm[1]
+    node1 = ["--constraint", "node.hostname==cgsw-node1"]
+    services += ["gpu-one", "gpu-two", "gpu-three"]
+    gpu_service(mgr, "gpu-one", *node1)
+    gpu_service(mgr, "gpu-two", *node1)
+    got = [gpu_env(swarm, wait_tasks(mgr, s, 1)[0]) for s in ("gpu-one", "gpu-two")]
+    assert sorted(got) == sorted(fixture_uuids(NODE_CAPTURES[1]))
+    # a third on a node with both GPUs taken waits: Swarm does not double-book
+    gpu_service(mgr, "gpu-three", *node1)
+    end = time.monotonic() + 20
+    pending: list[str] = []
+    while time.monotonic() < end and not pending:
+        pending = mgr.docker(
+            "service", "ps", "--no-trunc", "--format", "{{.CurrentState}} {{.Error}}", "gpu-three"
+        ).splitlines()
+        pending = [p for p in pending if "insufficient resources" in p]
+        time.sleep(0.5)
+    assert pending, mgr.docker("service", "ps", "--no-trunc", "gpu-three")
+    assert not [t for t in tasks(mgr, "gpu-three") if t["state"] == "running"]
+
+
+STACK = """\
+version: "3.8"
+services:
+  model-a:
+    image: {model}
+    hostname: "{{{{.Node.Hostname}}}}-model-a"
+    networks: [backend]
+    stop_grace_period: 1s
+    deploy:
+      endpoint_mode: dnsrr
+      placement: {{constraints: ["node.labels.composegen.node==node1"]}}
+      resources:
+        reservations:
+          generic_resources:
+            - discrete_resource_spec: {{kind: NVIDIA-GPU, value: 1}}
+      restart_policy: {{condition: any, delay: 1s}}
+  model-b:
+    image: {model}
+    hostname: "{{{{.Node.Hostname}}}}-model-b"
+    networks: [backend]
+    stop_grace_period: 1s
+    deploy:
+      endpoint_mode: dnsrr
+      placement: {{constraints: ["node.labels.composegen.node==node2"]}}
+      resources:
+        reservations:
+          generic_resources:
+            - discrete_resource_spec: {{kind: NVIDIA-GPU, value: 1}}
+      restart_policy: {{condition: any, delay: 1s}}
+  gateway:
+    image: {nginx}
+    networks: [backend]
+    stop_grace_period: 1s
+    configs:
+      - source: gateway_conf
+        target: /etc/nginx/conf.d/gateway.conf
+    deploy:
+      endpoint_mode: dnsrr
+      placement: {{constraints: ["node.hostname==cgsw-node1"]}}
+      restart_policy: {{condition: any, delay: 1s}}
+configs:
+  gateway_conf:
+    file: ./gateway.conf
+networks:
+  backend:
+    external: true
+    name: {network}
+"""
+
+GATEWAY_CONF = """\
+server {
+    listen 8080;
+    resolver 127.0.0.11 valid=2s ipv6=off;
+    location /a/ { set $up tasks.cgt_model-a; proxy_pass http://$up:8000; }
+    location /b/ { set $up tasks.cgt_model-b; proxy_pass http://$up:8000; }
+}
+"""
+
+
+def test_stack_deploy_gateway_reaches_replicas_on_both_nodes(
+    swarm: dict[int, Node], tmp_path: Path
+) -> None:
+    mgr = swarm[1]
+    (tmp_path / "stack.yml").write_text(STACK.format(model=MODEL, nginx=NGINX, network=NETWORK))
+    (tmp_path / "gateway.conf").write_text(GATEWAY_CONF)
+    try:
+        mgr.docker("stack", "deploy", "-c", str(tmp_path / "stack.yml"), "cgt", timeout=120)
+        a = wait_tasks(mgr, "cgt_model-a", 1)[0]
+        b = wait_tasks(mgr, "cgt_model-b", 1)[0]
+        gw = wait_tasks(mgr, "cgt_gateway", 1)[0]
+        assert (a["node"], b["node"], gw["node"]) == ("cgsw-node1", "cgsw-node2", "cgsw-node1")
+        assert gpu_env(swarm, a) in fixture_uuids(NODE_CAPTURES[1])
+        assert gpu_env(swarm, b) in fixture_uuids(NODE_CAPTURES[2])
+        served = {}
+        for path in ("a", "b"):
+            end, answer = time.monotonic() + 30, ""
+            while time.monotonic() < end:
+                # traffic stays inside the gateway's container, over the overlay network
+                res = subprocess.run(
+                    ["docker", "exec", gw["container"], "curl", "-sf", "-m", "3",
+                     f"http://127.0.0.1:8080/{path}/probe"],
+                    env={**os.environ, "DOCKER_HOST": f"unix://{mgr.sock}"},
+                    capture_output=True, text=True, timeout=20,
+                )  # fmt: skip
+                answer = res.stdout
+                if res.returncode == 0:
+                    break
+                time.sleep(0.5)
+            served[path] = json.loads(answer)["served_by"]
+        assert served == {"a": "cgsw-node1-model-a", "b": "cgsw-node2-model-b"}
+    finally:
+        mgr.docker("stack", "rm", "cgt", check=False)
+        for node in swarm.values():
+            end = time.monotonic() + 30
+            while time.monotonic() < end and node.docker(
+                "ps", "-aq", "--filter", "label=com.docker.stack.namespace=cgt"
+            ):
+                time.sleep(0.3)
+
+
+def test_drain_moves_what_may_move_and_keeps_what_is_pinned(
+    swarm: dict[int, Node], services: list[str]
+) -> None:
+    mgr = swarm[1]
+    services += ["free-gpu", "pinned-gpu"]
+    # two replicas spread one per node; the pinned one holds a GPU of node 2 only
+    gpu_service(mgr, "free-gpu", "--replicas", "2")
+    gpu_service(mgr, "pinned-gpu", "--constraint", "node.hostname==cgsw-node2")
+    before = wait_tasks(mgr, "free-gpu", 2)
+    assert sorted(t["node"] for t in before) == ["cgsw-node1", "cgsw-node2"]
+    assert wait_tasks(mgr, "pinned-gpu", 1)[0]["node"] == "cgsw-node2"
+    mgr.docker("node", "update", "--availability", "drain", "cgsw-node2")
+    try:
+        after = wait_tasks(mgr, "free-gpu", 2)
+        assert [t["node"] for t in after] == ["cgsw-node1", "cgsw-node1"]
+        # each on its own GPU of node 1: both of them, no GPU of the drained node
+        assert sorted(gpu_env(swarm, t) for t in after) == sorted(fixture_uuids(NODE_CAPTURES[1]))
+        end, pinned = time.monotonic() + 30, tasks(mgr, "pinned-gpu")
+        while time.monotonic() < end and not (pinned and pinned[0]["state"] == "pending"):
+            time.sleep(0.5)
+            pinned = tasks(mgr, "pinned-gpu")
+        assert len(pinned) == 1 and pinned[0]["state"] == "pending", pinned
+        assert pinned[0]["node"] == "", pinned
+    finally:
+        mgr.docker("node", "update", "--availability", "active", "cgsw-node2")
+
+
+def test_down_leaves_nothing_behind(swarm: dict[int, Node]) -> None:
+    """Last in the file: tear the test bed down here (the fixture's own `down` is idempotent)."""
+    assert leftovers(), "the check sees the test bed while it is up"
+    first = swarm_script("down")
+    assert first.returncode == 0, first.stderr
+    assert leftovers() == []
+    again = swarm_script("down")
+    assert again.returncode == 0, again.stderr
+    assert leftovers() == []
