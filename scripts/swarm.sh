@@ -9,8 +9,9 @@
 #   scripts/swarm.sh status   what is up now
 #
 # Layout (see notes/README-swarm-tests.md):
-#   netns cgsw-br             holds the bridge cgsw0 (nothing is added to the host namespace)
-#   netns cgsw-n<i>           node i: eth0 = 192.168.77.1<i>/24 (veth into cgsw0), lo
+#   netns cg<h>-br            holds the bridge cg<h>0 (nothing is added to the host namespace);
+#                             <h>: 4 hex digits of the work dir's path (SWARM_PREFIX=cg<h>)
+#   netns cg<h>-n<i>          node i: eth0 = 192.168.77.1<i>/24 (veth into the bridge), lo
 #   .ci-work/swarm/n<i>/      data root, exec root, docker.sock, dockerd.pid, dockerd.log
 # Each dockerd runs under its own UTS namespace with hostname cgsw-node<i> (so the Swarm node
 # hostnames differ), carries the engine label composegen.node=node<i> and the Swarm node label
@@ -27,7 +28,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${COMPOSEGEN_WORK:-$ROOT/.ci-work}/swarm"
 HOOKDIR="$WORK/hook-bin"
 FIXTURES="$ROOT/tests/fixtures/nvidia-smi/xml"
-PREFIX=cgsw
+# names outside the work dir (netns, veths, containerd namespaces) carry a short hash of it, so
+# two checkouts' test beds never touch each other's (the Swarm node hostnames stay cgsw-node<i>)
+PREFIX="cg$(printf '%s' "$WORK" | sha256sum | cut -c1-4)"
 BRNS="$PREFIX-br"
 BRIDGE="${PREFIX}0"
 SUBNET=192.168.77
@@ -52,7 +55,7 @@ node_dir() { echo "$WORK/n$1"; }
 node_sock() { echo "$WORK/n$1/docker.sock"; }
 node_ns() { echo "$PREFIX-n$1"; }
 node_addr() { echo "$SUBNET.1$1"; }
-node_host() { echo "$PREFIX-node$1"; }
+node_host() { echo "cgsw-node$1"; }
 ndocker() {
     local i="$1"
     shift
@@ -119,7 +122,7 @@ start_dockerd() {
         --containerd-namespace "$(node_ns "$i")" \
         --containerd-plugins-namespace "$(node_ns "$i")-p" \
         --label "composegen.node=node$i" "${gres[@]}" \
-        >"$d/dockerd.log" 2>&1 &
+        >"$d/dockerd.log" 2>&1 9>&- &
     echo $! >"$d/launcher.pid"
 }
 
@@ -193,6 +196,7 @@ up() {
 env_lines() {
     local n="$1" i
     echo "SWARM_NODES=$n"
+    echo "SWARM_PREFIX=$PREFIX"
     for i in $(seq 1 "$n"); do
         echo "SWARM_NODE${i}_SOCK=$(node_sock "$i")"
         echo "SWARM_NODE${i}_ADDR=$(node_addr "$i")"
@@ -207,6 +211,37 @@ stop_pid() {
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 80); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.25; done
     kill -9 "$pid" 2>/dev/null || true
+}
+
+# After a crashed dockerd its task containers live on (its containerd may be gone with it): kill
+# them through that containerd if it answers, then by their cgroups, named by the container IDs
+# in the node's data root (cgroup v1 `docker/<id>` in each controller, v2 `docker/<id>`).
+kill_orphan_tasks() {
+    local i="$1" d sock ns t c id cg p
+    d="$(node_dir "$i")"
+    sock="$d/exec/containerd/containerd.sock"
+    ns="$(node_ns "$i")"
+    if [ -S "$sock" ] && command -v ctr >/dev/null 2>&1; then
+        for t in $(timeout 10 ctr -a "$sock" -n "$ns" tasks ls -q 2>/dev/null || true); do
+            timeout 20 ctr -a "$sock" -n "$ns" tasks rm -f "$t" >/dev/null 2>&1 || true
+        done
+    fi
+    for c in "$d"/data/containers/*/; do
+        [ -d "$c" ] || continue
+        id="$(basename "$c")"
+        for cg in /sys/fs/cgroup/*/docker/"$id" /sys/fs/cgroup/docker/"$id"; do
+            [ -f "$cg/cgroup.procs" ] || continue
+            for p in $(cat "$cg/cgroup.procs"); do kill -9 "$p" 2>/dev/null || true; done
+        done
+        for _ in $(seq 1 20); do
+            for cg in /sys/fs/cgroup/*/docker/"$id" /sys/fs/cgroup/docker/"$id"; do
+                [ -d "$cg" ] && rmdir "$cg" 2>/dev/null
+            done
+            compgen -G "/sys/fs/cgroup/*/docker/$id" >/dev/null ||
+                [ -d "/sys/fs/cgroup/docker/$id" ] || break
+            sleep 0.1
+        done
+    done
 }
 
 # Everything `up` may have left, found by name and path (not by what `up` remembered), so a
@@ -225,6 +260,7 @@ down_quiet() {
         for f in dockerd.pid launcher.pid; do
             [ -f "$d/$f" ] && stop_pid "$(cat "$d/$f")"
         done
+        kill_orphan_tasks "$i"
     done
     # anything still running in a node's namespace (its containerd, docker-proxy) was started by it
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$PREFIX-(n[0-9]|br)$" || true); do
@@ -235,7 +271,7 @@ down_quiet() {
     if [ -d "$WORK" ]; then
         awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r |
             while read -r m; do umount -l "$m" 2>/dev/null || true; done
-        rm -rf "$WORK"/n[0-9] "$WORK/nodes" "$HOOKDIR"
+        rm -rf "$WORK"/n[0-9] "$WORK/nodes" "$HOOKDIR" "$WORK/images.tar.tmp"
     fi
 }
 
@@ -252,6 +288,11 @@ status() {
     [ -n "$n" ] || { say "no swarm up"; exit 1; }
     ndocker 1 node ls
 }
+
+# one up/down at a time per work dir
+mkdir -p "$WORK"
+exec 9>"$WORK/.lock"
+flock -w 300 9 || die "another swarm.sh holds $WORK/.lock"
 
 case "${1:-}" in
     up) up "${2:-}" ;;

@@ -53,6 +53,7 @@ class Node:
     sock: str
     host: str
     gpus: frozenset[str]
+    prefix: str  # of the test bed's netns, veth and containerd namespace names
 
     def docker(self, *args: str, timeout: float = 60, check: bool = True) -> str:
         env = {**os.environ, "DOCKER_HOST": f"unix://{self.sock}"}
@@ -70,11 +71,11 @@ def swarm_script(*args: str, timeout: float = 180) -> subprocess.CompletedProces
     )
 
 
-def leftovers() -> list[str]:
+def leftovers(prefix: str) -> list[str]:
     """What a torn-down test bed must not leave: namespaces, node dirs, dockerds, mounts."""
     found = []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    found += [f"netns {ln.split()[0]}" for ln in netns.splitlines() if ln.startswith("cgsw-")]
+    found += [f"netns {ln.split()[0]}" for ln in netns.splitlines() if ln.startswith(prefix)]
     found += [f"dir {p}" for p in WORK.glob("n[0-9]")]
     mounts = Path("/proc/mounts").read_text().split("\n")
     found += [f"mount {m.split()[1]}" for m in mounts if f" {WORK}/" in m]
@@ -102,6 +103,7 @@ def swarm(tags: dict[str, str]) -> Iterator[dict[int, Node]]:
                 env[f"SWARM_NODE{i}_SOCK"],
                 env[f"SWARM_NODE{i}_HOST"],
                 frozenset(env[f"SWARM_NODE{i}_GPUS"].split(",")),
+                env["SWARM_PREFIX"],
             )
             for i in (1, 2)
         }
@@ -109,7 +111,7 @@ def swarm(tags: dict[str, str]) -> Iterator[dict[int, Node]]:
         mgr.docker("network", "create", "-d", "overlay", "--attachable", NETWORK)
         mgr.docker(
             "service", "create", "-d", "--name", "anchor", "--mode", "global",
-            "--network", NETWORK, BUSYBOX, "sleep", "3600",
+            "--network", NETWORK, "--stop-grace-period", "1s", BUSYBOX, "sleep", "3600",
         )  # fmt: skip
         wait_tasks(mgr, "anchor", 2)
         yield nodes
@@ -362,12 +364,28 @@ def test_drain_moves_what_may_move_and_keeps_what_is_pinned(
         mgr.docker("node", "update", "--availability", "active", "cgsw-node2")
 
 
-def test_down_leaves_nothing_behind(swarm: dict[int, Node]) -> None:
-    """Last in the file: tear the test bed down here (the fixture's own `down` is idempotent)."""
-    assert leftovers(), "the check sees the test bed while it is up"
+def test_down_leaves_nothing_behind_even_after_a_crash(swarm: dict[int, Node]) -> None:
+    """Last in the file: node 2's dockerd dies (SIGKILL, as in a crash: its containerd and task
+    containers stay), then `down` must still remove everything; a second `down` is a no-op."""
+    prefix = swarm[1].prefix
+    before = leftovers(prefix)
+    assert any(x.startswith("netns") for x in before), before
+    assert any(x.startswith("process") for x in before), before
+    anchor = swarm[2].docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=anchor")
+    task_pid, task_id = (
+        swarm[2].docker("inspect", "--format", "{{.State.Pid}} {{.Id}}", anchor.split()[0]).split()
+    )
+    assert Path(f"/proc/{task_pid}").exists()
+    pid = int((WORK / "n2" / "dockerd.pid").read_text())
+    os.kill(pid, 9)
+    end = time.monotonic() + 10
+    while time.monotonic() < end and Path(f"/proc/{pid}").exists():
+        time.sleep(0.1)
     first = swarm_script("down")
     assert first.returncode == 0, first.stderr
-    assert leftovers() == []
+    assert leftovers(prefix) == []
+    assert not Path(f"/proc/{task_pid}").exists(), "the crashed node's task container lives on"
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/docker/{task_id}")), "its cgroups are left"
     again = swarm_script("down")
     assert again.returncode == 0, again.stderr
-    assert leftovers() == []
+    assert leftovers(prefix) == []
