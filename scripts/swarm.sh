@@ -16,7 +16,8 @@
 # Each dockerd runs under its own UTS namespace with hostname cgsw-node<i> (so the Swarm node
 # hostnames differ), carries the engine label composegen.node=node<i> and the Swarm node label
 # composegen.node=node<i>, and advertises the two GPUs of one nvidia-smi fixture as generic
-# resources `NVIDIA-GPU=GPU-<uuid>`. The test-only nvidia-container-runtime-hook stand-in (as in
+# resources `NVIDIA-GPU=GPU-<uuid>` (or the UUIDs given as SWARM_NODE<i>_GPUS=GPU-…,GPU-…).
+# The test-only nvidia-container-runtime-hook stand-in (as in
 # scripts/engine.sh) is first on each dockerd's PATH. The main engine (/var/run/docker.sock) is
 # only read from (`docker save` of the test images); its swarm state is never touched.
 #
@@ -61,7 +62,24 @@ ndocker() {
     shift
     DOCKER_HOST="unix://$(node_sock "$i")" timeout "${DOCKER_TIMEOUT:-60}" docker "$@"
 }
-node_gpus() { grep -oE 'GPU-[0-9a-f-]{36}' "${NODE_FIXTURES[$(($1 - 1))]}" | sort -u; }
+# SWARM_NODE<i>_GPUS=GPU-…,GPU-… overrides a node's GPUs (e.g. the UUIDs of a fleet inventory)
+node_gpus() {
+    local var="SWARM_NODE$1_GPUS"
+    if [ -n "${!var:-}" ]; then
+        tr ',' '\n' <<<"${!var}"
+    else
+        grep -oE 'GPU-[0-9a-f-]{36}' "${NODE_FIXTURES[$(($1 - 1))]}" | sort -u
+    fi
+}
+check_gpus() {
+    local i g
+    for i in $(seq 1 "$1"); do
+        for g in $(node_gpus "$i"); do
+            [[ "$g" =~ ^GPU-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$ ]] ||
+                { echo "swarm: node $i: '$g' is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)" >&2; exit 2; }
+        done
+    done
+}
 
 need() {
     [ "$(id -u)" = 0 ] || { say "needs root (network namespaces, dockerd)"; exit 3; }
@@ -155,6 +173,7 @@ save_images() {
 up() {
     local n="${1:-}" t0 i token pids=()
     [[ "$n" =~ ^[23]$ ]] || { echo "usage: $0 up 2|3" >&2; exit 2; }
+    check_gpus "$n"
     need
     t0="$(now_ms)"
     down_quiet

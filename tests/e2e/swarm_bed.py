@@ -62,10 +62,16 @@ class Node:
         return res.stdout
 
 
-def swarm_script(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def swarm_script(
+    *args: str, gpus: dict[int, list[str]] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """scripts/swarm.sh; `gpus` gives nodes other GPU UUIDs than their fixtures' (by index)."""
+    env = {k: v for k, v in os.environ.items() if not re.fullmatch(r"SWARM_NODE\d+_GPUS", k)}
+    env.update({f"SWARM_NODE{i}_GPUS": ",".join(uuids) for i, uuids in (gpus or {}).items()})
     return subprocess.run(
-        ["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
+        ["bash", str(SCRIPT), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
 
 
 def leftovers(prefix: str) -> list[str]:
@@ -81,9 +87,11 @@ def leftovers(prefix: str) -> list[str]:
     return found
 
 
-def swarm_up(n: int) -> dict[int, Node]:
+def swarm_up(n: int, gpus: dict[int, list[str]] | None = None) -> dict[int, Node]:
     """`scripts/swarm.sh up N`; a missing prerequisite skips (fails in CI), other errors fail.
-    The caller runs `swarm_script("down")` afterwards, whatever happens."""
+    `gpus`: UUIDs per node index instead of its fixture's (e.g. a fleet inventory's). Any
+    earlier bed of this checkout is torn down first. The caller runs `swarm_script("down")`
+    afterwards, whatever happens."""
     if os.geteuid() != 0:
         _need("the Swarm test bed", "it needs root (network namespaces)", "run as root")
     for tool in ("ip", "nsenter", "unshare", "flock", "dockerd", "docker"):
@@ -93,7 +101,7 @@ def swarm_up(n: int) -> dict[int, Node]:
                 f"{tool} is missing",
                 "apt-get install iproute2 util-linux docker.io",
             )
-    up = swarm_script("up", str(n))
+    up = swarm_script("up", str(n), gpus=gpus)
     if up.returncode == 3:
         _need("the Swarm test bed", up.stderr.strip()[-400:], "see scripts/swarm.sh")
     if up.returncode != 0:

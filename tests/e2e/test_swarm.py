@@ -248,6 +248,18 @@ def test_drain_moves_what_may_move_and_keeps_what_is_pinned(
         mgr.docker("node", "update", "--availability", "active", "cgsw-node2")
 
 
+def test_bad_arguments_are_refused_before_the_running_bed_is_touched(
+    swarm: dict[int, Node],
+) -> None:
+    bad_uuid = swarm_script("up", "2", gpus={2: ["GPU-1"]})
+    assert bad_uuid.returncode == 2
+    assert "node 2: 'GPU-1' is not a GPU UUID" in bad_uuid.stderr
+    four = swarm_script("up", "4")
+    assert four.returncode == 2 and "usage" in four.stderr
+    # `up` tears an earlier bed down first: these must not have got that far
+    assert len(swarm[1].docker("node", "ls", "-q").split()) == 2
+
+
 def test_down_leaves_nothing_behind_even_after_a_crash(swarm: dict[int, Node]) -> None:
     """Last in the file: node 2's dockerd dies (SIGKILL, as in a crash: its containerd and task
     containers stay), then `down` must still remove everything; a second `down` is a no-op."""
