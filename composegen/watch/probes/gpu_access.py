@@ -18,7 +18,7 @@ from typing import Any
 from composegen.engine import docker as eng
 from composegen.errors import ComposegenError
 from composegen.serving.verify import gpu_access_check
-from composegen.watch.probes import guarded
+from composegen.watch.probes import RunningContainers, guarded
 from composegen.watch.types import GpuAccessSignal, ProbeError, Signal
 
 SMI = ["nvidia-smi", "-L"]
@@ -53,24 +53,12 @@ class GpuAccessProbe:
         self.every = max(1, int(every))
         self.timeout_s = timeout_s
         self.reads = 0
-        self.containers: dict[str, Any] = {}  # id -> container object (its inspect, cached)
+        self.running = RunningContainers(
+            client, project, lambda c: bool(eng.device_requests(c.attrs or {}))
+        )
 
     def _gpu_containers(self) -> list[tuple[str, Any]]:
-        rows = eng.list_rows(self.client, self.project, running_only=True)
-        out = []
-        ids = set()
-        for row in rows:
-            cid = str(row.get("Id") or "")
-            ids.add(cid)
-            if cid not in self.containers:
-                self.containers[cid] = eng.get_container(self.client, cid)
-            c = self.containers[cid]
-            if c is not None and eng.device_requests(c.attrs or {}):
-                service = str((row.get("Labels") or {}).get(eng.LABEL_SERVICE) or c.name)
-                out.append((service, c))
-        for gone in set(self.containers) - ids:
-            del self.containers[gone]
-        return out
+        return self.running.select()
 
     @guarded
     def read(self, now: float) -> Sequence[Signal]:
@@ -97,4 +85,4 @@ class GpuAccessProbe:
         return out
 
     def close(self) -> None:
-        self.containers.clear()
+        self.running.cache.clear()

@@ -13,7 +13,7 @@ from typing import Any
 from composegen.engine import docker as eng
 from composegen.errors import ComposegenError
 from composegen.serving.verify import is_ollama, read_ps
-from composegen.watch.probes import guarded
+from composegen.watch.probes import RunningContainers, guarded
 from composegen.watch.types import ProbeError, ResidencySignal, Signal
 
 
@@ -26,24 +26,11 @@ class ResidencyProbe:
         self.every = max(1, int(every))
         self.timeout_s = timeout_s
         self.reads = 0
-        self.containers: dict[str, Any] = {}
+        self.running = RunningContainers(client, project, is_ollama)
         self.last: list[Signal] = []
 
     def _ollamas(self) -> list[tuple[str, Any]]:
-        rows = eng.list_rows(self.client, self.project, running_only=True)
-        out, ids = [], set()
-        for row in rows:
-            cid = str(row.get("Id") or "")
-            ids.add(cid)
-            if cid not in self.containers:
-                self.containers[cid] = eng.get_container(self.client, cid)
-            c = self.containers[cid]
-            if c is not None and is_ollama(c):
-                service = str((row.get("Labels") or {}).get(eng.LABEL_SERVICE) or c.name)
-                out.append((service, c))
-        for gone in set(self.containers) - ids:
-            del self.containers[gone]
-        return out
+        return self.running.select()
 
     @guarded
     def read(self, now: float) -> Sequence[Signal]:
@@ -79,4 +66,4 @@ class ResidencyProbe:
         return out
 
     def close(self) -> None:
-        self.containers.clear()
+        self.running.cache.clear()
