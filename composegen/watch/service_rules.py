@@ -64,11 +64,38 @@ class ServiceRules:
                     self._replaced(svc, [rule])
             self.service_of = {k: v for k, v in self.service_of.items() if k in live}
         for service, cs in sorted(by_service.items()):
-            self._health(service, [c.health for c in cs], why)
+            # a stopped container's health is "unhealthy" (Docker sets it when it stops):
+            # judged only while it runs; none running, the count stands
+            self._health(service, [c.health for c in cs if c.state == "running"], why)
         self._access(snap, why)
         if "residency" not in failed:
             self._residency(snap)
-        return why
+        return self._recreatable(snap, by_service, why)
+
+    def _recreatable(
+        self, snap: Snapshot, by_service: dict[str, list[ContainerSignal]], why: Reasons
+    ) -> Reasons:
+        """Recreates only for services with a container running (or restarting, in a loop):
+        a stopped one was stopped by someone (an OOM-killed one has its own reason, kept). And
+        never one that the mode stopped on purpose: in cpu-fallback the GPU services (started
+        again, they would hold GPUs the gateway does not route to, skipping the hold-down)."""
+        out: Reasons = {}
+        stopped_on_purpose: set[str] = set()
+        if snap.stack.mode == "cpu-fallback":
+            stopped_on_purpose = set(snap.stack.planned) | {
+                c.service for c in snap.containers if c.gpus
+            }
+        for svc, reasons in why.items():
+            if svc in stopped_on_purpose:
+                continue
+            states = {c.state for c in by_service.get(svc, [])}
+            if "running" in states or "restarting" in states:
+                out[svc] = reasons
+            else:
+                kept = [r for r in reasons if r.startswith("OOM-killed")]
+                if kept:
+                    out[svc] = kept
+        return out
 
     def _restarts(self, c: ContainerSignal, why: Reasons) -> None:
         cid, svc, t = c.container_id, c.service, self.t

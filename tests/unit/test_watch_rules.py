@@ -316,6 +316,47 @@ def test_starting_does_not_count_either_way() -> None:
     assert [[e.level for e in rule_events(ev, "health")] for ev, _ in out] == [[], [], [], ["warn"]]
 
 
+def test_a_stopped_container_is_not_judged_unhealthy_nor_recreated() -> None:
+    """Docker sets a stopped container's health to "unhealthy": that is no health check."""
+    stopped = container("ocr", state="exited", health="unhealthy", exit_code=0)
+    out = run(rules(), [snap(T0 + i * STEP, containers=(stopped,)) for i in range(5)])
+    assert all(rule_events(ev, "health") == [] and d == [] for ev, d in out)
+
+
+def test_an_unhealthy_service_that_stops_is_no_longer_recreated() -> None:
+    r = rules()
+    out = run(r, health_seq(["unhealthy"] * 3))
+    assert [(x.action, x.service) for x in out[-1][1]] == [("recreate", "ocr")]
+    stopped = container("ocr", state="exited", health="unhealthy", exit_code=0)
+    ((_, d),) = run(r, [snap(T0 + 3 * STEP, containers=(stopped,))])
+    assert d == []
+
+
+def test_cpu_fallback_never_recreates_the_gpu_services_it_stopped() -> None:
+    on_cpu = replace(STACK, mode="cpu-fallback")
+    stopped = tuple(
+        container(s, state="exited", health="unhealthy", exit_code=137, oom_killed=s == "llm")
+        for s in PLANNED
+    )
+    cpu = container("whisper-cpu", health="unhealthy")
+    r = rules()
+    out = run(
+        r,
+        [
+            snap(T0 + i * STEP, stack=on_cpu, containers=(*stopped, cpu))  # GPUs well: in hold-down
+            for i in range(4)
+        ],
+    )
+    # the CPU variant is still healed; the GPU services stay down, even the OOM-killed one
+    assert [[(x.action, x.service) for x in d] for _, d in out] == [
+        [],
+        [],
+        [("recreate", "whisper-cpu")],
+        [("recreate", "whisper-cpu")],
+    ]
+    assert len(rule_events(out[0][0], "oom")) == 1  # still said
+
+
 def restarts_seq(counts: Sequence[int], step: float = 30.0) -> list[Snapshot]:
     return [
         snap(T0 + i * step, containers=(container("embeddings", restart_count=n),))
