@@ -89,9 +89,13 @@ def _service_of(built: app.Rendered, instance: str) -> str:
 
 
 def project_name(directory: Path, project: str | None) -> str:
-    """-p NAME, else the name the compose file gives (as `up` takes it)."""
+    """-p NAME, else the name the compose file gives (as `up` takes it); normalised as every
+    other command normalises it (`-p My.Stack` is the project `mystack`), so the watcher finds
+    the containers and the state file that `up -p My.Stack` made."""
     if project:
-        return project
+        from composegen.engine.compose import project_name as normalised
+
+        return normalised(project, {}, {}, directory)
     from composegen.engine.compose import load_project
 
     return load_project(directory / "docker-compose.yml", None).name

@@ -234,6 +234,14 @@ def test_engine_down_is_an_event_and_a_retry(tmp_path: Path) -> None:
     assert snap3.gpus == (GPU0,)
 
 
+def test_watch_p_name_is_normalised_as_every_command_does(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    w, _ = watcher(out, [], ScriptedRules([]))
+    assert loop.project_name(out, "CG.Unit-Watch") == "cgunit-watch"
+    w2 = Watcher(out, "CG.Unit-Watch", WatchOptions(), failover.Io(print), w.parts)
+    assert w2.project == "cgunit-watch" and w2.stack.project == "cgunit-watch"
+
+
 def test_stack_info_follows_render_json_and_the_mode(tmp_path: Path) -> None:
     out = rendered(tmp_path)
     info = stack_info(out, PROJECT)
