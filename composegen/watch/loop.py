@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -187,6 +187,10 @@ class Watcher:
         self.probes: list[Probe] = []
         self._engine_error: str | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self.read_timeout_s = max(30.0, options.interval_s * 3)  # a read's wait, then an error
+        self._pool_for: list[Probe] = []  # the probe list the pool was sized for
+        # id(probe) -> (the probe, its last read); the probe kept so that an id is not reused
+        self._reading: dict[int, tuple[Probe, Future[Sequence[Signal]]]] = {}
         self._would: Decision | None = None
         self._closed = False
 
@@ -254,21 +258,25 @@ class Watcher:
         known: list[Signal] = []
         if not self.probes:
             return [], known
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                max_workers=max(1, len(self.probes)), thread_name_prefix="watch-probe"
-            )
+        self._size_pool()
+        assert self._pool is not None
+        out: list[Signal] = []
         due = []
         for p in self.probes:
-            if isinstance(p, Paced) and not p.due():
+            busy = self._reading.get(id(p))
+            if busy is not None and busy[0] is p and not busy[1].done():
+                # its last read has not returned (timed out): a second read at once would run
+                # beside it on state that is not thread-safe; this interval goes without it
+                out.append(ProbeError(p.name, "still reading (the last read has not returned)"))
+            elif isinstance(p, Paced) and not p.due():
                 known += p.last
             else:
                 due.append(p)
         futures = [(p, self._pool.submit(p.read, now)) for p in due]
-        out: list[Signal] = []
+        self._reading.update((id(p), (p, fut)) for p, fut in futures)
         for probe, fut in futures:
             try:
-                out.extend(fut.result(timeout=max(30.0, self.options.interval_s * 3)))
+                out.extend(fut.result(timeout=self.read_timeout_s))
             except Exception as exc:  # a probe must return its failure; one that raised
                 out.append(ProbeError(probe.name, f"{type(exc).__name__}: {eng.first_line(exc)}"))
         if self._engine_error is not None:
@@ -279,6 +287,22 @@ class Watcher:
                 if isinstance(p, Paced):
                     p.set_targets(containers)
         return out, known
+
+    def _size_pool(self) -> None:
+        """One worker per probe, sized again whenever the probe list changes (the engine
+        down at the first interval builds only the engine-free probes). A probe is never
+        read twice at once, so a read that hangs holds at most its own worker."""
+        if self._pool is not None and self._pool_for == self.probes:
+            return
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)  # reads still running there finish on their own
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, len(self.probes)), thread_name_prefix="watch-probe"
+        )
+        self._pool_for = list(self.probes)
+        self._reading = {
+            k: (p, f) for k, (p, f) in self._reading.items() if any(p is q for q in self.probes)
+        }
 
     def _act(self, decision: Decision, now: float) -> list[Event]:
         if self.parts.healer is None or not self.options.heal:

@@ -234,6 +234,76 @@ def test_engine_down_is_an_event_and_a_retry(tmp_path: Path) -> None:
     assert snap3.gpus == (GPU0,)
 
 
+def test_the_probe_pool_grows_when_the_engine_comes_back(tmp_path: Path) -> None:
+    """Engine down at the first interval: one probe, one worker. With the engine back, the
+    two probes that wait for each other need a worker each."""
+    out = rendered(tmp_path)
+    up = {"now": False}
+
+    def connect() -> object:
+        if not up["now"]:
+            raise NoEngineError("no Docker engine: connection refused")
+        return object()
+
+    meet = threading.Barrier(2, timeout=2)
+
+    class Waiting(ScriptedProbe):
+        def read(self, now: float) -> Sequence[Signal]:
+            if up["now"]:
+                meet.wait()
+            return super().read(now)
+
+    a, b = Waiting("gpus", [[GPU0], [GPU0]]), Waiting("containers", [[WHISPER]])
+    w, _ = watcher(out, [a, b], ScriptedRules([]), connect=connect)
+    w.step(NOW)
+    up["now"] = True
+    snap, _ = w.step(NOW + 1)
+    assert snap.errors == ()
+    assert snap.gpus == (GPU0,) and snap.containers == (WHISPER,)
+    w.close()
+
+
+def test_a_probe_still_reading_is_not_read_again_beside_itself(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    release = threading.Event()
+    running: list[int] = []
+    most = {"n": 0}
+    lock = threading.Lock()
+
+    class Hung(ScriptedProbe):
+        def read(self, now: float) -> Sequence[Signal]:
+            with lock:
+                running.append(1)
+                most["n"] = max(most["n"], len(running))
+            try:
+                release.wait(10)
+                return super().read(now)
+            finally:
+                with lock:
+                    running.pop()
+
+    hung = Hung("containers", [[WHISPER]] * 3)
+    w, _ = watcher(out, [hung], ScriptedRules([]))
+    w.read_timeout_s = 0.1
+    snap1, _ = w.step(NOW)
+    assert [e.probe for e in snap1.errors] == ["containers"]  # timed out
+    snap2, _ = w.step(NOW + 1)
+    assert snap2.errors == (
+        ProbeError("containers", "still reading (the last read has not returned)"),
+    )
+    assert snap2.containers == ()  # its signals are missing this interval
+    release.set()
+    w.read_timeout_s = 10
+    for _ in range(100):  # the first read returns
+        if not running:
+            break
+        threading.Event().wait(0.02)
+    snap3, _ = w.step(NOW + 2)
+    assert snap3.errors == () and snap3.containers == (WHISPER,)
+    assert most["n"] == 1  # never two reads at once
+    w.close()
+
+
 def test_watch_p_name_is_normalised_as_every_command_does(tmp_path: Path) -> None:
     out = rendered(tmp_path)
     w, _ = watcher(out, [], ScriptedRules([]))
