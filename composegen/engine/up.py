@@ -295,7 +295,7 @@ def ensure_image(client: Any, svc: Service, pull: str, on_pull: PullReport | Non
         ) from None
 
 
-def _create(
+def create_service(
     client: Any,
     project: Project,
     svc: Service,
@@ -316,6 +316,9 @@ def _create(
     )
 
 
+_create = create_service  # the earlier name
+
+
 def replace_container(
     client: Any,
     project: Project,
@@ -331,7 +334,7 @@ def replace_container(
 
     final = eng.container_name(project, svc)
     temp = f"{final}-new-{secrets.token_hex(3)}"
-    created = _create(client, project, svc, v2_hashes or {}, name=temp)
+    created = create_service(client, project, svc, v2_hashes or {}, name=temp)
     old = client.containers.get(old_id)
     old.stop(timeout=int(svc.stop_grace_s))
     old.remove(force=True)
@@ -380,7 +383,7 @@ def _run_service(
                 container = replace_container(client, project, svc, str(existing_id), v2_hashes)
             elif action == "create":
                 report(svc.name, "creating", svc.image)
-                created = _create(client, project, svc, v2_hashes or {})
+                created = create_service(client, project, svc, v2_hashes or {})
                 container = client.containers.get(created.id)
                 container.start()
             else:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from composegen.engine import compose_v2, failover, switch
 from composegen.engine import docker as eng
-from composegen.engine import failover, switch
 from composegen.engine import up as engine_up
 from composegen.engine.compose import Project, Service, load_project
 from composegen.engine.state import LockedError, project_lock, read_mode
@@ -148,13 +149,22 @@ class Healer:
             old = _container_of(client, project.name, service)
             if old is None:
                 raise ComposegenError(f"recreate {service}: it has no container to replace")
+            # created as `up` creates it: Compose v2's hash too, so neither tool recreates it
+            v2_hashes = compose_v2.service_hashes(owner)
             with io.progress([service, "gateway"], f"watch --heal: recreate {service}") as rep:
                 engine_up.ensure_image(client, svc, "missing")
                 publishes = any(p.host_port is not None for p in svc.ports)
                 if old.status == "running" and not publishes:
                     try:
                         new = switch.replace_behind_gateway(
-                            client, owner, svc, old, rep, self.wait_timeout_s, project.directory
+                            client,
+                            owner,
+                            svc,
+                            old,
+                            rep,
+                            self.wait_timeout_s,
+                            project.directory,
+                            v2_hashes=v2_hashes,
                         )
                         how = "make before break"
                     except engine_up.UpFailed as exc:
@@ -166,20 +176,26 @@ class Healer:
                             f"one ({eng.first_line(exc)}); replacing it with the old one "
                             "stopped first"
                         )
-                        new = self._stop_first(client, owner, svc, old, rep)
+                        new = self._stop_first(client, owner, svc, old, rep, v2_hashes)
                         how = "the old one stopped first: the new one needed its GPU"
                 else:
-                    new = self._stop_first(client, owner, svc, old, rep)
+                    new = self._stop_first(client, owner, svc, old, rep, v2_hashes)
                     how = "the old one stopped first"
         return f"new container {new.id[:12]} ready, {old.id[:12]} removed ({how})"
 
     def _stop_first(
-        self, client: Any, owner: Project, svc: Service, old: Any, rep: engine_up.Report
+        self,
+        client: Any,
+        owner: Project,
+        svc: Service,
+        old: Any,
+        rep: engine_up.Report,
+        v2_hashes: Mapping[str, str],
     ) -> Any:
         """The old container stops, then the new one starts (a published port, or a GPU the
         two cannot share): engine/up.replace_container, then wait until it is ready."""
         with eng.mapped_errors(f"service {svc.name}"):
-            new = engine_up.replace_container(client, owner, svc, old.id)
+            new = engine_up.replace_container(client, owner, svc, old.id, v2_hashes)
         deadline = time.monotonic() + self.wait_timeout_s
         engine_up.wait_ready(svc, new, deadline, threading.Event(), rep)
         return new
