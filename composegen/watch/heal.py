@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any
 
 from composegen.engine import compose_v2, failover, switch
@@ -193,11 +194,21 @@ class Healer:
         v2_hashes: Mapping[str, str],
     ) -> Any:
         """The old container stops, then the new one starts (a published port, or a GPU the
-        two cannot share): engine/up.replace_container, then wait until it is ready."""
+        two cannot share): engine/up.replace_container, then wait until it is ready, then the
+        gateway reloads: nginx resolves upstream names when it loads, and the new container has
+        a new address (as engine/up.reload_gateway after `up` recreates a backend). The old
+        container is gone either way, so a new one that does not become ready still gets the
+        route (best effort), and the wait's failure is raised."""
         with eng.mapped_errors(f"service {svc.name}"):
             new = engine_up.replace_container(client, owner, svc, old.id, v2_hashes)
         deadline = time.monotonic() + self.wait_timeout_s
-        engine_up.wait_ready(svc, new, deadline, threading.Event(), rep)
+        try:
+            engine_up.wait_ready(svc, new, deadline, threading.Event(), rep)
+        except BaseException:
+            with suppress(Exception):
+                _reload_gateway(client, owner.name, svc, rep)
+            raise
+        _reload_gateway(client, owner.name, svc, rep)
         return new
 
     def _service(self, project: Project, name: str) -> tuple[Service, Project]:
@@ -212,6 +223,24 @@ class Healer:
                 if s.name == name:
                     return s, cpu
         raise ComposegenError(f"recreate {name}: no such service in {project.file}")
+
+
+def _reload_gateway(client: Any, project: str, svc: Service, rep: engine_up.Report) -> None:
+    """`nginx -s reload` in the stack's running gateway (none, or the gateway itself
+    recreated: nothing to do)."""
+    if svc.labels.get("io.composegen.service") == "gateway":
+        return
+    with eng.mapped_errors(f"project {project}"):
+        gw = switch._gateway(client, project)
+    if gw is None:
+        return
+    code = eng.exec_with_timeout(gw, ["nginx", "-s", "reload"], 10)
+    if code != 0:
+        raise ComposegenError(
+            f"gateway: nginx -s reload failed (exit {code}); it may still send {svc.name}'s "
+            "requests to the old container's address"
+        )
+    rep("gateway", "reloaded", f"{svc.name} -> its new container")
 
 
 def _container_of(client: Any, project: str, service: str) -> Any:

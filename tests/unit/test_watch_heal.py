@@ -363,3 +363,24 @@ def test_recreate_of_a_cpu_variant_pins_the_gpu_name_it_answers_to(
     assert "server whisper-cpu:" not in confs[0][1]
     assert f"server {old.name}-new-" in confs[0][1]
     assert confs[-1][1] == cpu_conf
+
+
+def test_recreate_with_the_old_one_stopped_first_reloads_the_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nginx resolves upstream names when it loads: the new container (a new address) gets
+    the route only after a reload that follows its start."""
+    fake = FakeDocker("gpu-memory-held")
+    monkeypatch.setattr(engine_up, "probe_gateway", lambda project, deadline: None)
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    confs = reload_confs(fake, out)
+    mark = len(fake.journal)
+    said: list[str] = []
+    ok, events = healer(fake, main, said).apply(Decision("recreate", "x", service="whisper"), NOW)
+    assert ok, events
+    assert "stopped first" in events[0].message
+    journal = fake.journal[mark:]
+    second_start = [n for n, e in enumerate(journal) if e == ("start", "whisper")][1] + mark
+    assert confs and confs[-1][0] > second_start
