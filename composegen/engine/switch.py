@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, replace
@@ -269,6 +270,7 @@ def replace_behind_gateway(
     wait_timeout_s: float = 600.0,
     stack_dir: Path | None = None,
     v2_hashes: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> Any:
     """Make before break for one service the gateway routes to (`stack_dir`: the stack's
     directory, where nginx/ is, when `project` is the CPU variant's file in fallback/):
@@ -282,11 +284,12 @@ def replace_behind_gateway(
     4. the gateway reloads once more onto nginx.conf as it was.
 
     A new container that does not become ready is removed and the old one keeps serving (the
-    error is raised). The new container is created as `up` creates it (engine/up.create_service:
-    composegen's hash, Compose v2's hash from `v2_hashes` and the image ID as labels), so that
-    neither `up` nor `docker compose up` recreates it again. Returns the new container."""
+    error is raised), and so is one still starting when `cancel` is set (the caller is stopping:
+    SIGTERM of `watch --heal`). The new container is created as `up` creates it
+    (engine/up.create_service: composegen's hash, Compose v2's hash from `v2_hashes` and the
+    image ID as labels), so that neither `up` nor `docker compose up` recreates it again.
+    Returns the new container."""
     import secrets
-    import threading
     import time
 
     final = eng.container_name(project, svc)
@@ -299,7 +302,14 @@ def replace_behind_gateway(
         with eng.mapped_errors(f"service {svc.name}"):
             new.start()
         deadline = time.monotonic() + wait_timeout_s
-        engine_up.wait_ready(svc, new, deadline, threading.Event(), report)
+        engine_up.wait_ready(
+            svc,
+            new,
+            deadline,
+            cancel if cancel is not None else threading.Event(),
+            report,
+            cancelled="stopping",
+        )
     except BaseException:
         eng.remove_quietly(new)
         raise

@@ -218,18 +218,20 @@ def wait_ready(
     deadline: float,
     cancel: threading.Event,
     report: Report | None = None,
+    cancelled: str = "another service failed",
 ) -> None:
     """Until the service is ready: running and its healthcheck passing (our probe or Docker's).
     An unhealthy or exited container ends the wait at once, and so does one that its restart
     policy restarts, unless that happens within its healthcheck's start period: such a restart
-    is waited out. A failure reports the container's state now."""
+    is waited out. A failure reports the container's state now; `cancel` set ends the wait
+    (UpFailed, saying why: `cancelled`)."""
     rep: Report = report or (lambda s, st, d: None)
     t0 = time.monotonic()
     grace = svc.healthcheck.start_period_s if svc.healthcheck is not None else 0.0
     seen: int | None = None  # the restart count already waited out
     while True:
         if cancel.is_set():
-            raise UpFailed(f"service {svc.name}: stopped waiting (another service failed)")
+            raise UpFailed(f"service {svc.name}: stopped waiting ({cancelled})")
         try:
             container.reload()
         except Exception as exc:

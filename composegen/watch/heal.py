@@ -40,11 +40,16 @@ class Healer:
         *,
         inventory: str | None,
         wait_timeout_s: float = 600.0,
+        cancel: threading.Event | None = None,
     ) -> None:
+        """`cancel`: the watcher's stop event (SIGTERM / SIGINT). A recreate waiting for its
+        new container stops waiting when it is set: make before break removes the new one and
+        the old one serves on; with the old one stopped first, the new one keeps the route."""
         self.project = project
         self.io = io
         self.inventory = inventory
         self.wait_timeout_s = wait_timeout_s
+        self.cancel = cancel if cancel is not None else threading.Event()
 
     def _fresh(self) -> Project:
         """The project as it is on disk now (a failover rewrites docker-compose.yml)."""
@@ -166,9 +171,12 @@ class Healer:
                             self.wait_timeout_s,
                             project.directory,
                             v2_hashes=v2_hashes,
+                            cancel=self.cancel,
                         )
                         how = "make before break"
                     except engine_up.UpFailed as exc:
+                        if self.cancel.is_set():
+                            raise  # stopping: the old one serves on, never stop it now
                         if switch.can_overlap(svc, old):
                             raise  # on GPUs of its own: a real failure, the old one serves on
                         # on the same GPU the old process may hold the memory the new one needs
@@ -203,7 +211,9 @@ class Healer:
             new = engine_up.replace_container(client, owner, svc, old.id, v2_hashes)
         deadline = time.monotonic() + self.wait_timeout_s
         try:
-            engine_up.wait_ready(svc, new, deadline, threading.Event(), rep)
+            engine_up.wait_ready(
+                svc, new, deadline, self.cancel, rep, cancelled="watch is stopping"
+            )
         except BaseException:
             with suppress(Exception):
                 _reload_gateway(client, owner.name, svc, rep)

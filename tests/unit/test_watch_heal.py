@@ -384,3 +384,57 @@ def test_recreate_with_the_old_one_stopped_first_reloads_the_gateway(
     journal = fake.journal[mark:]
     second_start = [n for n, e in enumerate(journal) if e == ("start", "whisper")][1] + mark
     assert confs and confs[-1][0] > second_start
+
+
+@pytest.mark.parametrize("engine", ["", "gpu-memory-held"])
+def test_recreate_waits_on_the_watchers_stop_event(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM sets the watcher's stop event: every wait of a recreate (make before break, and
+    the old one stopped first) ends on it, never on an event nothing sets."""
+    import threading
+
+    fake = FakeDocker(engine) if engine else FakeDocker()
+    monkeypatch.setattr(engine_up, "probe_gateway", lambda project, deadline: None)
+    main = project_of(rendered(tmp_path))
+    engine_up.up(fake, main)
+    stop = threading.Event()
+    seen: list[bool] = []
+    real = engine_up.wait_ready
+
+    def spy(svc: Any, container: Any, deadline: float, cancel: Any, *a: Any, **kw: Any) -> None:
+        seen.append(cancel is stop)
+        real(svc, container, deadline, cancel, *a, **kw)
+
+    monkeypatch.setattr(engine_up, "wait_ready", spy)
+    heal = Healer(
+        main, failover.Io(lambda line: None, connect=lambda: fake), inventory=None, cancel=stop
+    )
+    ok, events = heal.apply(Decision("recreate", "x", service="whisper"), NOW)
+    assert ok, events
+    assert seen and all(seen)
+
+
+def test_recreate_cancelled_beside_the_old_one_leaves_the_old_one_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping while the new container starts beside the old one (on the same GPU): the new
+    one is removed, and the old one is not stopped to try again the other way."""
+    import threading
+
+    fake = FakeDocker("gpu-memory-held")
+    monkeypatch.setattr(engine_up, "probe_gateway", lambda project, deadline: None)
+    main = project_of(rendered(tmp_path))
+    engine_up.up(fake, main)
+    old = fake.services(main.name)["whisper"]
+    stop = threading.Event()
+    stop.set()
+    mark = len(fake.journal)
+    heal = Healer(
+        main, failover.Io(lambda line: None, connect=lambda: fake), inventory=None, cancel=stop
+    )
+    ok, events = heal.apply(Decision("recreate", "x", service="whisper"), NOW)
+    assert not ok and "watch is stopping" not in events[0].message
+    assert "stopped waiting (stopping)" in events[0].message
+    assert ("stop", "whisper") not in fake.journal[mark:]
+    assert fake.services(main.name)["whisper"].id == old.id and old.status == "running"
