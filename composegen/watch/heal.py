@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -41,15 +41,22 @@ class Healer:
         inventory: str | None,
         wait_timeout_s: float = 600.0,
         cancel: threading.Event | None = None,
+        record: Callable[[Decision, bool, float], None] | None = None,
     ) -> None:
         """`cancel`: the watcher's stop event (SIGTERM / SIGINT). A recreate waiting for its
         new container stops waiting when it is set: make before break removes the new one and
-        the old one serves on; with the old one stopped first, the new one keeps the route."""
+        the old one serves on; with the old one stopped first, the new one keeps the route.
+
+        `record`: the rules' Rules.record. A move to CPU that a heal makes on its own (the
+        engine refused GPU requests) is recorded with it as the "cpu" decision it is, so the
+        CPU rate limit and breaker count it, and `apply` answers False for the decision that
+        failed. Without it the move's result stands for the original decision."""
         self.project = project
         self.io = io
         self.inventory = inventory
         self.wait_timeout_s = wait_timeout_s
         self.cancel = cancel if cancel is not None else threading.Event()
+        self.record = record
 
     def _fresh(self) -> Project:
         """The project as it is on disk now (a failover rewrites docker-compose.yml)."""
@@ -93,7 +100,9 @@ class Healer:
             if decision.action == "cpu":
                 return False, [first]
             ok, more = self._to_cpu_after(exc, now)
-            return ok, [first, *more]
+            if self.record is None:
+                return ok, [first, *more]
+            return False, [first, *more]
         except ComposegenError as exc:
             return False, [self._failed(decision, now, exc, said)]
         except Exception as exc:  # an engine error nothing mapped: a failed heal, not a crash
@@ -130,7 +139,11 @@ class Healer:
     def _to_cpu_after(self, exc: ComposegenError, now: float) -> tuple[bool, list[Event]]:
         """The engine cannot honour GPU requests any more: the stack goes to CPU."""
         why = f"the engine refuses GPU requests ({eng.first_line(exc)})"
-        return self.apply(Decision("cpu", why), now)
+        cpu = Decision("cpu", why)
+        ok, events = self.apply(cpu, now)
+        if self.record is not None and not is_busy(events):
+            self.record(cpu, ok, now)
+        return ok, events
 
     def _run(self, decision: Decision, io: failover.Io) -> str:
         project = self._fresh()

@@ -438,3 +438,25 @@ def test_recreate_cancelled_beside_the_old_one_leaves_the_old_one_serving(
     assert "stopped waiting (stopping)" in events[0].message
     assert ("stop", "whisper") not in fake.journal[mark:]
     assert fake.services(main.name)["whisper"].id == old.id and old.status == "running"
+
+
+def test_move_to_cpu_after_a_refused_gpu_request_is_recorded_as_a_cpu_move(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CPU rate limit and breaker count the automatic move to CPU; the decision whose GPU
+    request the engine refused is a failed heal, not a done one."""
+    refused = eng.GpuUnsupportedError("service whisper: this Docker engine cannot honour GPUs")
+    monkeypatch.setattr(failover, "gpus_failed", calls.fn("gpus_failed", refused))
+    main = project_of(rendered(tmp_path))
+    fake = FakeDocker()
+    recorded: list[tuple[str, bool]] = []
+    heal = Healer(
+        main,
+        failover.Io(lambda line: None, connect=lambda: fake),
+        inventory=None,
+        record=lambda d, ok, now: recorded.append((d.action, ok)),
+    )
+    ok, events = heal.apply(Decision("gpu-failed", "Xid 79", gpus=(0,)), NOW)
+    assert not ok
+    assert recorded == [("cpu", True)]
+    assert [(e.level, e.value) for e in events] == [("critical", "gpu-failed"), ("info", "cpu")]
