@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from composegen.engine import compose_v2
 from composegen.engine import docker as eng
 from composegen.engine import up as engine_up
 from composegen.engine.compose import Project, Service, load_project
@@ -266,6 +269,8 @@ def replace_behind_gateway(
     report: engine_up.Report,
     wait_timeout_s: float = 600.0,
     stack_dir: Path | None = None,
+    v2_hashes: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> Any:
     """Make before break for one service the gateway routes to (`stack_dir`: the stack's
     directory, where nginx/ is, when `project` is the CPU variant's file in fallback/):
@@ -279,22 +284,32 @@ def replace_behind_gateway(
     4. the gateway reloads once more onto nginx.conf as it was.
 
     A new container that does not become ready is removed and the old one keeps serving (the
-    error is raised). Returns the new container."""
+    error is raised), and so is one still starting when `cancel` is set (the caller is stopping:
+    SIGTERM of `watch --heal`). The new container is created as `up` creates it
+    (engine/up.create_service: composegen's hash, Compose v2's hash from `v2_hashes` and the
+    image ID as labels), so that neither `up` nor `docker compose up` recreates it again.
+    Returns the new container."""
     import secrets
-    import threading
     import time
 
     final = eng.container_name(project, svc)
     temp = f"{final}-new-{secrets.token_hex(3)}"
     report(svc.name, "recreating", "new container first, the old one keeps serving")
     with eng.mapped_errors(f"service {svc.name}"):
-        created = eng.create_container(client, project, svc, svc.config_hash(), name=temp)
+        created = engine_up.create_service(client, project, svc, v2_hashes or {}, name=temp)
         new = client.containers.get(created.id)
     try:
         with eng.mapped_errors(f"service {svc.name}"):
             new.start()
         deadline = time.monotonic() + wait_timeout_s
-        engine_up.wait_ready(svc, new, deadline, threading.Event(), report)
+        engine_up.wait_ready(
+            svc,
+            new,
+            deadline,
+            cancel if cancel is not None else threading.Event(),
+            report,
+            cancelled="stopping",
+        )
     except BaseException:
         eng.remove_quietly(new)
         raise
@@ -348,7 +363,9 @@ def move_ahead(client: Any, project: Project, report: engine_up.Report) -> list[
     """The services `up` would recreate whose new container can run beside the old one (a
     GPU of its own, no host port), replaced make before break now, against the routes the
     gateway serves (nginx/nginx.conf on disk). Returns their names."""
-    conv = engine_up.converge(project, engine_up.list_existing(client, project.name))
+    # the hashes Compose v2 wrote: a container `docker compose up` created is not recreated
+    v2_hashes = compose_v2.service_hashes(project)
+    conv = engine_up.converge(project, engine_up.list_existing(client, project.name), v2_hashes)
     moved = []
     for svc in project.services:
         if conv.actions.get(svc.name) != "recreate" or svc.name not in conv.existing:
@@ -357,6 +374,6 @@ def move_ahead(client: Any, project: Project, report: engine_up.Report) -> list[
             old = client.containers.get(conv.existing[svc.name])
         if old.status == "running" and can_overlap(svc, old):
             engine_up.ensure_image(client, svc, "missing")
-            replace_behind_gateway(client, project, svc, old, report)
+            replace_behind_gateway(client, project, svc, old, report, v2_hashes=v2_hashes)
             moved.append(svc.name)
     return moved

@@ -218,18 +218,20 @@ def wait_ready(
     deadline: float,
     cancel: threading.Event,
     report: Report | None = None,
+    cancelled: str = "another service failed",
 ) -> None:
     """Until the service is ready: running and its healthcheck passing (our probe or Docker's).
     An unhealthy or exited container ends the wait at once, and so does one that its restart
     policy restarts, unless that happens within its healthcheck's start period: such a restart
-    is waited out. A failure reports the container's state now."""
+    is waited out. A failure reports the container's state now; `cancel` set ends the wait
+    (UpFailed, saying why: `cancelled`)."""
     rep: Report = report or (lambda s, st, d: None)
     t0 = time.monotonic()
     grace = svc.healthcheck.start_period_s if svc.healthcheck is not None else 0.0
     seen: int | None = None  # the restart count already waited out
     while True:
         if cancel.is_set():
-            raise UpFailed(f"service {svc.name}: stopped waiting (another service failed)")
+            raise UpFailed(f"service {svc.name}: stopped waiting ({cancelled})")
         try:
             container.reload()
         except Exception as exc:
@@ -295,7 +297,7 @@ def ensure_image(client: Any, svc: Service, pull: str, on_pull: PullReport | Non
         ) from None
 
 
-def _create(
+def create_service(
     client: Any,
     project: Project,
     svc: Service,
@@ -316,6 +318,9 @@ def _create(
     )
 
 
+_create = create_service  # the earlier name
+
+
 def replace_container(
     client: Any,
     project: Project,
@@ -331,7 +336,7 @@ def replace_container(
 
     final = eng.container_name(project, svc)
     temp = f"{final}-new-{secrets.token_hex(3)}"
-    created = _create(client, project, svc, v2_hashes or {}, name=temp)
+    created = create_service(client, project, svc, v2_hashes or {}, name=temp)
     old = client.containers.get(old_id)
     old.stop(timeout=int(svc.stop_grace_s))
     old.remove(force=True)
@@ -380,7 +385,7 @@ def _run_service(
                 container = replace_container(client, project, svc, str(existing_id), v2_hashes)
             elif action == "create":
                 report(svc.name, "creating", svc.image)
-                created = _create(client, project, svc, v2_hashes or {})
+                created = create_service(client, project, svc, v2_hashes or {})
                 container = client.containers.get(created.id)
                 container.start()
             else:

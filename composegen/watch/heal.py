@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from typing import Any
 
+from composegen.engine import compose_v2, failover, switch
 from composegen.engine import docker as eng
-from composegen.engine import failover, switch
 from composegen.engine import up as engine_up
 from composegen.engine.compose import Project, Service, load_project
 from composegen.engine.state import LockedError, project_lock, read_mode
@@ -38,11 +40,23 @@ class Healer:
         *,
         inventory: str | None,
         wait_timeout_s: float = 600.0,
+        cancel: threading.Event | None = None,
+        record: Callable[[Decision, bool, float], None] | None = None,
     ) -> None:
+        """`cancel`: the watcher's stop event (SIGTERM / SIGINT). A recreate waiting for its
+        new container stops waiting when it is set: make before break removes the new one and
+        the old one serves on; with the old one stopped first, the new one keeps the route.
+
+        `record`: the rules' Rules.record. A move to CPU that a heal makes on its own (the
+        engine refused GPU requests) is recorded with it as the "cpu" decision it is, so the
+        CPU rate limit and breaker count it, and `apply` answers False for the decision that
+        failed. Without it the move's result stands for the original decision."""
         self.project = project
         self.io = io
         self.inventory = inventory
         self.wait_timeout_s = wait_timeout_s
+        self.cancel = cancel if cancel is not None else threading.Event()
+        self.record = record
 
     def _fresh(self) -> Project:
         """The project as it is on disk now (a failover rewrites docker-compose.yml)."""
@@ -86,7 +100,9 @@ class Healer:
             if decision.action == "cpu":
                 return False, [first]
             ok, more = self._to_cpu_after(exc, now)
-            return ok, [first, *more]
+            if self.record is None:
+                return ok, [first, *more]
+            return False, [first, *more]
         except ComposegenError as exc:
             return False, [self._failed(decision, now, exc, said)]
         except Exception as exc:  # an engine error nothing mapped: a failed heal, not a crash
@@ -123,7 +139,11 @@ class Healer:
     def _to_cpu_after(self, exc: ComposegenError, now: float) -> tuple[bool, list[Event]]:
         """The engine cannot honour GPU requests any more: the stack goes to CPU."""
         why = f"the engine refuses GPU requests ({eng.first_line(exc)})"
-        return self.apply(Decision("cpu", why), now)
+        cpu = Decision("cpu", why)
+        ok, events = self.apply(cpu, now)
+        if self.record is not None and not is_busy(events):
+            self.record(cpu, ok, now)
+        return ok, events
 
     def _run(self, decision: Decision, io: failover.Io) -> str:
         project = self._fresh()
@@ -148,16 +168,28 @@ class Healer:
             old = _container_of(client, project.name, service)
             if old is None:
                 raise ComposegenError(f"recreate {service}: it has no container to replace")
+            # created as `up` creates it: Compose v2's hash too, so neither tool recreates it
+            v2_hashes = compose_v2.service_hashes(owner)
             with io.progress([service, "gateway"], f"watch --heal: recreate {service}") as rep:
                 engine_up.ensure_image(client, svc, "missing")
                 publishes = any(p.host_port is not None for p in svc.ports)
                 if old.status == "running" and not publishes:
                     try:
                         new = switch.replace_behind_gateway(
-                            client, owner, svc, old, rep, self.wait_timeout_s, project.directory
+                            client,
+                            owner,
+                            svc,
+                            old,
+                            rep,
+                            self.wait_timeout_s,
+                            project.directory,
+                            v2_hashes=v2_hashes,
+                            cancel=self.cancel,
                         )
                         how = "make before break"
                     except engine_up.UpFailed as exc:
+                        if self.cancel.is_set():
+                            raise  # stopping: the old one serves on, never stop it now
                         if switch.can_overlap(svc, old):
                             raise  # on GPUs of its own: a real failure, the old one serves on
                         # on the same GPU the old process may hold the memory the new one needs
@@ -166,22 +198,40 @@ class Healer:
                             f"one ({eng.first_line(exc)}); replacing it with the old one "
                             "stopped first"
                         )
-                        new = self._stop_first(client, owner, svc, old, rep)
+                        new = self._stop_first(client, owner, svc, old, rep, v2_hashes)
                         how = "the old one stopped first: the new one needed its GPU"
                 else:
-                    new = self._stop_first(client, owner, svc, old, rep)
+                    new = self._stop_first(client, owner, svc, old, rep, v2_hashes)
                     how = "the old one stopped first"
         return f"new container {new.id[:12]} ready, {old.id[:12]} removed ({how})"
 
     def _stop_first(
-        self, client: Any, owner: Project, svc: Service, old: Any, rep: engine_up.Report
+        self,
+        client: Any,
+        owner: Project,
+        svc: Service,
+        old: Any,
+        rep: engine_up.Report,
+        v2_hashes: Mapping[str, str],
     ) -> Any:
         """The old container stops, then the new one starts (a published port, or a GPU the
-        two cannot share): engine/up.replace_container, then wait until it is ready."""
+        two cannot share): engine/up.replace_container, then wait until it is ready, then the
+        gateway reloads: nginx resolves upstream names when it loads, and the new container has
+        a new address (as engine/up.reload_gateway after `up` recreates a backend). The old
+        container is gone either way, so a new one that does not become ready still gets the
+        route (best effort), and the wait's failure is raised."""
         with eng.mapped_errors(f"service {svc.name}"):
-            new = engine_up.replace_container(client, owner, svc, old.id)
+            new = engine_up.replace_container(client, owner, svc, old.id, v2_hashes)
         deadline = time.monotonic() + self.wait_timeout_s
-        engine_up.wait_ready(svc, new, deadline, threading.Event(), rep)
+        try:
+            engine_up.wait_ready(
+                svc, new, deadline, self.cancel, rep, cancelled="watch is stopping"
+            )
+        except BaseException:
+            with suppress(Exception):
+                _reload_gateway(client, owner.name, svc, rep)
+            raise
+        _reload_gateway(client, owner.name, svc, rep)
         return new
 
     def _service(self, project: Project, name: str) -> tuple[Service, Project]:
@@ -196,6 +246,24 @@ class Healer:
                 if s.name == name:
                     return s, cpu
         raise ComposegenError(f"recreate {name}: no such service in {project.file}")
+
+
+def _reload_gateway(client: Any, project: str, svc: Service, rep: engine_up.Report) -> None:
+    """`nginx -s reload` in the stack's running gateway (none, or the gateway itself
+    recreated: nothing to do)."""
+    if svc.labels.get("io.composegen.service") == "gateway":
+        return
+    with eng.mapped_errors(f"project {project}"):
+        gw = switch._gateway(client, project)
+    if gw is None:
+        return
+    code = eng.exec_with_timeout(gw, ["nginx", "-s", "reload"], 10)
+    if code != 0:
+        raise ComposegenError(
+            f"gateway: nginx -s reload failed (exit {code}); it may still send {svc.name}'s "
+            "requests to the old container's address"
+        )
+    rep("gateway", "reloaded", f"{svc.name} -> its new container")
 
 
 def _container_of(client: Any, project: str, service: str) -> Any:

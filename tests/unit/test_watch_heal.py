@@ -363,3 +363,100 @@ def test_recreate_of_a_cpu_variant_pins_the_gpu_name_it_answers_to(
     assert "server whisper-cpu:" not in confs[0][1]
     assert f"server {old.name}-new-" in confs[0][1]
     assert confs[-1][1] == cpu_conf
+
+
+def test_recreate_with_the_old_one_stopped_first_reloads_the_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nginx resolves upstream names when it loads: the new container (a new address) gets
+    the route only after a reload that follows its start."""
+    fake = FakeDocker("gpu-memory-held")
+    monkeypatch.setattr(engine_up, "probe_gateway", lambda project, deadline: None)
+    out = rendered(tmp_path)
+    main = project_of(out)
+    engine_up.up(fake, main)
+    confs = reload_confs(fake, out)
+    mark = len(fake.journal)
+    said: list[str] = []
+    ok, events = healer(fake, main, said).apply(Decision("recreate", "x", service="whisper"), NOW)
+    assert ok, events
+    assert "stopped first" in events[0].message
+    journal = fake.journal[mark:]
+    second_start = [n for n, e in enumerate(journal) if e == ("start", "whisper")][1] + mark
+    assert confs and confs[-1][0] > second_start
+
+
+@pytest.mark.parametrize("engine", ["", "gpu-memory-held"])
+def test_recreate_waits_on_the_watchers_stop_event(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM sets the watcher's stop event: every wait of a recreate (make before break, and
+    the old one stopped first) ends on it, never on an event nothing sets."""
+    import threading
+
+    fake = FakeDocker(engine) if engine else FakeDocker()
+    monkeypatch.setattr(engine_up, "probe_gateway", lambda project, deadline: None)
+    main = project_of(rendered(tmp_path))
+    engine_up.up(fake, main)
+    stop = threading.Event()
+    seen: list[bool] = []
+    real = engine_up.wait_ready
+
+    def spy(svc: Any, container: Any, deadline: float, cancel: Any, *a: Any, **kw: Any) -> None:
+        seen.append(cancel is stop)
+        real(svc, container, deadline, cancel, *a, **kw)
+
+    monkeypatch.setattr(engine_up, "wait_ready", spy)
+    heal = Healer(
+        main, failover.Io(lambda line: None, connect=lambda: fake), inventory=None, cancel=stop
+    )
+    ok, events = heal.apply(Decision("recreate", "x", service="whisper"), NOW)
+    assert ok, events
+    assert seen and all(seen)
+
+
+def test_recreate_cancelled_beside_the_old_one_leaves_the_old_one_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping while the new container starts beside the old one (on the same GPU): the new
+    one is removed, and the old one is not stopped to try again the other way."""
+    import threading
+
+    fake = FakeDocker("gpu-memory-held")
+    monkeypatch.setattr(engine_up, "probe_gateway", lambda project, deadline: None)
+    main = project_of(rendered(tmp_path))
+    engine_up.up(fake, main)
+    old = fake.services(main.name)["whisper"]
+    stop = threading.Event()
+    stop.set()
+    mark = len(fake.journal)
+    heal = Healer(
+        main, failover.Io(lambda line: None, connect=lambda: fake), inventory=None, cancel=stop
+    )
+    ok, events = heal.apply(Decision("recreate", "x", service="whisper"), NOW)
+    assert not ok and "watch is stopping" not in events[0].message
+    assert "stopped waiting (stopping)" in events[0].message
+    assert ("stop", "whisper") not in fake.journal[mark:]
+    assert fake.services(main.name)["whisper"].id == old.id and old.status == "running"
+
+
+def test_move_to_cpu_after_a_refused_gpu_request_is_recorded_as_a_cpu_move(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CPU rate limit and breaker count the automatic move to CPU; the decision whose GPU
+    request the engine refused is a failed heal, not a done one."""
+    refused = eng.GpuUnsupportedError("service whisper: this Docker engine cannot honour GPUs")
+    monkeypatch.setattr(failover, "gpus_failed", calls.fn("gpus_failed", refused))
+    main = project_of(rendered(tmp_path))
+    fake = FakeDocker()
+    recorded: list[tuple[str, bool]] = []
+    heal = Healer(
+        main,
+        failover.Io(lambda line: None, connect=lambda: fake),
+        inventory=None,
+        record=lambda d, ok, now: recorded.append((d.action, ok)),
+    )
+    ok, events = heal.apply(Decision("gpu-failed", "Xid 79", gpus=(0,)), NOW)
+    assert not ok
+    assert recorded == [("cpu", True)]
+    assert [(e.level, e.value) for e in events] == [("critical", "gpu-failed"), ("info", "cpu")]
