@@ -1,0 +1,15 @@
+"""`composegen watch`'s option checks (watch/command.py): bad input before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from composegen.errors import BadInputError
+from composegen.watch.command import check_options
+from composegen.watch.loop import WatchOptions
+
+
+def test_restore_after_zero_is_refused_as_parse_duration_does() -> None:
+    with pytest.raises(BadInputError, match="--restore-after: must be more than 0"):
+        check_options(WatchOptions(restore_after_s=0))
+    check_options(WatchOptions(restore_after_s=0.5))
