@@ -34,6 +34,10 @@ def check_options(options: WatchOptions) -> None:
             f"--inventory {options.inventory}: no such file",
             "pass a file from `composegen detect --save` (or any file `detect --from` reads)",
         )
+    if options.notify is not None:
+        from composegen.watch.events import check_url
+
+        check_url(options.notify)
     if options.metrics is not None:
         from composegen.watch.metrics import parse_addr
 

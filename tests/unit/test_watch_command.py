@@ -13,3 +13,12 @@ def test_restore_after_zero_is_refused_as_parse_duration_does() -> None:
     with pytest.raises(BadInputError, match="--restore-after: must be more than 0"):
         check_options(WatchOptions(restore_after_s=0))
     check_options(WatchOptions(restore_after_s=0.5))
+
+
+@pytest.mark.parametrize("url", ["ftp://hooks.example/x", "https://", "not a url"])
+def test_a_bad_notify_url_is_refused_before_anything_starts(url: str) -> None:
+    """Checked up front, so `watch --install --notify ftp://...` never enables a unit that exits
+    2 on every start."""
+    with pytest.raises(BadInputError, match="--notify"):
+        check_options(WatchOptions(notify=url))
+    check_options(WatchOptions(notify="https://hooks.example/T0/B0/secret"))
