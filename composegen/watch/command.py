@@ -27,8 +27,9 @@ def check_options(options: WatchOptions) -> None:
     """Bad input is said before anything starts (exit 2)."""
     if options.interval_s <= 0:
         raise BadInputError("--interval: must be more than 0", "e.g. --interval 5s")
-    if options.restore_after_s is not None and options.restore_after_s < 0:
-        raise BadInputError("--restore-after: must not be negative", "e.g. --restore-after 5m")
+    if options.restore_after_s is not None and options.restore_after_s <= 0:
+        # what parse_duration says of `--restore-after 0`: a hold-down of 0 is no hold-down
+        raise BadInputError("--restore-after: must be more than 0", "e.g. --restore-after 5m")
     if options.inventory is not None and not Path(options.inventory).is_file():
         raise BadInputError(
             f"--inventory {options.inventory}: no such file",
