@@ -4,6 +4,9 @@ The unit runs the absolute composegen path with the stack directory, the project
 options it was installed with. Every value is quoted for systemd's command-line syntax (double
 quotes with C escapes, `%%` for a literal %, `$$` for a literal $) and a value holding a control
 character is refused: a newline would end the line and start a directive of its own.
+
+--notify's URL (a secret for a Slack webhook) is not written into the unit (0644): it goes into
+an EnvironmentFile= of mode 0600 and ExecStart passes `--notify ${COMPOSEGEN_WATCH_NOTIFY}`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ _PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+NOTIFY_ENV = "COMPOSEGEN_WATCH_NOTIFY"
+ENV_DIR = "etc/composegen"
 
 
 def unit_name(project: str) -> str:
@@ -56,6 +62,28 @@ def quote_arg(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def env_file(project: str) -> str:
+    """Where the unit's EnvironmentFile= (--notify's URL) lives on the machine."""
+    return f"/{ENV_DIR}/{unit_name(project).removesuffix('.service')}.env"
+
+
+def env_text(url: str) -> str:
+    """`COMPOSEGEN_WATCH_NOTIFY="URL"` as systemd's EnvironmentFile= reads it back to URL."""
+    _refuse_control(url, "--notify URL")
+    escaped = "".join("\\" + c if c in '"\\`$' else c for c in url)
+    return f'{NOTIFY_ENV}="{escaped}"\n'
+
+
+def _split_notify(argv: Sequence[str]) -> tuple[list[str], str | None]:
+    """ARGV without --notify's value (None where no --notify), and that value."""
+    words, url = list(argv), None
+    for i, w in enumerate(words):
+        if w == "--notify" and i + 1 < len(words):
+            url = words.pop(i + 1)
+            break
+    return words, url
+
+
 def composegen_path() -> str:
     """The absolute path of the composegen command running now (what ExecStart must name)."""
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
@@ -78,8 +106,20 @@ def unit_text(directory: Path, project: str, argv: Sequence[str], *, exe: str | 
     program = exe or composegen_path()
     if not os.path.isabs(program):
         raise BadInputError(f"ExecStart needs an absolute path, not {program!r}")
-    words = [program, "watch", "-C", str(stack), "-p", project, *argv]
-    exec_start = " ".join(quote_arg(w) for w in words)
+    rest, url = _split_notify(argv)
+    words = [program, "watch", "-C", str(stack), "-p", project, *rest]
+    quoted = [quote_arg(w) for w in words]
+    environment = ""
+    if url is not None:
+        _refuse_control(url, "--notify URL")
+        # ${VAR} as a word of its own: exactly one argument, the variable's value
+        at = words.index("--notify", 6) + 1
+        quoted.insert(at, "${" + NOTIFY_ENV + "}")
+        environment = (
+            f"# --notify's URL is in {env_file(project)} (mode 0600), not in this file\n"
+            f"EnvironmentFile={env_file(project)}\n"
+        )
+    exec_start = " ".join(quoted)
     workdir = _specifiers(str(stack))
     if workdir != workdir.strip():
         raise BadInputError(f"stack directory {str(stack)!r} starts or ends with a space")
@@ -94,6 +134,7 @@ def unit_text(directory: Path, project: str, argv: Sequence[str], *, exe: str | 
         "[Service]\n"
         "Type=simple\n"
         f"WorkingDirectory={workdir}\n"
+        f"{environment}"
         f"ExecStart={exec_start}\n"
         "Restart=on-failure\n"
         "RestartSec=10s\n"
@@ -120,8 +161,9 @@ def install(
     run: Runner | None = None,
     exe: str | None = None,
 ) -> str:
-    """With print_only: the unit text. Otherwise write it under ROOT/etc/systemd/system,
-    `systemctl daemon-reload` and `systemctl enable --now` it; returns what was done."""
+    """With print_only: the unit text. Otherwise write --notify's URL into a 0600
+    ROOT/etc/composegen/*.env, the unit under ROOT/etc/systemd/system, `systemctl
+    daemon-reload` and `systemctl enable --now` it; returns what was done."""
     text = unit_text(directory, project, argv, exe=exe)
     if print_only:
         return text
@@ -144,6 +186,11 @@ def install(
         )
     from composegen.files import write_atomic
 
+    _, url = _split_notify(argv)
+    if url is not None:
+        env = root / env_file(project).lstrip("/")
+        env.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        write_atomic(env, env_text(url), 0o600)
     write_atomic(target, text, 0o644)
     for cmd in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", name]):
         done = runner(cmd)

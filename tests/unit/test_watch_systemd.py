@@ -104,9 +104,9 @@ HOSTILE = [
 
 @pytest.mark.parametrize("arg", HOSTILE)
 def test_every_argument_reads_back_exactly(tmp_path: Path, arg: str) -> None:
-    text = unit_text(tmp_path, "s", ["--notify", arg], exe=EXE)
+    text = unit_text(tmp_path, "s", ["--set", arg], exe=EXE)
     words = systemd_words(exec_start(text))
-    assert words == [EXE, "watch", "-C", str(tmp_path.resolve()), "-p", "s", "--notify", arg]
+    assert words == [EXE, "watch", "-C", str(tmp_path.resolve()), "-p", "s", "--set", arg]
 
 
 def test_a_directory_with_odd_characters(tmp_path: Path) -> None:
@@ -267,3 +267,32 @@ def test_quote_arg() -> None:
     assert quote_arg("a b") == '"a b"'
     assert quote_arg("50%") == '"50%%"'
     assert quote_arg("$X") == '"$$X"'
+
+
+# --- the --notify URL stays out of the unit ---------------------------------------------------
+
+SECRET = 'https://hooks.slack.example/services/T0/B0/s3cr$t"`\\x'
+
+
+def test_the_notify_url_goes_through_a_0600_environment_file(tmp_path: Path) -> None:
+    root = booted_root(tmp_path)
+    argv = ["--interval", "5s", "--notify", SECRET, "--heal"]
+    install(tmp_path, "rag-a100", argv, False, root=root, run=Systemctl(), exe=EXE)
+    unit = (root / "etc/systemd/system/composegen-watch-rag-a100.service").read_text("utf-8")
+    assert SECRET not in unit and "s3cr" not in unit
+    line = exec_start(unit)
+    assert line.split()[-3:] == ["--notify", "${COMPOSEGEN_WATCH_NOTIFY}", "--heal"]
+    assert "EnvironmentFile=/etc/composegen/composegen-watch-rag-a100.env" in unit.splitlines()
+    env = root / "etc/composegen/composegen-watch-rag-a100.env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    # read back as systemd's EnvironmentFile= does: in "...", a backslash escapes " \ ` $
+    text = env.read_text("utf-8")
+    key, _, value = text.rstrip("\n").partition("=")
+    assert key == "COMPOSEGEN_WATCH_NOTIFY" and value[0] == value[-1] == '"'
+    out, i, body = [], 0, value[1:-1]
+    while i < len(body):
+        if body[i] == "\\" and body[i + 1] in '"\\`$':
+            i += 1
+        out.append(body[i])
+        i += 1
+    assert "".join(out) == SECRET
