@@ -30,6 +30,8 @@ Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 NOTIFY_ENV = "COMPOSEGEN_WATCH_NOTIFY"
 ENV_DIR = "etc/composegen"
+# a SIGTERM in the middle of a heal cancels its wait and backs out; give that time before SIGKILL
+TIMEOUT_STOP = "5min"
 
 
 def unit_name(project: str) -> str:
@@ -136,6 +138,7 @@ def unit_text(directory: Path, project: str, argv: Sequence[str], *, exe: str | 
         f"WorkingDirectory={workdir}\n"
         f"{environment}"
         f"ExecStart={exec_start}\n"
+        f"TimeoutStopSec={TIMEOUT_STOP}\n"
         "Restart=on-failure\n"
         "RestartSec=10s\n"
         "# exit 2 is bad input (an option, a profile): restarting will not fix it\n"

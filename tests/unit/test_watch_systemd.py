@@ -296,3 +296,8 @@ def test_the_notify_url_goes_through_a_0600_environment_file(tmp_path: Path) -> 
         out.append(body[i])
         i += 1
     assert "".join(out) == SECRET
+
+
+def test_the_unit_gives_a_heal_time_to_back_out_on_stop(tmp_path: Path) -> None:
+    text = unit_text(tmp_path, "s", [], exe=EXE)
+    assert "TimeoutStopSec=5min" in text.splitlines()
