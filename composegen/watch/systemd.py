@@ -27,6 +27,8 @@ _PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+# the engine's cgroup driver (None: unknown, e.g. the engine is down)
+CgroupDriver = Callable[[], "str | None"]
 
 NOTIFY_ENV = "COMPOSEGEN_WATCH_NOTIFY"
 ENV_DIR = "etc/composegen"
@@ -154,6 +156,38 @@ def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, timeout=120, check=False)
 
 
+def _engine_cgroup_driver() -> str | None:
+    from composegen.engine import docker as eng
+
+    try:
+        _, info = eng.engine_facts(eng.connect())
+    except ComposegenError:
+        return None
+    driver = info.get("CgroupDriver")
+    return str(driver) if driver else None
+
+
+def _unlinked(dev_root: Path) -> set[str]:
+    from composegen.doctor.engine import char_links, nvidia_nodes
+
+    return nvidia_nodes(dev_root) - char_links(dev_root)
+
+
+def check_reload(cgroup_driver: str | None, dev_root: Path) -> None:
+    """doctor's cgroup check before `systemctl daemon-reload`: on the systemd cgroup driver
+    without the /dev/char symlinks a reload takes the GPUs away from every running GPU
+    container (nvidia-container-toolkit#48), so --install refuses."""
+    from composegen.doctor.engine import cgroup_check
+
+    check = cgroup_check(cgroup_driver, dev_root, 1)
+    if check.status != "ok" and _unlinked(dev_root):
+        raise ComposegenError(
+            f"not running `systemctl daemon-reload` for --install: {check.detail}",
+            f"{check.fix}, then install again (or install the unit yourself from "
+            "`composegen watch --install --print` when no GPU container runs)",
+        )
+
+
 def install(
     directory: Path,
     project: str,
@@ -163,8 +197,10 @@ def install(
     root: Path = Path("/"),
     run: Runner | None = None,
     exe: str | None = None,
+    cgroup_driver: CgroupDriver | None = None,
 ) -> str:
-    """With print_only: the unit text. Otherwise write --notify's URL into a 0600
+    """With print_only: the unit text. Otherwise (after doctor's cgroup check: a daemon-reload
+    must not take the GPUs from running containers) write --notify's URL into a 0600
     ROOT/etc/composegen/*.env, the unit under ROOT/etc/systemd/system, `systemctl
     daemon-reload` and `systemctl enable --now` it; returns what was done."""
     text = unit_text(directory, project, argv, exe=exe)
@@ -187,6 +223,9 @@ def install(
         raise ComposegenError(
             f"{target}: permission denied", "run it as root: sudo composegen watch ... --install"
         )
+    dev = root / "dev"
+    if _unlinked(dev):  # only then is the engine asked for its cgroup driver
+        check_reload((cgroup_driver or _engine_cgroup_driver)(), dev)
     from composegen.files import write_atomic
 
     _, url = _split_notify(argv)

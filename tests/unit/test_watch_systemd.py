@@ -301,3 +301,37 @@ def test_the_notify_url_goes_through_a_0600_environment_file(tmp_path: Path) -> 
 def test_the_unit_gives_a_heal_time_to_back_out_on_stop(tmp_path: Path) -> None:
     text = unit_text(tmp_path, "s", [], exe=EXE)
     assert "TimeoutStopSec=5min" in text.splitlines()
+
+
+# --- doctor's cgroup check before daemon-reload ---------------------------------------------------
+
+
+def gpu_dev(root: Path, linked: bool) -> None:
+    (root / "dev/char").mkdir(parents=True)
+    (root / "dev/nvidia0").touch()
+    (root / "dev/nvidiactl").touch()
+    if linked:
+        os.symlink("../nvidia0", root / "dev/char/195:0")
+        os.symlink("../nvidiactl", root / "dev/char/195:255")
+
+
+def test_install_refuses_a_daemon_reload_that_takes_the_gpus(tmp_path: Path) -> None:
+    root = booted_root(tmp_path)
+    gpu_dev(root, linked=False)
+    run = Systemctl()
+    with pytest.raises(ComposegenError, match="daemon-reload") as err:
+        install(
+            tmp_path, "s", [], False, root=root, run=run, exe=EXE, cgroup_driver=lambda: "systemd"
+        )
+    assert "create-dev-char-symlinks" in err.value.one_line()
+    assert run.calls == []
+    assert list((root / "etc/systemd/system").iterdir()) == []
+
+
+@pytest.mark.parametrize(("driver", "linked"), [("systemd", True), ("cgroupfs", False)])
+def test_install_reloads_where_the_gpus_are_safe(tmp_path: Path, driver: str, linked: bool) -> None:
+    root = booted_root(tmp_path)
+    gpu_dev(root, linked=linked)
+    run = Systemctl()
+    install(tmp_path, "s", [], False, root=root, run=run, exe=EXE, cgroup_driver=lambda: driver)
+    assert run.calls[0] == ["systemctl", "daemon-reload"]
