@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,21 @@ def check_options(options: WatchOptions) -> None:
         from composegen.watch.events import check_url
 
         check_url(options.notify)
+    elif notify_url(options) is not None:
+        from composegen.watch.events import check_url
+        from composegen.watch.systemd import NOTIFY_ENV
+
+        check_url(str(notify_url(options)), f"${NOTIFY_ENV}")
+
+
+def notify_url(options: WatchOptions) -> str | None:
+    """--notify, else $COMPOSEGEN_WATCH_NOTIFY (what the systemd unit passes it by: from a 0600
+    EnvironmentFile=, so the URL, a secret for Slack, is neither in the unit nor in `ps`)."""
+    import os
+
+    from composegen.watch.systemd import NOTIFY_ENV
+
+    return options.notify or os.environ.get(NOTIFY_ENV) or None
     if options.metrics is not None:
         from composegen.watch.metrics import parse_addr
 
@@ -70,6 +86,7 @@ def run_watch(directory: Path, project: str | None, options: WatchOptions, io: f
     event, else 0); otherwise until SIGTERM or SIGINT, then everything closed (exit 0)."""
     import signal
 
+    options = replace(options, notify=notify_url(options))
     watcher = Watcher(directory, project, options, io)
     if options.once:
         try:

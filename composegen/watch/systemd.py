@@ -5,8 +5,9 @@ options it was installed with. Every value is quoted for systemd's command-line 
 quotes with C escapes, `%%` for a literal %, `$$` for a literal $) and a value holding a control
 character is refused: a newline would end the line and start a directive of its own.
 
---notify's URL (a secret for a Slack webhook) is not written into the unit (0644): it goes into
-an EnvironmentFile= of mode 0600 and ExecStart passes `--notify ${COMPOSEGEN_WATCH_NOTIFY}`.
+--notify's URL (a secret for a Slack webhook) is neither written into the unit (0644) nor on
+the command line (`ps`): it goes into an EnvironmentFile= of mode 0600, and watch takes it
+from $COMPOSEGEN_WATCH_NOTIFY when no --notify is given.
 """
 
 from __future__ import annotations
@@ -116,9 +117,8 @@ def unit_text(directory: Path, project: str, argv: Sequence[str], *, exe: str | 
     environment = ""
     if url is not None:
         _refuse_control(url, "--notify URL")
-        # ${VAR} as a word of its own: exactly one argument, the variable's value
-        at = words.index("--notify", 6) + 1
-        quoted.insert(at, "${" + NOTIFY_ENV + "}")
+        # not `--notify ${VAR}`: systemd would put the URL on the command line, seen by `ps`
+        del quoted[words.index("--notify", 6)]
         environment = (
             f"# --notify's URL is in {env_file(project)} (mode 0600), not in this file\n"
             f"EnvironmentFile={env_file(project)}\n"

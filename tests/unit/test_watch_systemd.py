@@ -281,7 +281,8 @@ def test_the_notify_url_goes_through_a_0600_environment_file(tmp_path: Path) -> 
     unit = (root / "etc/systemd/system/composegen-watch-rag-a100.service").read_text("utf-8")
     assert SECRET not in unit and "s3cr" not in unit
     line = exec_start(unit)
-    assert line.split()[-3:] == ["--notify", "${COMPOSEGEN_WATCH_NOTIFY}", "--heal"]
+    assert "--notify" not in line and "$" not in line  # nor in `ps`: watch reads the env
+    assert line.split()[-3:] == ["--interval", "5s", "--heal"]
     assert "EnvironmentFile=/etc/composegen/composegen-watch-rag-a100.env" in unit.splitlines()
     env = root / "etc/composegen/composegen-watch-rag-a100.env"
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
