@@ -12,7 +12,7 @@ import contextlib
 import heapq
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,22 +119,29 @@ def logs(
         out(head + (f"{stamp} {text}" if opts.timestamps else text))
 
     if not opts.follow:
-        per_box = [
-            [(stamp_key(split_stamp(line)[0]), i, line) for line in _read_all(client, box, opts)]
-            for i, box in enumerate(boxes)
-        ]
+        # lazy: each container's log is read as the merge needs its next line, never whole
+        # into memory (a log can be gigabytes); every stream is closed however the loop ends
+        per_box = [_keyed(client, box, i, opts) for i, box in enumerate(boxes)]
         count = 0
-        for _, i, line in heapq.merge(*per_box):
-            show(boxes[i], line)
-            count += 1
+        with contextlib.ExitStack() as streams:
+            for lines in per_box:
+                streams.callback(lines.close)
+            for _, i, line in heapq.merge(*per_box):
+                show(boxes[i], line)
+                count += 1
         return count
     return _follow(client, boxes, opts, show)
 
 
-def _read_all(client: Any, box: Box, opts: LogOptions) -> list[str]:
+def _keyed(
+    client: Any, box: Box, i: int, opts: LogOptions
+) -> Generator[tuple[str, int, str], None, None]:
+    """(time key, box index, line) of each line of the box's log, read as they are asked for;
+    the stream is opened at the first and closed at the end or at close()."""
     stream = eng.logs_stream(client, box.id, follow=False, tail=opts.tail)
     try:
-        return list(lines_of(stream))
+        for line in lines_of(stream):
+            yield stamp_key(split_stamp(line)[0]), i, line
     finally:
         eng.close_stream(stream)
 

@@ -438,8 +438,15 @@ def remove_quietly(container: Any) -> None:
         container.remove(force=True)
 
 
-def exec_output(container: Any, cmd: list[str], timeout_s: float) -> tuple[int | None, str]:
-    """Run a command in the container: (exit code or None when it took too long, its output)."""
+def exec_output(
+    container: Any,
+    cmd: list[str],
+    timeout_s: float,
+    on_done: Callable[[], object] | None = None,
+) -> tuple[int | None, str]:
+    """Run a command in the container: (exit code or None when it took too long, its output).
+    A command that took too long keeps its thread until the exec returns; `on_done` is called
+    then (whether or not this call still waited), so a caller can tell it is over."""
     out: list[tuple[int, str]] = []
 
     def run() -> None:
@@ -449,6 +456,9 @@ def exec_output(container: Any, cmd: list[str], timeout_s: float) -> tuple[int |
             out.append((int(res.exit_code if res.exit_code is not None else 1), text))
         except Exception as exc:  # the container went away
             out.append((1, str(exc)))
+        finally:
+            if on_done is not None:
+                on_done()
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,33 @@ def check_options(options: WatchOptions) -> None:
     """Bad input is said before anything starts (exit 2)."""
     if options.interval_s <= 0:
         raise BadInputError("--interval: must be more than 0", "e.g. --interval 5s")
-    if options.restore_after_s is not None and options.restore_after_s < 0:
-        raise BadInputError("--restore-after: must not be negative", "e.g. --restore-after 5m")
+    if options.restore_after_s is not None and options.restore_after_s <= 0:
+        # what parse_duration says of `--restore-after 0`: a hold-down of 0 is no hold-down
+        raise BadInputError("--restore-after: must be more than 0", "e.g. --restore-after 5m")
     if options.inventory is not None and not Path(options.inventory).is_file():
         raise BadInputError(
             f"--inventory {options.inventory}: no such file",
             "pass a file from `composegen detect --save` (or any file `detect --from` reads)",
         )
+    if options.notify is not None:
+        from composegen.watch.events import check_url
+
+        check_url(options.notify)
+    elif notify_url(options) is not None:
+        from composegen.watch.events import check_url
+        from composegen.watch.systemd import NOTIFY_ENV
+
+        check_url(str(notify_url(options)), f"${NOTIFY_ENV}")
+
+
+def notify_url(options: WatchOptions) -> str | None:
+    """--notify, else $COMPOSEGEN_WATCH_NOTIFY (what the systemd unit passes it by: from a 0600
+    EnvironmentFile=, so the URL, a secret for Slack, is neither in the unit nor in `ps`)."""
+    import os
+
+    from composegen.watch.systemd import NOTIFY_ENV
+
+    return options.notify or os.environ.get(NOTIFY_ENV) or None
     if options.metrics is not None:
         from composegen.watch.metrics import parse_addr
 
@@ -65,6 +86,7 @@ def run_watch(directory: Path, project: str | None, options: WatchOptions, io: f
     event, else 0); otherwise until SIGTERM or SIGINT, then everything closed (exit 0)."""
     import signal
 
+    options = replace(options, notify=notify_url(options))
     watcher = Watcher(directory, project, options, io)
     if options.once:
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -351,6 +351,48 @@ def test_logs_without_prefix(
     code, out, err = call(["logs", "-C", str(tmp_path), "-p", "proj", "--no-log-prefix"], capsys)
     assert code == 0, err
     assert out.splitlines() == ["a1", "b1", "a2"]
+
+
+class EndlessLog:
+    """A log stream far longer than anyone reads whole: counts what was pulled from it."""
+
+    def __init__(self, name: str, total: int = 100_000) -> None:
+        self.name, self.total, self.pulled, self.closed = name, total, 0, False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for n in range(self.total):
+            self.pulled += 1
+            yield f"2025-11-29T08:00:{n // 1000:02d}.{n % 1000:03d}Z {self.name}{n}\n".encode()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_logs_stream_lazily_instead_of_reading_every_log_first(
+    engine: FakeDocker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without -f the logs are merged line by line as they are read: the first line is out
+    after a few chunks of each stream, not after every log is in memory; all streams closed."""
+    streams: list[EndlessLog] = []
+
+    def logs_stream(client: object, cid: str, follow: bool, tail: int | None) -> EndlessLog:
+        streams.append(EndlessLog(f"s{len(streams)}-"))
+        return streams[-1]
+
+    monkeypatch.setattr(eng, "logs_stream", logs_stream)
+    pulled_at_first: list[int] = []
+
+    def out(line: str) -> None:
+        if not pulled_at_first:
+            pulled_at_first.append(sum(s.pulled for s in streams))
+        if line.endswith("s0-10"):
+            raise KeyboardInterrupt  # the reader stops early (Ctrl-C, a closed pipe)
+
+    with pytest.raises(KeyboardInterrupt):
+        attach.logs(engine, "proj", [], attach.LogOptions(), out)
+    assert len(streams) == 2
+    assert pulled_at_first[0] <= 4
+    assert all(s.closed and s.pulled < 100 for s in streams)
 
 
 def test_project_name_order_of_a_compose_file(

@@ -557,8 +557,37 @@ def test_gpu_access_every_nth_read_and_timeout() -> None:
         # reads 2 and 3 check nothing: they say nothing (a repeat is not a second check)
         assert probe.read(1.0) == [] and probe.read(2.0) == []
         assert len(engine.execs) == 1
-        probe.read(3.0)
+        # the hung exec has not returned: no second exec (and thread) beside it
+        (second,) = probe.read(3.0)
+        assert isinstance(second, GpuAccessSignal) and second.ok is None
+        assert "still running" in second.detail
+        assert len(engine.execs) == 1
+        release.set()
+        for _ in range(200):  # the hung exec returns: the container is checked again
+            if not probe._in_flight:
+                break
+            time.sleep(0.01)
+        probe.read(4.0), probe.read(5.0)
+        (third,) = probe.read(6.0)
         assert len(engine.execs) == 2
+        assert isinstance(third, GpuAccessSignal) and third.ok is True
+    finally:
+        release.set()
+
+
+def test_gpu_access_does_not_pile_up_threads_of_a_hung_nvidia_smi() -> None:
+    engine = FakeDocker()
+    c = service(engine, "ollama-0")
+    gpu_request(c, UUID0)
+    release = threading.Event()
+    engine.exec_reply = lambda _c, _cmd: (release.wait(5.0), (0, _smi_reply(UUID0)))[1]
+    probe = GpuAccessProbe(engine, P, timeout_s=0.02)
+    before = threading.active_count()
+    try:
+        for t in range(10):
+            probe.read(float(t))
+        assert len(engine.execs) == 1
+        assert threading.active_count() <= before + 1
     finally:
         release.set()
 

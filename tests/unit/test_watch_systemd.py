@@ -104,9 +104,9 @@ HOSTILE = [
 
 @pytest.mark.parametrize("arg", HOSTILE)
 def test_every_argument_reads_back_exactly(tmp_path: Path, arg: str) -> None:
-    text = unit_text(tmp_path, "s", ["--notify", arg], exe=EXE)
+    text = unit_text(tmp_path, "s", ["--set", arg], exe=EXE)
     words = systemd_words(exec_start(text))
-    assert words == [EXE, "watch", "-C", str(tmp_path.resolve()), "-p", "s", "--notify", arg]
+    assert words == [EXE, "watch", "-C", str(tmp_path.resolve()), "-p", "s", "--set", arg]
 
 
 def test_a_directory_with_odd_characters(tmp_path: Path) -> None:
@@ -267,3 +267,72 @@ def test_quote_arg() -> None:
     assert quote_arg("a b") == '"a b"'
     assert quote_arg("50%") == '"50%%"'
     assert quote_arg("$X") == '"$$X"'
+
+
+# --- the --notify URL stays out of the unit ---------------------------------------------------
+
+SECRET = 'https://hooks.slack.example/services/T0/B0/s3cr$t"`\\x'
+
+
+def test_the_notify_url_goes_through_a_0600_environment_file(tmp_path: Path) -> None:
+    root = booted_root(tmp_path)
+    argv = ["--interval", "5s", "--notify", SECRET, "--heal"]
+    install(tmp_path, "rag-a100", argv, False, root=root, run=Systemctl(), exe=EXE)
+    unit = (root / "etc/systemd/system/composegen-watch-rag-a100.service").read_text("utf-8")
+    assert SECRET not in unit and "s3cr" not in unit
+    line = exec_start(unit)
+    assert "--notify" not in line and "$" not in line  # nor in `ps`: watch reads the env
+    assert line.split()[-3:] == ["--interval", "5s", "--heal"]
+    assert "EnvironmentFile=/etc/composegen/composegen-watch-rag-a100.env" in unit.splitlines()
+    env = root / "etc/composegen/composegen-watch-rag-a100.env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    # read back as systemd's EnvironmentFile= does: in "...", a backslash escapes " \ ` $
+    text = env.read_text("utf-8")
+    key, _, value = text.rstrip("\n").partition("=")
+    assert key == "COMPOSEGEN_WATCH_NOTIFY" and value[0] == value[-1] == '"'
+    out, i, body = [], 0, value[1:-1]
+    while i < len(body):
+        if body[i] == "\\" and body[i + 1] in '"\\`$':
+            i += 1
+        out.append(body[i])
+        i += 1
+    assert "".join(out) == SECRET
+
+
+def test_the_unit_gives_a_heal_time_to_back_out_on_stop(tmp_path: Path) -> None:
+    text = unit_text(tmp_path, "s", [], exe=EXE)
+    assert "TimeoutStopSec=5min" in text.splitlines()
+
+
+# --- doctor's cgroup check before daemon-reload ---------------------------------------------------
+
+
+def gpu_dev(root: Path, linked: bool) -> None:
+    (root / "dev/char").mkdir(parents=True)
+    (root / "dev/nvidia0").touch()
+    (root / "dev/nvidiactl").touch()
+    if linked:
+        os.symlink("../nvidia0", root / "dev/char/195:0")
+        os.symlink("../nvidiactl", root / "dev/char/195:255")
+
+
+def test_install_refuses_a_daemon_reload_that_takes_the_gpus(tmp_path: Path) -> None:
+    root = booted_root(tmp_path)
+    gpu_dev(root, linked=False)
+    run = Systemctl()
+    with pytest.raises(ComposegenError, match="daemon-reload") as err:
+        install(
+            tmp_path, "s", [], False, root=root, run=run, exe=EXE, cgroup_driver=lambda: "systemd"
+        )
+    assert "create-dev-char-symlinks" in err.value.one_line()
+    assert run.calls == []
+    assert list((root / "etc/systemd/system").iterdir()) == []
+
+
+@pytest.mark.parametrize(("driver", "linked"), [("systemd", True), ("cgroupfs", False)])
+def test_install_reloads_where_the_gpus_are_safe(tmp_path: Path, driver: str, linked: bool) -> None:
+    root = booted_root(tmp_path)
+    gpu_dev(root, linked=linked)
+    run = Systemctl()
+    install(tmp_path, "s", [], False, root=root, run=run, exe=EXE, cgroup_driver=lambda: driver)
+    assert run.calls[0] == ["systemctl", "daemon-reload"]

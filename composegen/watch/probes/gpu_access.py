@@ -2,11 +2,13 @@
 
 A container that lost its GPU (after `systemctl daemon-reload`: nvidia-container-toolkit#48)
 answers "Failed to initialize NVML: Unknown Error": ok False with that first line. An image
-without nvidia-smi, or an exec that times out: ok None. Cost: one list call, an inspect per new
-container (cached by id), and one exec per GPU container, all in parallel (run_parallel) with a
-timeout; `every` runs the execs only every Nth read. The reads between return nothing (not the
-last results again): the rules count consecutive failed checks, and a repeated result is not
-a second check.
+without nvidia-smi, or an exec that times out: ok None. A hung nvidia-smi never returns and
+its exec holds a thread: until it does, that container is not checked again (ok None, "still
+running"), so the threads of hung checks do not pile up, one more each read. Cost: one list
+call, an inspect per new container (cached by id), and one exec per GPU container, all in
+parallel (run_parallel) with a timeout; `every` runs the execs only every Nth read. The reads
+between return nothing (not the last results again): the rules count consecutive failed
+checks, and a repeated result is not a second check.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class GpuAccessProbe:
         self.every = max(1, int(every))
         self.timeout_s = timeout_s
         self.reads = 0
+        self._in_flight: set[str] = set()  # ids of the containers whose exec has not returned
+        self._flight_lock = threading.Lock()
         self.running = RunningContainers(
             client, project, lambda c: bool(eng.device_requests(c.attrs or {}))
         )
@@ -74,8 +78,23 @@ class GpuAccessProbe:
 
         def check(target: tuple[str, Any]) -> None:
             service, c = target
-            code, out = eng.exec_output(c, SMI, self.timeout_s)
-            sig = access_signal(service, c, code, out)
+            cid = str(c.id)
+            with self._flight_lock:
+                busy = cid in self._in_flight
+                self._in_flight.add(cid)
+            if busy:
+                sig = GpuAccessSignal(
+                    service, cid, None, "nvidia-smi -L of an earlier check is still running"
+                )
+            else:
+                try:
+                    code, out = eng.exec_output(
+                        c, SMI, self.timeout_s, on_done=lambda: self._landed(cid)
+                    )
+                except BaseException:
+                    self._landed(cid)  # no exec started (no thread): nothing is in flight
+                    raise
+                sig = access_signal(service, c, code, out)
             with lock:
                 results[sig.container_id] = sig
 
@@ -83,6 +102,10 @@ class GpuAccessProbe:
         out: list[Signal] = [results[c.id] for _, c in targets if c.id in results]
         out += [ProbeError(self.name, f"{name}: {eng.first_line(exc)}") for name, exc in failures]
         return out
+
+    def _landed(self, cid: str) -> None:
+        with self._flight_lock:
+            self._in_flight.discard(cid)
 
     def close(self) -> None:
         self.running.cache.clear()
