@@ -331,6 +331,9 @@ class Watcher:
         a steady cadence (the rest of the interval is slept, not a fixed pause after the
         work), then everything closed."""
         interval = max(0.05, self.options.interval_s)
+        if isinstance(getattr(self.parts.healer, "cancel", None), threading.Event):
+            # a heal under way backs out (or finishes its swap) when the watcher must stop
+            setattr(self.parts.healer, "cancel", stop)  # noqa: B010
         try:
             nxt = time.monotonic()
             while not stop.is_set():

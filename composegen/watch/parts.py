@@ -156,7 +156,7 @@ def default_parts(directory: Path, project: str, options: WatchOptions, io: fail
         from composegen.watch.heal import Healer
 
         main = load_project(directory / "docker-compose.yml", project)
-        healer = Healer(main, io, inventory=options.inventory)
+        healer = Healer(main, io, inventory=options.inventory, record=rules.record)
     stats = StatsSink()
     sinks: list[Sink] = [stats]
     if options.metrics:

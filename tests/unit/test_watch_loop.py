@@ -648,3 +648,28 @@ def test_the_engine_going_away_mid_run_with_the_real_probes_and_rules(
     assert snap2.gpus == snap1.gpus  # the file still reads
     assert not any(e.probe == "containers" for e in snap3.errors)
     assert any(e.rule == "probe" and "answers again" in e.message for e in ev3)
+
+
+def test_run_hands_its_stop_event_to_the_healer(tmp_path: Path) -> None:
+    # a heal waiting for its new container must see the SIGTERM that stops the watcher
+    out = rendered(tmp_path)
+    healer = RecordingHealer()
+    healer.cancel = threading.Event()  # type: ignore[attr-defined]
+    w, _ = watcher(out, [ScriptedProbe("gpus", [[GPU0]])], ScriptedRules([]), healer, once=True)
+    stop = threading.Event()
+    w.run(stop)
+    assert healer.cancel is stop  # type: ignore[attr-defined]
+
+
+def test_the_cli_healer_records_its_own_cpu_moves_with_the_rules(tmp_path: Path) -> None:
+    from composegen.watch.parts import default_parts
+
+    out = rendered(tmp_path)
+    options = WatchOptions(interval_s=1.0, heal=True)
+    parts = default_parts(out, PROJECT, options, failover.Io([].append))
+    try:
+        assert parts.healer is not None
+        assert parts.healer.record == parts.rules.record  # type: ignore[attr-defined]
+    finally:
+        for sink in parts.sinks:
+            sink.close()
