@@ -495,6 +495,25 @@ def _volumes(prof: Profile, plan: Plan) -> dict[str, Any]:
     return {n: {"labels": {"io.composegen.profile": prof.name}} for n in sorted(names)}
 
 
+def gateway_healthcheck(port: int) -> dict[str, Any]:
+    """The gateway's own healthcheck (nginx's /healthz), the same on Compose and on Swarm."""
+    return {
+        "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{port}/healthz"],
+        "interval": "10s",
+        "timeout": "3s",
+        "retries": 3,
+        "start_period": "5s",
+    }
+
+
+def gateway_labels(profile: str) -> dict[str, str]:
+    return {
+        "io.composegen.profile": profile,
+        "io.composegen.service": "gateway",
+        "io.composegen.mode": "gateway",
+    }
+
+
 def compose_data(
     prof: Profile,
     plan: Plan,
@@ -520,18 +539,8 @@ def compose_data(
                 for i in plan.instances
                 if i.name in in_file
             },
-            "healthcheck": {
-                "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{gw.port}/healthz"],
-                "interval": "10s",
-                "timeout": "3s",
-                "retries": 3,
-                "start_period": "5s",
-            },
-            "labels": {
-                "io.composegen.profile": prof.name,
-                "io.composegen.service": "gateway",
-                "io.composegen.mode": "gateway",
-            },
+            "healthcheck": gateway_healthcheck(gw.port),
+            "labels": gateway_labels(prof.name),
             "networks": ["edge", "backend"],
             "restart": "unless-stopped",
             "security_opt": ["no-new-privileges:true"],

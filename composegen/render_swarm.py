@@ -250,19 +250,8 @@ def stack_data(
         "ports": [{"target": gw.port, "published": gw.port, "protocol": "tcp", "mode": "host"}],
         "configs": [{"source": "gateway-nginx", "target": f"{compose.NGINX_DIR}/nginx.conf"}],
         "environment": {"NVIDIA_VISIBLE_DEVICES": "void"},
-        "healthcheck": {
-            "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{gw.port}/healthz"],
-            "interval": "10s",
-            "timeout": "3s",
-            "retries": 3,
-            "start_period": "5s",
-        },
-        "labels": {
-            "io.composegen.profile": prof.name,
-            "io.composegen.service": "gateway",
-            "io.composegen.mode": "gateway",
-            "io.composegen.node": gw_node.name,
-        },
+        "healthcheck": compose.gateway_healthcheck(gw.port),
+        "labels": {**compose.gateway_labels(prof.name), "io.composegen.node": gw_node.name},
         "networks": ["edge", "backend"],
         "stop_grace_period": "10s",
         "deploy": {

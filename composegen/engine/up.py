@@ -318,9 +318,6 @@ def create_service(
     )
 
 
-_create = create_service  # the earlier name
-
-
 def replace_container(
     client: Any,
     project: Project,

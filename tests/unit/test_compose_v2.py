@@ -45,8 +45,8 @@ def test_converge_keeps_composegen_containers_by_their_own_label(tmp_path: Path)
 def test_created_containers_carry_both_hashes_and_the_image_id(tmp_path: Path) -> None:
     p = stack(tmp_path)
     client = FakeDocker(images={"img:1"})
-    engine_up._create(client, p, p.service("llm"), {"llm": V2_HASH})
-    engine_up._create(client, p, p.service("gateway"), {})
+    engine_up.create_service(client, p, p.service("llm"), {"llm": V2_HASH})
+    engine_up.create_service(client, p, p.service("gateway"), {})
     llm, gateway = (c["labels"] for c in client.api.created)
     assert llm[eng.LABEL_HASH] == V2_HASH
     assert llm[compose_v2.LABEL_OWN_HASH] == p.service("llm").config_hash()
