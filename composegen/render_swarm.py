@@ -14,7 +14,9 @@ service blocks (render.py) turned into Swarm's form:
   form (deploy.restart_policy, a tmpfs /dev/shm) or is left out;
 - overlay networks (backend internal), named volumes (local: one per node a task runs on);
 - the gateway (on the first node) reaches every replica by its Swarm service name: one Swarm
-  service per replica, so nginx's `server NAME:PORT` lines are the compose target's.
+  service per replica, so nginx's `server NAME:PORT` lines are the compose target's. With
+  nginx 1.27.3+ (`resolve`) every service answers by its task's address (`endpoint_mode:
+  dnsrr`); an older gateway image resolves once, so the names are virtual IPs (`vip`).
 
 The node files (`swarm/`) come from composegen.swarm_nodes.
 """
@@ -160,7 +162,7 @@ def _restart_policy() -> dict[str, Any]:
 
 
 def _swarm_block(
-    prof: Profile, plan: Plan, inst: Instance, node: SwarmNode, reserve: int
+    prof: Profile, plan: Plan, inst: Instance, node: SwarmNode, reserve: int, endpoints: str
 ) -> dict[str, Any]:
     block = compose._service_block(prof, plan, inst, False, frozenset())
     for key in ("restart", "depends_on", "security_opt"):  # Swarm ignores them
@@ -189,6 +191,7 @@ def _swarm_block(
     swarm: dict[str, Any] = {
         "mode": "replicated",
         "replicas": 1,
+        "endpoint_mode": endpoints,
         "placement": {"constraints": placement(node)},
     }
     if resources:
@@ -209,10 +212,22 @@ def _config_name(prof: Profile, what: str, text: str) -> str:
     return f"{prof.name}-{what}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
 
 
+def takes_resolve(prof: Profile, opts: SwarmOptions) -> bool:
+    if opts.resolve is not None:
+        return opts.resolve
+    return nginx_takes_resolve(prof.images[prof.gateway.image])
+
+
+def endpoint_mode(resolve: bool) -> str:
+    """How Swarm answers a service name. With `resolve` nginx looks names up again at run time,
+    so `dnsrr` (the task's own address) serves, and no IPVS virtual IP sits between the gateway
+    and a replica (long streaming responses, nodes without IPVS). Without it nginx resolves
+    once at start, and only a `vip` name resolves while a service has no running task."""
+    return "dnsrr" if resolve else "vip"
+
+
 def gateway_conf(prof: Profile, plan: Plan, opts: SwarmOptions) -> str:
-    resolve = opts.resolve
-    if resolve is None:
-        resolve = nginx_takes_resolve(prof.images[prof.gateway.image])
+    resolve = takes_resolve(prof, opts)
     return str(
         compose._env()
         .get_template("nginx.conf.j2")
@@ -235,6 +250,7 @@ def stack_data(
     nodes: Sequence[SwarmNode],
     conf: str,
     auth: str | None = None,
+    endpoints: str = "vip",
 ) -> dict[str, Any]:
     by_name = _nodes_by_name(plan, nodes)
     gw = prof.gateway
@@ -257,6 +273,7 @@ def stack_data(
         "deploy": {
             "mode": "replicated",
             "replicas": 1,
+            "endpoint_mode": endpoints,
             "placement": {"constraints": placement(gw_node)},
             "restart_policy": _restart_policy(),
             "update_config": {"order": "stop-first", "failure_action": "rollback"},
@@ -274,7 +291,7 @@ def stack_data(
     for inst in plan.instances:
         node = by_name[str(inst.node)]
         data["services"][inst.name] = _swarm_block(
-            prof, plan, inst, node, reserve.get(inst.name, 0)
+            prof, plan, inst, node, reserve.get(inst.name, 0), endpoints
         )
     data["networks"] = {
         "backend": {"driver": "overlay", "internal": True},
@@ -337,7 +354,7 @@ def render_swarm(
     )
     conf = gateway_conf(prof, plan, opts)
     auth = compose.auth_conf(prof.gateway.api_key) if prof.gateway.api_key else None
-    data = stack_data(prof, plan, nodes, conf, auth)
+    data = stack_data(prof, plan, nodes, conf, auth, endpoint_mode(takes_resolve(prof, opts)))
     stack_md = (
         compose._env()
         .get_template("STACK.swarm.md.j2")

@@ -235,6 +235,19 @@ def test_gateway_without_resolve_for_an_older_nginx(pair: list[Node]) -> None:
     assert all("resolve" not in d.args for d in upstream.find("server"))
     forced = files_of(render_swarm(prof, plan, pair, SwarmOptions(resolve=True)))
     assert " resolve " in forced["nginx/nginx.conf"]
+    # nginx resolves once: every name must be a service's virtual IP, which lives as long as
+    # the service, not the address of a task that may not run yet
+    services = stack_of(render_swarm(prof, plan, pair))["services"]
+    assert {b["deploy"]["endpoint_mode"] for b in services.values()} == {"vip"}
+    assert "virtual IP" in conf
+
+
+def test_with_resolve_every_service_answers_by_its_tasks_address(pair: list[Node]) -> None:
+    prof = profiles.load("ollama-replicas")
+    assert prof.images[prof.gateway.image] == "nginx:1.28.0"
+    services = stack_of(render_swarm(prof, fleet_plan(prof, pair), pair))["services"]
+    assert {"gateway", "ollama-0", "ollama-1"} <= set(services)
+    assert {b["deploy"]["endpoint_mode"] for b in services.values()} == {"dnsrr"}
 
 
 def test_backend_overlay_is_internal(replicas: Any) -> None:
