@@ -1119,7 +1119,11 @@ def fallback(
             "choose exactly one of --cpu, --gpu-failed, --auto, --restore",
             "see `composegen fallback --help`",
         )
-    project = _load_project(directory, file, project_name)
+    from composegen.engine import swarm_failover
+
+    # a swarm stack (DIR holds docker-stack.yml, no docker-compose.yml) falls back by updates
+    swarm = None if file else swarm_failover.stack_at(directory, project_name)
+    project = swarm or _load_project(directory, file, project_name)
 
     def say(text: str) -> None:
         if as_json:

@@ -34,6 +34,7 @@ class Node:
     labels: Mapping[str, str]  # or placement by node labels (node.labels.KEY == VALUE)
     inventory: Inventory  # from the node's file (anything `detect --from` reads)
     inventory_path: str = ""  # that file, as resolved against the fleet file
+    engine: str | None = None
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,14 @@ class SwarmNode(Protocol):
 class SwarmOptions:
     # nginx `resolve` on the upstream servers; None: when the gateway image's tag says 1.27.3+
     resolve: bool | None = None
+    # A fallback's re-render (engine/swarm_failover.py): GPU services updated `start-first`
+    # (make before break, where the node's GPU count allows it), the gateway's routes kept as
+    # this plan has them (same names and ports: the gateway is not restarted), and instances
+    # the re-plan dropped kept in the stack at 0 replicas (their names keep resolving to
+    # nothing instead of the stack deploy leaving them running)
+    start_first: frozenset[str] = frozenset()
+    gateway_plan: Plan | None = None
+    stopped: tuple[Instance, ...] = ()
 
 
 def _where(node: SwarmNode) -> str:
@@ -162,7 +170,13 @@ def _restart_policy() -> dict[str, Any]:
 
 
 def _swarm_block(
-    prof: Profile, plan: Plan, inst: Instance, node: SwarmNode, reserve: int, endpoints: str
+    prof: Profile,
+    plan: Plan,
+    inst: Instance,
+    node: SwarmNode,
+    reserve: int,
+    endpoints: str,
+    start_first: bool = False,
 ) -> dict[str, Any]:
     block = compose._service_block(prof, plan, inst, False, frozenset())
     for key in ("restart", "depends_on", "security_opt"):  # Swarm ignores them
@@ -197,9 +211,10 @@ def _swarm_block(
     if resources:
         swarm["resources"] = resources
     swarm["restart_policy"] = _restart_policy()
-    # a GPU service cannot start its new task before the old one frees the GPU
+    # a GPU service cannot start its new task before the old one frees the GPU, unless a
+    # fallback moves it to another GPU with room for both reservations (start_first)
     swarm["update_config"] = {
-        "order": "stop-first" if inst.device == "gpu" else "start-first",
+        "order": "stop-first" if inst.device == "gpu" and not start_first else "start-first",
         "failure_action": "rollback",
     }
     swarm["labels"] = {k: v for k, v in block["labels"].items() if k.startswith("io.composegen.")}
@@ -251,6 +266,7 @@ def stack_data(
     conf: str,
     auth: str | None = None,
     endpoints: str = "vip",
+    opts: SwarmOptions = SwarmOptions(),
 ) -> dict[str, Any]:
     by_name = _nodes_by_name(plan, nodes)
     gw = prof.gateway
@@ -291,8 +307,14 @@ def stack_data(
     for inst in plan.instances:
         node = by_name[str(inst.node)]
         data["services"][inst.name] = _swarm_block(
-            prof, plan, inst, node, reserve.get(inst.name, 0), endpoints
-        )
+            prof, plan, inst, node, reserve.get(inst.name, 0), endpoints,
+            inst.name in opts.start_first,
+        )  # fmt: skip
+    for inst in opts.stopped:
+        if inst.name not in data["services"] and inst.node in by_name:
+            block = _swarm_block(prof, plan, inst, by_name[inst.node], 0, endpoints)
+            block["deploy"]["replicas"] = 0
+            data["services"][inst.name] = block
     data["networks"] = {
         "backend": {"driver": "overlay", "internal": True},
         "edge": {"driver": "overlay"},
@@ -352,9 +374,10 @@ def render_swarm(
         f"({compose.one_line(plan.inventory_source)}) for Docker Swarm: "
         f"docker stack deploy -c {STACK_FILE} {prof.name}\n"
     )
-    conf = gateway_conf(prof, plan, opts)
+    conf = gateway_conf(prof, opts.gateway_plan or plan, opts)
     auth = compose.auth_conf(prof.gateway.api_key) if prof.gateway.api_key else None
-    data = stack_data(prof, plan, nodes, conf, auth, endpoint_mode(takes_resolve(prof, opts)))
+    endpoints = endpoint_mode(takes_resolve(prof, opts))
+    data = stack_data(prof, plan, nodes, conf, auth, endpoints, opts)
     stack_md = (
         compose._env()
         .get_template("STACK.swarm.md.j2")

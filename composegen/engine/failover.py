@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from composegen import app
 from composegen import failover_policy as policy
@@ -31,6 +31,9 @@ from composegen.errors import BadInputError, ComposegenError
 from composegen.files import OutFile, WriteResult, write_atomic, write_tree
 from composegen.inventory import Inventory
 from composegen.plan import Plan
+
+if TYPE_CHECKING:
+    from composegen.engine.swarm_failover import SwarmStack
 
 Say = Callable[[str], None]
 ProgressFactory = Callable[[list[str], str], AbstractContextManager[engine_up.Report]]
@@ -165,8 +168,19 @@ def _mode(project: Project) -> str:
     return str(read_mode(project.directory, project.name).get("mode", "gpu"))
 
 
-def to_cpu(project: Project, io: Io, *, dry_run: bool = False) -> Outcome:
-    """Move the running stack to its CPU variant, make before break (see engine/switch.py)."""
+# A swarm stack (a SwarmStack: the CLI makes one where engine.swarm.is_swarm_dir says DIR is
+# one) is handed to engine/swarm_failover.py by each entry point.
+
+
+def to_cpu(
+    project: Project | SwarmStack, io: Io, *, dry_run: bool = False, force: bool = False
+) -> Outcome:
+    """Move the running stack to its CPU variant, make before break (see engine/switch.py).
+    `force`: a swarm stack's re-rendered files overwrite hand edits (one host writes none)."""
+    from composegen.engine import swarm_failover as sw
+
+    if isinstance(project, sw.SwarmStack):
+        return sw.to_cpu(project, io, dry_run=dry_run, force=force)
     cpu = switch.cpu_project(project.directory, project.name)
     if _mode(project) == "cpu-fallback":
         io.say(f"{project.name} is already in cpu-fallback mode")
@@ -236,10 +250,19 @@ def _stops_failed(project: Project, on_cpu: int, exc: eng.ParallelError) -> Comp
 
 
 def gpus_failed(
-    project: Project, ids_text: str, io: Io, *, dry_run: bool = False, force: bool = False
+    project: Project | SwarmStack,
+    ids_text: str,
+    io: Io,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
 ) -> Outcome:
     """Re-plan without these GPUs; write only the files that change; reload the gateway first,
     then converge (only the affected containers change)."""
+    from composegen.engine import swarm_failover as sw
+
+    if isinstance(project, sw.SwarmStack):
+        return sw.gpus_failed(project, ids_text, io, dry_run=dry_run, force=force)
     if _mode(project) == "cpu-fallback":
         raise BadInputError(
             f"{project.name} runs on CPU (fallback --cpu)",
@@ -314,7 +337,7 @@ def auto(
 
 
 def restore(
-    project: Project,
+    project: Project | SwarmStack,
     io: Io,
     *,
     inventory: str | None = None,
@@ -324,6 +347,10 @@ def restore(
     """Back to the GPU plan once its GPUs are healthy: from the CPU variant make before break
     (switch.restore_from_cpu), from a GPU failover by re-rendering what changed and
     converging with GPU pinning verified."""
+    from composegen.engine import swarm_failover as sw
+
+    if isinstance(project, sw.SwarmStack):
+        return sw.restore(project, io, inventory=inventory, dry_run=dry_run, force=force)
     directory = project.directory
     inputs = app.load_inputs(directory)
     live = live_inventory(directory, inventory, inputs.inventory, io.say, default=True)
@@ -434,10 +461,12 @@ def _restore_from_cpu(
     switch.restore_from_cpu(client, main, report, gpu_conf)
 
 
-def run(project: Project, request: Request, io: Io) -> Outcome:
+def run(project: Project | SwarmStack, request: Request, io: Io) -> Outcome:
     """One fallback request, as `composegen fallback` takes it."""
+    from composegen.engine import swarm_failover as sw
+
     if request.action == "cpu":
-        return to_cpu(project, io, dry_run=request.dry_run)
+        return to_cpu(project, io, dry_run=request.dry_run, force=request.force)
     if request.action == "gpu-failed":
         if not request.gpu_ids:
             raise BadInputError("--gpu-failed needs GPU ids", "e.g. --gpu-failed 0,3")
@@ -445,6 +474,8 @@ def run(project: Project, request: Request, io: Io) -> Outcome:
             project, request.gpu_ids, io, dry_run=request.dry_run, force=request.force
         )
     if request.action == "auto":
+        if isinstance(project, sw.SwarmStack):
+            return sw.run(project, "auto", io)
         return auto(
             project, io, inventory=request.inventory, dry_run=request.dry_run, force=request.force
         )

@@ -1,0 +1,386 @@
+"""`fallback --gpu-failed / --cpu / --restore` on a swarm stack (`render --target swarm`).
+
+A swarm stack changes by re-rendering docker-stack.yml and deploying it again: Swarm updates
+only the services whose spec changed, each by its own `deploy.update_config`. So a fallback is
+a re-plan (composegen.app.rebuild over the fleet recorded in render.json), the files it changes
+written (hand edits refused unless --force, as on one host), then engine.swarm's stack_deploy
+and wait_converged. Names and ports stay, so the gateway's configuration stays and nginx
+(`resolve`) follows each service to its new task.
+
+Make before break: a changed service is updated `start-first` (the new task, on its new GPU or
+on CPU, runs and is healthy before Swarm stops the old one) wherever the node has room for the
+new GPU reservation while every old task still holds its own: during a start-first update
+Swarm counts the old task's generic resources as taken until it stops. Where there is no room
+(e.g. a tensor-parallel group that keeps one of its GPUs), that service is updated stop-first,
+and the output says so. The node's room is counted over its healthy GPUs only: a failed GPU
+may still be advertised, but the operator may have taken it out of node-generic-resources.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from composegen import app
+from composegen import failover_policy as policy
+from composegen.engine.failover import Io, Outcome, changed_files, write_changed
+from composegen.engine.state import project_lock, read_mode, write_mode
+from composegen.errors import BadInputError, ComposegenError
+from composegen.files import OutFile
+from composegen.fleet import Fleet
+from composegen.plan import Instance, Plan
+from composegen.render_swarm import STACK_FILE, gpu_reservations
+
+WAIT_S = 600.0  # a start-first update waits for the new task's health check
+
+
+@dataclass(frozen=True)
+class SwarmStack:
+    directory: Path
+    name: str  # the stack (project) name: -p NAME, else the profile's name, as render prints
+
+
+def is_swarm_dir(directory: Path) -> bool:
+    """DIR holds docker-stack.yml and no docker-compose.yml (a1's engine.swarm has the same)."""
+    return (directory / STACK_FILE).is_file() and not (directory / "docker-compose.yml").exists()
+
+
+def stack_at(directory: str | None, project_name: str | None) -> SwarmStack | None:
+    """The swarm stack in DIR, or None when DIR is a one-host Compose project."""
+    d = Path(directory or ".")
+    if not is_swarm_dir(d):
+        return None
+    name = project_name or os.environ.get("COMPOSE_PROJECT_NAME") or _profile_of(d)
+    return SwarmStack(d.resolve(), name)
+
+
+def _profile_of(directory: Path) -> str:
+    try:
+        data = yaml.safe_load((directory / STACK_FILE).read_text(encoding="utf-8"))
+        name = data["services"]["gateway"]["labels"]["io.composegen.profile"]
+        if isinstance(name, str) and name:
+            return name
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        pass
+    raise BadInputError(
+        f"{directory / STACK_FILE}: no io.composegen.profile label on its gateway service",
+        "pass the stack's name: -p NAME (as given to `docker stack deploy`)",
+    )
+
+
+def _engine() -> Any:
+    """engine.swarm (stack_deploy, wait_converged): imported when a fallback applies."""
+    return importlib.import_module("composegen.engine.swarm")
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+def stack_services(files: Iterable[OutFile]) -> dict[str, Any]:
+    """The services of the docker-stack.yml among rendered files."""
+    text = next(f.text for f in files if f.path == STACK_FILE)
+    services: dict[str, Any] = yaml.safe_load(text)["services"]
+    return services
+
+
+def _spec(block: Any) -> Any:
+    """A service as Swarm compares it, less its update order (not part of the task)."""
+    deploy = {k: v for k, v in (block.get("deploy") or {}).items() if k != "update_config"}
+    return {**block, "deploy": deploy}
+
+
+def changed_services(before: list[OutFile], after: list[OutFile]) -> list[str]:
+    """The services whose spec the re-render changes, in the new stack file's order."""
+    old, new = stack_services(before), stack_services(after)
+    out = [n for n, b in new.items() if n not in old or _spec(old[n]) != _spec(b)]
+    return out + [n for n in old if n not in new]
+
+
+def healthy_per_node(fleet: Fleet, failed: Iterable[int]) -> dict[str, int]:
+    """Each node's GPUs that are not failed (fleet indices: node order, then GPU index)."""
+    gone = set(failed)
+    out: dict[str, int] = {}
+    for k, (node, _) in enumerate(fleet.layout().gpu_nodes):
+        out[node] = out.get(node, 0) + (k not in gone)
+    for n in fleet.nodes:
+        out.setdefault(n.name, 0)
+    return out
+
+
+def update_orders(
+    before: Plan, after: Plan, changed: Iterable[str], room: Mapping[str, int]
+) -> dict[str, str]:
+    """start-first or stop-first for each changed service (stopped: no task any more).
+
+    While Swarm updates, every old task holds its GPU reservation until it stops; a new task
+    starts beside it only if its node has that many more GPUs free. Swarm updates the services
+    of one deploy in parallel, so each start-first service's new reservation is counted
+    against what is left after all the others'."""
+    held = dict(room)
+    old = gpu_reservations(before)
+    for inst in before.instances:
+        held[str(inst.node)] = held.get(str(inst.node), 0) - old.get(inst.name, 0)
+    need = gpu_reservations(after)
+    new = {i.name: i for i in after.instances}
+    out: dict[str, str] = {}
+    for name in changed:
+        if name == "gateway":  # its routes stay as first planned: only a new key changes it
+            out[name] = "stop-first"
+            continue
+        now = new.get(name)
+        if now is None:
+            out[name] = "stopped"
+            continue
+        want = need.get(name, 0)
+        node = str(now.node)
+        if want <= held.get(node, 0):
+            out[name] = "start-first"
+            held[node] = held.get(node, 0) - want
+        else:
+            out[name] = "stop-first"
+    return out
+
+
+def _where(plan: Plan, inst: Instance | None) -> str:
+    if inst is None:
+        return "stopped"
+    if inst.device != "gpu":
+        return f"CPU on {inst.node}"
+    by_index = {g.index: g for g in plan.gpus}
+    local = [by_index[i].node_index for i in inst.gpus if i in by_index]
+    gpus = ",".join(str(i) for i in local if i is not None)
+    return f"{inst.node} GPU {gpus} ({','.join(inst.device_ids)})"
+
+
+def describe(
+    prof: Any, before: Plan, after: Plan, orders: Mapping[str, str], project: str
+) -> list[str]:
+    """One line per changed service; a move to another node says what its volumes lose."""
+    old = {i.name: i for i in before.instances}
+    new = {i.name: i for i in after.instances}
+    lines = []
+    for name, order in orders.items():
+        if name == "gateway":
+            lines.append("gateway: its configuration changes: restarted (stop-first)")
+            continue
+        was, now = old.get(name), new.get(name)
+        line = f"{name}: {_where(before, was)} -> {_where(after, now)}"
+        lines.append(line + ("" if order == "stopped" else f" ({order})"))
+        if was is not None and now is not None and was.node != now.node:
+            from composegen.render import _instance_volumes
+
+            vols = [v.split(":", 1)[0] for v in _instance_volumes(prof.service(now.service), now)]
+            if vols:
+                lines.append(
+                    f"  {name} moves from node {was.node} to node {now.node}: its named "
+                    f"volumes ({', '.join(f'{project}_{v}' for v in vols)}) are local to each "
+                    f"node, so it gets {now.node}'s copies (empty unless filled there); the "
+                    f"data on {was.node} stays there"
+                )
+    return lines
+
+
+def fleet_ids(text: str, fleet: Fleet) -> str:
+    """`NODE:INDEX` items (a GPU by its node and its own index there) as fleet indices."""
+    layout = fleet.layout().gpu_nodes
+    out = []
+    for raw in text.split(","):
+        item = raw.strip()
+        node, sep, idx = item.rpartition(":")
+        if sep and idx.isdigit() and not item.startswith("GPU-"):
+            if (node, int(idx)) not in layout:
+                raise BadInputError(
+                    f"--gpu-failed: no GPU {idx} on node {node!r} in the stack's fleet",
+                    f"nodes: {', '.join(n.name for n in fleet.nodes)}; or give GPU UUIDs",
+                )
+            item = str(layout.index((node, int(idx))))
+        out.append(item)
+    return ",".join(out)
+
+
+# --- the actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Step:
+    before: app.Rendered
+    after: app.Rendered
+    inputs: app.RenderInputs  # what render.json records once the step is done
+    orders: dict[str, str]
+    mode: str  # the mode the step starts from
+
+
+def _step(
+    mode: str,
+    before: app.Rendered,
+    inputs: app.RenderInputs,
+    failed: Iterable[int],
+    cpu: bool = False,
+) -> _Step:
+    """The re-render `inputs` ask for, its changed services and their update order."""
+    assert inputs.fleet is not None
+    trial = app.rebuild(inputs, cpu_form=cpu)
+    changed = changed_services(before.files, trial.files)
+    room = healthy_per_node(inputs.fleet, failed)
+    orders = update_orders(before.plan, trial.plan, changed, room)
+    first = set(inputs.start_first) - set(changed)
+    first |= {n for n, o in orders.items() if o == "start-first"}
+    final = replace(inputs, start_first=tuple(sorted(first)))
+    after = trial if cpu or final == inputs else app.rebuild(final)
+    return _Step(before, after, inputs if cpu else final, orders, mode)
+
+
+def _mode(stack: SwarmStack) -> str:
+    return str(read_mode(stack.directory, stack.name).get("mode", "gpu"))
+
+
+def _load(stack: SwarmStack) -> app.RenderInputs:
+    inputs = app.load_inputs(stack.directory)
+    if inputs.fleet is None:
+        raise BadInputError(
+            f"{stack.directory / app.STATE_FILE}: not rendered for Docker Swarm, but "
+            f"{stack.directory} holds {STACK_FILE} and no docker-compose.yml",
+            "render it again with `composegen render --fleet FILE --target swarm -o DIR`",
+        )
+    return inputs
+
+
+def _apply(
+    stack: SwarmStack, step: _Step, io: Io, force: bool, title: str, mode: str, why: str
+) -> None:
+    """Write what changes, record it, deploy, wait; the record comes first so that a failed
+    deploy leaves files and render.json saying the same (a rerun, or `composegen deploy`,
+    applies them)."""
+    eng = _engine()
+    client = io.connect()
+    names = list(stack_services(step.after.files))
+    with (
+        project_lock(stack.directory, stack.name, title),
+        io.progress(names, f"composegen {title} {stack.name}") as report,
+    ):
+        now = _mode(stack)
+        if now != step.mode:  # another run changed the stack while this one waited
+            raise ComposegenError(
+                f"{stack.name} changed to mode {now} while this fallback waited for its lock",
+                "check `composegen status`, then run the fallback again",
+            )
+        write_changed(stack.directory, step.before.files, step.after.files, force)
+        app.save_inputs(stack.directory, step.inputs)
+        write_mode(stack.directory, stack.name, mode, why)
+        try:
+            eng.stack_deploy(stack.directory, stack.name, io.say)
+        except ComposegenError as exc:
+            raise ComposegenError(
+                f"{stack.name}: the re-planned stack is written but not applied: {exc.message}",
+                f"fix that, then `composegen deploy -C {stack.directory}` applies it",
+            ) from None
+        eng.wait_converged(client, stack.directory, stack.name, timeout_s=WAIT_S, report=report)
+
+
+def _finish(
+    stack: SwarmStack, step: _Step, io: Io, action: str, dry_run: bool, force: bool
+) -> Outcome:
+    """Hand edits checked (exit 2 before anything changes), then the dry run's lines, or the
+    lines of what the change does."""
+    write_changed(stack.directory, step.before.files, step.after.files, force, dry_run=True)
+    prof = step.after.profile
+    lines = describe(prof, step.before.plan, step.after.plan, step.orders, stack.name)
+    if not lines:
+        lines = ["no service changes"]
+    if dry_run:
+        files = [f.path for f in changed_files(step.before.files, step.after.files)]
+        out = [f"would move {ln.strip()}" for ln in lines]
+        out.append(f"would write {', '.join(files) or 'no file'}, then deploy {stack.name}")
+        for line in out:
+            io.say(line)
+        return Outcome(action, False, tuple(out))
+    for line in lines:
+        io.say(line)
+    return Outcome(action, True, tuple(lines))
+
+
+def gpus_failed(
+    stack: SwarmStack, ids_text: str, io: Io, *, dry_run: bool = False, force: bool = False
+) -> Outcome:
+    """Re-plan without these GPUs (fleet indices, NODE:INDEX or UUIDs); only the services
+    that change are updated, start-first where their node has room."""
+    mode = _mode(stack)
+    if mode == "cpu-fallback":
+        raise BadInputError(
+            f"{stack.name} runs on CPU (fallback --cpu)",
+            "run `composegen fallback --restore` first",
+        )
+    inputs = _load(stack)
+    assert inputs.fleet is not None
+    ids = policy.parse_gpu_ids(fleet_ids(ids_text, inputs.fleet), inputs.inventory)
+    failed = {i for s in (*inputs.failed, ids) for i in s}
+    after = replace(inputs, failed=(*inputs.failed, ids))
+    step = _step(mode, app.rebuild(inputs), after, failed)
+    out = _finish(stack, step, io, "gpu-failed", dry_run, force)
+    if not dry_run:
+        why = f"GPUs {', '.join(map(str, ids))} failed"
+        _apply(stack, step, io, force, "fallback --gpu-failed", "gpu-failover", why)
+    return out
+
+
+def to_cpu(stack: SwarmStack, io: Io, *, dry_run: bool = False, force: bool = False) -> Outcome:
+    """Every GPU service to its CPU form (the profile's cpu: variant, no GPU reservation,
+    NVIDIA_VISIBLE_DEVICES=void) on its own node, start-first, names and volumes kept."""
+    mode = _mode(stack)
+    if mode == "cpu-fallback":
+        io.say(f"{stack.name} is already in cpu-fallback mode")
+        return Outcome("none", False)
+    inputs = _load(stack)
+    failed = {i for s in inputs.failed for i in s}
+    step = _step(mode, app.rebuild(inputs), inputs, failed, cpu=True)
+    out = _finish(stack, step, io, "cpu", dry_run, force)
+    if not dry_run:
+        why = "composegen fallback --cpu"
+        _apply(stack, step, io, force, "fallback --cpu", "cpu-fallback", why)
+    return out
+
+
+def restore(
+    stack: SwarmStack,
+    io: Io,
+    *,
+    inventory: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+) -> Outcome:
+    """Back to the recorded GPU plan (no GPU failed), start-first where there is room."""
+    if inventory:
+        raise BadInputError(
+            "--inventory: a swarm stack's GPUs are on its nodes, not in one inventory file",
+            "leave it out: --restore returns to the plan recorded over the fleet",
+        )
+    inputs = _load(stack)
+    mode = _mode(stack)
+    if mode == "gpu" and not inputs.failed:
+        io.say(f"{stack.name} already runs its GPU plan")
+        return Outcome("none", False)
+    io.say(
+        "GPU health is not read on a swarm stack (the GPUs are on the nodes): restoring the "
+        "recorded plan on every GPU of the fleet"
+    )
+    before = app.rebuild(inputs, cpu_form=mode == "cpu-fallback")
+    step = _step(mode, before, replace(inputs, failed=()), ())
+    out = _finish(stack, step, io, "restore", dry_run, force)
+    if not dry_run:
+        why = "composegen fallback --restore"
+        _apply(stack, step, io, force, "fallback --restore", "gpu", why)
+    return out
+
+
+def run(stack: SwarmStack, action: str, io: Io) -> Outcome:
+    """The actions a swarm stack has no form of (`--auto` reads this host's NVML)."""
+    raise BadInputError(
+        f"--{action} reads this host's GPUs; a swarm stack's GPUs are on its nodes",
+        "name the failed GPUs: --gpu-failed UUID (or NODE:INDEX)",
+    )
