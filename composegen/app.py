@@ -663,8 +663,9 @@ def rebuild(inputs: RenderInputs, *, cpu_form: bool = False) -> Rendered:
 
 
 def _rebuild_swarm(inputs: RenderInputs, prof: Profile, cpu_form: bool) -> Rendered:
-    """rebuild() for a swarm stack: the plan over the recorded fleet, then each failover step;
-    the gateway keeps the first plan's routes and what a step dropped stays at 0 replicas."""
+    """rebuild() for a swarm stack: the plan over the recorded fleet, then each failover step
+    (what a step drops leaves the stack file: `stack deploy --prune` removes it); a gateway
+    with nginx `resolve` keeps the first plan's routes (render_swarm.SwarmOptions)."""
     from composegen.fleet import plan_fleet
     from composegen.render_swarm import SwarmOptions, render_swarm
 
@@ -680,17 +681,8 @@ def _rebuild_swarm(inputs: RenderInputs, prof: Profile, cpu_form: bool) -> Rende
         plan = plan_fleet(marked, prof, again)
     if cpu_form:
         plan = swarm_cpu_plan(prof, plan)
-    kept = {i.name for i in plan.instances}
-    files = render_swarm(
-        prof,
-        plan,
-        fleet.nodes,
-        SwarmOptions(
-            start_first=frozenset(inputs.start_first),
-            gateway_plan=first,
-            stopped=tuple(i for i in first.instances if i.name not in kept),
-        ),
-    )
+    swarm = SwarmOptions(start_first=frozenset(inputs.start_first), gateway_plan=first)
+    files = render_swarm(prof, plan, fleet.nodes, swarm)
     return Rendered(prof, plan, Target(fleet.inventory(), "recorded fleet", fleet), files)
 
 

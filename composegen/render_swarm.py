@@ -71,13 +71,12 @@ class SwarmOptions:
     # nginx `resolve` on the upstream servers; None: when the gateway image's tag says 1.27.3+
     resolve: bool | None = None
     # A fallback's re-render (engine/swarm_failover.py): GPU services updated `start-first`
-    # (make before break, where the node's GPU count allows it), the gateway's routes kept as
-    # this plan has them (same names and ports: the gateway is not restarted), and instances
-    # the re-plan dropped kept in the stack at 0 replicas (their names keep resolving to
-    # nothing instead of the stack deploy leaving them running)
+    # (make before break, where the node's GPU count allows it), and with nginx `resolve` the
+    # gateway's routes kept as this plan has them: a name whose service the re-plan removed
+    # then resolves to nothing, and the gateway is not restarted. Without `resolve` nginx
+    # would fail on that name at its next start: its routes follow the plan, and it restarts.
     start_first: frozenset[str] = frozenset()
     gateway_plan: Plan | None = None
-    stopped: tuple[Instance, ...] = ()
 
 
 def _where(node: SwarmNode) -> str:
@@ -310,11 +309,6 @@ def stack_data(
             prof, plan, inst, node, reserve.get(inst.name, 0), endpoints,
             inst.name in opts.start_first,
         )  # fmt: skip
-    for inst in opts.stopped:
-        if inst.name not in data["services"] and inst.node in by_name:
-            block = _swarm_block(prof, plan, inst, by_name[inst.node], 0, endpoints)
-            block["deploy"]["replicas"] = 0
-            data["services"][inst.name] = block
     data["networks"] = {
         "backend": {"driver": "overlay", "internal": True},
         "edge": {"driver": "overlay"},
@@ -374,9 +368,10 @@ def render_swarm(
         f"({compose.one_line(plan.inventory_source)}) for Docker Swarm: "
         f"docker stack deploy -c {STACK_FILE} {prof.name}\n"
     )
-    conf = gateway_conf(prof, opts.gateway_plan or plan, opts)
+    resolve = takes_resolve(prof, opts)
+    conf = gateway_conf(prof, (opts.gateway_plan if resolve else None) or plan, opts)
     auth = compose.auth_conf(prof.gateway.api_key) if prof.gateway.api_key else None
-    endpoints = endpoint_mode(takes_resolve(prof, opts))
+    endpoints = endpoint_mode(resolve)
     data = stack_data(prof, plan, nodes, conf, auth, endpoints, opts)
     stack_md = (
         compose._env()

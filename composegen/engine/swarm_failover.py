@@ -8,12 +8,13 @@ and wait_converged. Names and ports stay, so the gateway's configuration stays a
 (`resolve`) follows each service to its new task.
 
 Make before break: a changed service is updated `start-first` (the new task, on its new GPU or
-on CPU, runs and is healthy before Swarm stops the old one) wherever the node has room for the
+on CPU, runs and is healthy before Swarm stops the old one) wherever its node has room for the
 new GPU reservation while every old task still holds its own: during a start-first update
-Swarm counts the old task's generic resources as taken until it stops. Where there is no room
-(e.g. a tensor-parallel group that keeps one of its GPUs), that service is updated stop-first,
-and the output says so. The node's room is counted over its healthy GPUs only: a failed GPU
-may still be advertised, but the operator may have taken it out of node-generic-resources.
+Swarm counts the old task's generic resources as taken until it stops. The room is what the
+node advertises (node-generic-resources: every GPU of its inventory, a failed one included:
+Swarm knows nothing of GPU health, and the pin is NVIDIA_VISIBLE_DEVICES, not the name Swarm
+assigns). Where there is no room (e.g. a tensor-parallel group moving within a full node),
+that service is updated stop-first, and the output says so.
 """
 
 from __future__ import annotations
@@ -83,9 +84,16 @@ def _engine() -> Any:
 
 
 def stack_services(files: Iterable[OutFile]) -> dict[str, Any]:
-    """The services of the docker-stack.yml among rendered files."""
+    """The services of the docker-stack.yml among rendered files, each config and secret it
+    uses named as Swarm names it (a new content is a new name: the service is updated)."""
     text = next(f.text for f in files if f.path == STACK_FILE)
-    services: dict[str, Any] = yaml.safe_load(text)["services"]
+    data = yaml.safe_load(text)
+    services: dict[str, Any] = data["services"]
+    for kind in ("configs", "secrets"):
+        named = {k: v.get("name", k) for k, v in (data.get(kind) or {}).items()}
+        for block in services.values():
+            for ref in block.get(kind) or ():
+                ref["name"] = named.get(ref.get("source"), ref.get("source"))
     return services
 
 
@@ -102,21 +110,17 @@ def changed_services(before: list[OutFile], after: list[OutFile]) -> list[str]:
     return out + [n for n in old if n not in new]
 
 
-def healthy_per_node(fleet: Fleet, failed: Iterable[int]) -> dict[str, int]:
-    """Each node's GPUs that are not failed (fleet indices: node order, then GPU index)."""
-    gone = set(failed)
-    out: dict[str, int] = {}
-    for k, (node, _) in enumerate(fleet.layout().gpu_nodes):
-        out[node] = out.get(node, 0) + (k not in gone)
-    for n in fleet.nodes:
-        out.setdefault(n.name, 0)
-    return out
+def advertised_per_node(fleet: Fleet) -> dict[str, int]:
+    """The NVIDIA-GPU count each node advertises to Swarm: every GPU of its recorded inventory,
+    as swarm/<node>/daemon.json lists them. A failed GPU stays advertised (Swarm knows nothing
+    of GPU health) and so still counts as room for a start-first update."""
+    return {n.name: len(n.inventory.gpus) for n in fleet.nodes}
 
 
 def update_orders(
     before: Plan, after: Plan, changed: Iterable[str], room: Mapping[str, int]
 ) -> dict[str, str]:
-    """start-first or stop-first for each changed service (stopped: no task any more).
+    """start-first or stop-first for each changed service (removed: not in the new stack).
 
     While Swarm updates, every old task holds its GPU reservation until it stops; a new task
     starts beside it only if its node has that many more GPUs free. Swarm updates the services
@@ -135,7 +139,7 @@ def update_orders(
             continue
         now = new.get(name)
         if now is None:
-            out[name] = "stopped"
+            out[name] = "removed"
             continue
         want = need.get(name, 0)
         node = str(now.node)
@@ -149,7 +153,7 @@ def update_orders(
 
 def _where(plan: Plan, inst: Instance | None) -> str:
     if inst is None:
-        return "stopped"
+        return "removed"
     if inst.device != "gpu":
         return f"CPU on {inst.node}"
     by_index = {g.index: g for g in plan.gpus}
@@ -171,7 +175,7 @@ def describe(
             continue
         was, now = old.get(name), new.get(name)
         line = f"{name}: {_where(before, was)} -> {_where(after, now)}"
-        lines.append(line + ("" if order == "stopped" else f" ({order})"))
+        lines.append(line + ("" if order == "removed" else f" ({order})"))
         if was is not None and now is not None and was.node != now.node:
             from composegen.render import _instance_volumes
 
@@ -216,19 +220,12 @@ class _Step:
     mode: str  # the mode the step starts from
 
 
-def _step(
-    mode: str,
-    before: app.Rendered,
-    inputs: app.RenderInputs,
-    failed: Iterable[int],
-    cpu: bool = False,
-) -> _Step:
+def _step(mode: str, before: app.Rendered, inputs: app.RenderInputs, cpu: bool = False) -> _Step:
     """The re-render `inputs` ask for, its changed services and their update order."""
     assert inputs.fleet is not None
     trial = app.rebuild(inputs, cpu_form=cpu)
     changed = changed_services(before.files, trial.files)
-    room = healthy_per_node(inputs.fleet, failed)
-    orders = update_orders(before.plan, trial.plan, changed, room)
+    orders = update_orders(before.plan, trial.plan, changed, advertised_per_node(inputs.fleet))
     first = set(inputs.start_first) - set(changed)
     first |= {n for n, o in orders.items() if o == "start-first"}
     final = replace(inputs, start_first=tuple(sorted(first)))
@@ -319,9 +316,8 @@ def gpus_failed(
     inputs = _load(stack)
     assert inputs.fleet is not None
     ids = policy.parse_gpu_ids(fleet_ids(ids_text, inputs.fleet), inputs.inventory)
-    failed = {i for s in (*inputs.failed, ids) for i in s}
     after = replace(inputs, failed=(*inputs.failed, ids))
-    step = _step(mode, app.rebuild(inputs), after, failed)
+    step = _step(mode, app.rebuild(inputs), after)
     out = _finish(stack, step, io, "gpu-failed", dry_run, force)
     if not dry_run:
         why = f"GPUs {', '.join(map(str, ids))} failed"
@@ -337,8 +333,7 @@ def to_cpu(stack: SwarmStack, io: Io, *, dry_run: bool = False, force: bool = Fa
         io.say(f"{stack.name} is already in cpu-fallback mode")
         return Outcome("none", False)
     inputs = _load(stack)
-    failed = {i for s in inputs.failed for i in s}
-    step = _step(mode, app.rebuild(inputs), inputs, failed, cpu=True)
+    step = _step(mode, app.rebuild(inputs), inputs, cpu=True)
     out = _finish(stack, step, io, "cpu", dry_run, force)
     if not dry_run:
         why = "composegen fallback --cpu"
@@ -370,7 +365,7 @@ def restore(
         "recorded plan on every GPU of the fleet"
     )
     before = app.rebuild(inputs, cpu_form=mode == "cpu-fallback")
-    step = _step(mode, before, replace(inputs, failed=()), ())
+    step = _step(mode, before, replace(inputs, failed=()))
     out = _finish(stack, step, io, "restore", dry_run, force)
     if not dry_run:
         why = "composegen fallback --restore"

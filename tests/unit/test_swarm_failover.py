@@ -1,0 +1,536 @@
+"""engine/swarm_failover.py: fallback on a swarm stack, with the engine faked at engine.swarm's
+two contract functions (stack_deploy, wait_converged), which record what they are asked. The
+re-plan, the files, render.json and the mode are the real ones; tests/e2e/test_swarm_fallback.py
+runs the same on the multi-node test bed.
+
+Figures come from the fleet fixtures: node1 is tests/fixtures/fleet/gpu-a-4x80-sxm.json (4x
+A100-SXM4-80GB), node2 gpu-b-2x64.json (2x A100-SXM-64GB); ollama-replicas with 2 fixed
+replicas places ollama-0 and ollama-1 on node1's GPUs 0 and 1 (the planner's order), leaving
+node1's GPUs 2 and 3 and node2 free."""
+
+from __future__ import annotations
+
+import json
+import types
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from composegen import app
+from composegen.engine import failover
+from composegen.engine import swarm_failover as sw
+from composegen.engine.state import read_mode, write_mode
+from composegen.errors import BadInputError, ComposegenError
+from composegen.files import HandEditedError
+from composegen.profiles import Overrides
+from tests.unit.test_cli_detect import call
+
+FLEET_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "fleet"
+A = json.loads((FLEET_DIR / "gpu-a-4x80-sxm.json").read_text())
+B = json.loads((FLEET_DIR / "gpu-b-2x64.json").read_text())
+A_UUIDS = [g["uuid"] for g in A["gpus"]]
+B_UUIDS = [g["uuid"] for g in B["gpus"]]
+REPLICAS_2 = ("services.ollama.gpu.replicas=2",)
+
+
+def fleet_file(tmp: Path, a: str = "gpu-a-4x80-sxm.json", b: str = "gpu-b-2x64.json") -> str:
+    path = tmp / "fleet.yaml"
+    path.write_text(
+        "nodes:\n"
+        f"  - {{name: node1, hostname: cgsw-node1, inventory: {FLEET_DIR / a}}}\n"
+        f"  - {{name: node2, hostname: cgsw-node2, inventory: {FLEET_DIR / b}}}\n"
+    )
+    return str(path)
+
+
+def rendered(
+    tmp: Path,
+    profile: str = "ollama-replicas",
+    sets: tuple[str, ...] = REPLICAS_2,
+    images: tuple[str, ...] = (),
+    **fleet: str,
+) -> Path:
+    """As `render --fleet F --target swarm -o DIR` writes it."""
+    out = tmp / "stack"
+    built = app.build_swarm(
+        profile, fleet_file(tmp, **fleet), overrides=Overrides(sets, (), images)
+    )
+    app.write(out, built.files, force=False, dry_run=False)
+    assert built.inputs is not None
+    app.save_inputs(out, built.inputs)
+    return out
+
+
+class Engine:
+    """engine.swarm as the contract gives it, recording each call; `fail` makes one raise."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail: dict[str, Exception] = {}
+        self.stack_at_deploy: str | None = None
+
+    def module(self) -> Any:
+        def stack_deploy(directory: Path, project: str, say: Any) -> None:
+            self.calls.append(("deploy", directory, project))
+            self.stack_at_deploy = (directory / "docker-stack.yml").read_text()
+            if "deploy" in self.fail:
+                raise self.fail["deploy"]
+
+        def wait_converged(
+            client: Any, directory: Path, project: str, *, timeout_s: float, report: Any
+        ) -> None:
+            self.calls.append(("wait", client, directory, project, timeout_s))
+            if "wait" in self.fail:
+                raise self.fail["wait"]
+
+        return types.SimpleNamespace(stack_deploy=stack_deploy, wait_converged=wait_converged)
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> Engine:
+    fake = Engine()
+    monkeypatch.setattr(sw, "_engine", fake.module)
+    return fake
+
+
+class Said(list[str]):
+    def __call__(self, text: str) -> None:
+        self.append(text)
+
+
+def io(said: Said | None = None) -> failover.Io:
+    return failover.Io(said if said is not None else Said(), connect=lambda: "the-client")
+
+
+def stack_of(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((out / "docker-stack.yml").read_text())["services"]
+    return data
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
+def stack(out: Path) -> sw.SwarmStack:
+    found = sw.stack_at(str(out), None)
+    assert found is not None
+    return found
+
+
+def without_order(block: dict[str, Any]) -> dict[str, Any]:
+    deploy = {k: v for k, v in block["deploy"].items() if k != "update_config"}
+    return {**block, "deploy": deploy}
+
+
+# --- render inputs ----------------------------------------------------------------------------
+
+
+def test_render_swarm_records_the_fleet_and_a_rebuild_gives_the_same_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "st"
+    args = ["render", "-P", "ollama-replicas", "--fleet", fleet_file(tmp_path), "-o", str(out)]
+    code, _, err = call([*args, "--set", REPLICAS_2[0]], capsys)
+    assert code == 0, err
+    data = json.loads((out / ".composegen" / "render.json").read_text())
+    assert data["target"] == "swarm"
+    nodes = data["fleet"]["nodes"]
+    assert [(n["name"], n["hostname"]) for n in nodes] == [
+        ("node1", "cgsw-node1"),
+        ("node2", "cgsw-node2"),
+    ]
+    assert [g["uuid"] for g in nodes[0]["inventory"]["gpus"]] == A_UUIDS
+    assert [g["uuid"] for g in nodes[1]["inventory"]["gpus"]] == B_UUIDS
+    inputs = app.load_inputs(out)
+    assert inputs.target == "swarm" and inputs.fleet is not None
+    for f in app.rebuild(inputs).files:
+        assert (out / f.path).read_text() == f.text, f.path
+    # the fleet file is no longer needed
+    (tmp_path / "fleet.yaml").unlink()
+    assert app.rebuild(app.load_inputs(out)).files
+
+
+def test_a_render_json_without_target_stays_one_host(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    path = out / ".composegen" / "render.json"
+    data = json.loads(path.read_text())
+    for key in ("target", "fleet", "start_first"):
+        del data[key]
+    data["inventory"] = A  # what a one-host render records
+    path.write_text(json.dumps(data))
+    inputs = app.load_inputs(out)
+    assert inputs.fleet is None and inputs.target == "compose"
+    assert "docker-compose.yml" in {f.path for f in app.rebuild(inputs).files}
+
+
+def test_swarm_api_key_is_read_back_from_auth_conf(tmp_path: Path) -> None:
+    key = "k3y.with+plus-and.dots_0123456789"
+    out = rendered(tmp_path, sets=(*REPLICAS_2, f"gateway.api_key={key}"))
+    assert key not in (out / ".composegen" / "render.json").read_text()
+    inputs = app.load_inputs(out)
+    assert inputs.api_key == key
+    auth = next(f for f in app.rebuild(inputs).files if f.path == "nginx/auth.conf")
+    assert auth.text == (out / "nginx" / "auth.conf").read_text()
+
+
+# --- --gpu-failed -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ids", [A_UUIDS[0], "node1:0", "0"])
+def test_gpu_failed_updates_only_the_affected_service_start_first(
+    tmp_path: Path, engine: Engine, ids: str
+) -> None:
+    out = rendered(tmp_path)
+    before = stack_of(out)
+    assert before["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[0]
+    assert before["ollama-0"]["deploy"]["update_config"]["order"] == "stop-first"
+    said = Said()
+    outcome = failover.run(stack(out), failover.Request("gpu-failed", ids), io(said))
+    after = stack_of(out)
+    assert outcome.changed
+    # ollama-0 moves to node1's GPU 2 (its first free GPU), make before break
+    assert after["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[2]
+    assert after["ollama-0"]["deploy"]["update_config"]["order"] == "start-first"
+    assert after["ollama-0"]["deploy"]["placement"] == before["ollama-0"]["deploy"]["placement"]
+    # nothing else changes at all: Swarm leaves their tasks alone
+    assert after["ollama-1"] == before["ollama-1"]
+    assert after["gateway"] == before["gateway"]
+    assert sw.changed_services(
+        [app.OutFile("docker-stack.yml", yaml.safe_dump({"services": before}))],
+        [app.OutFile("docker-stack.yml", yaml.safe_dump({"services": after}))],
+    ) == ["ollama-0"]
+    assert engine.calls == [
+        ("deploy", out.resolve(), "ollama-replicas"),
+        ("wait", "the-client", out.resolve(), "ollama-replicas", sw.WAIT_S),
+    ]
+    # the stack file was written before the deploy read it
+    assert engine.stack_at_deploy == (out / "docker-stack.yml").read_text()
+    assert said[0] == (
+        f"ollama-0: node1 GPU 0 ({A_UUIDS[0]}) -> node1 GPU 2 ({A_UUIDS[2]}) (start-first)"
+    )
+    record = json.loads((out / ".composegen" / "render.json").read_text())
+    assert record["failed"] == [[0]] and record["start_first"] == ["ollama-0"]
+    assert read_mode(out.resolve(), "ollama-replicas")["mode"] == "gpu-failover"
+    # render.json reproduces the files on disk, so the next step compares with the truth
+    for f in app.rebuild(app.load_inputs(out)).files:
+        assert (out / f.path).read_text() == f.text, f.path
+
+
+def test_a_move_to_another_node_says_its_volumes_stay_behind(
+    tmp_path: Path, engine: Engine
+) -> None:
+    # 2 + 2 GPUs: node1's other GPU holds ollama-1, so ollama-0 goes to node2's GPU 0
+    out = rendered(tmp_path, a="gpu-a-2x64.json")
+    a_uuids = [g["uuid"] for g in json.loads((FLEET_DIR / "gpu-a-2x64.json").read_text())["gpus"]]
+    said = Said()
+    failover.run(stack(out), failover.Request("gpu-failed", a_uuids[0]), io(said))
+    after = stack_of(out)
+    assert after["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == B_UUIDS[0]
+    assert after["ollama-0"]["deploy"]["placement"]["constraints"] == [
+        "node.hostname == cgsw-node2"
+    ]
+    assert after["ollama-0"]["deploy"]["update_config"]["order"] == "start-first"
+    text = " ".join(said)
+    assert "ollama-0 moves from node node1 to node node2" in text
+    assert "ollama-replicas_models" in text and "ollama-replicas_ollama-cache-0" in text
+
+
+def test_dry_run_changes_nothing(tmp_path: Path, engine: Engine) -> None:
+    out = rendered(tmp_path)
+    files = snapshot(out)
+    said = Said()
+    outcome = failover.run(
+        stack(out), failover.Request("gpu-failed", A_UUIDS[0], dry_run=True), io(said)
+    )
+    assert not outcome.changed and engine.calls == []
+    assert snapshot(out) == files
+    assert said == [
+        f"would move ollama-0: node1 GPU 0 ({A_UUIDS[0]}) -> node1 GPU 2 ({A_UUIDS[2]}) "
+        "(start-first)",
+        "would write docker-stack.yml, STACK.md, then deploy ollama-replicas",
+    ]
+    for action in ("cpu", "restore"):
+        failover.run(stack(out), failover.Request(action, dry_run=True), io())
+    assert snapshot(out) == files and engine.calls == []
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ("GPU-00000000-1111-2222-3333-444444444444", "no GPU with UUID"),
+        ("node3:0", "no GPU 0 on node 'node3'"),
+        ("node2:2", "no GPU 2 on node 'node2'"),
+        ("6", "GPU 6 is not in the stack's inventory"),
+    ],
+)
+def test_unknown_gpu_id_is_refused_and_changes_nothing(
+    tmp_path: Path, engine: Engine, ids: str, message: str
+) -> None:
+    out = rendered(tmp_path)
+    files = snapshot(out)
+    with pytest.raises(BadInputError, match=message):
+        failover.run(stack(out), failover.Request("gpu-failed", ids), io())
+    assert snapshot(out) == files and engine.calls == []
+
+
+def test_hand_edited_stack_file_is_refused_then_forced_with_a_backup(
+    tmp_path: Path, engine: Engine
+) -> None:
+    out = rendered(tmp_path)
+    edited = (out / "docker-stack.yml").read_text() + "# my note\n"
+    (out / "docker-stack.yml").write_text(edited)
+    files = snapshot(out)
+    with pytest.raises(HandEditedError, match=r"docker-stack\.yml was edited by hand"):
+        failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io())
+    assert snapshot(out) == files and engine.calls == []
+    failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0], force=True), io())
+    assert (out / "docker-stack.yml.bak").read_text() == edited
+    assert [c[0] for c in engine.calls] == ["deploy", "wait"]
+
+
+def test_gpu_failed_on_cpu_is_refused(tmp_path: Path, engine: Engine) -> None:
+    out = rendered(tmp_path)
+    write_mode(out.resolve(), "ollama-replicas", "cpu-fallback", "test")
+    files = snapshot(out)
+    with pytest.raises(BadInputError, match="runs on CPU"):
+        failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io())
+    assert snapshot(out) == files and engine.calls == []
+
+
+def test_a_failed_deploy_leaves_the_new_plan_recorded_and_a_rerun_applies_it(
+    tmp_path: Path, engine: Engine
+) -> None:
+    out = rendered(tmp_path)
+    engine.fail["deploy"] = ComposegenError("docker stack deploy ollama-replicas: exit 1: nope")
+    with pytest.raises(ComposegenError, match=r"written but not applied: .*nope") as err:
+        failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io())
+    assert err.value.hint is not None and "composegen deploy -C" in err.value.hint
+    assert stack_of(out)["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[2]
+    assert json.loads((out / ".composegen" / "render.json").read_text())["failed"] == [[0]]
+    del engine.fail["deploy"]
+    engine.calls.clear()
+    files = snapshot(out)
+    failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io())
+    assert [c[0] for c in engine.calls] == ["deploy", "wait"]
+    assert stack_of(out) == yaml.safe_load(files["docker-stack.yml"])["services"]
+
+
+def test_wait_converged_failure_is_the_commands_failure(tmp_path: Path, engine: Engine) -> None:
+    out = rendered(tmp_path)
+    engine.fail["wait"] = ComposegenError("ollama-replicas: ollama-0 pending on cgsw-node1")
+    with pytest.raises(ComposegenError, match="ollama-0 pending on cgsw-node1"):
+        failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io())
+
+
+# --- the update order -------------------------------------------------------------------------
+
+
+def test_start_first_only_where_the_node_has_room_for_old_and_new_reservations(
+    tmp_path: Path,
+) -> None:
+    out = rendered(tmp_path)
+    inputs = app.load_inputs(out)
+    assert inputs.fleet is not None
+    assert sw.advertised_per_node(inputs.fleet) == {"node1": 4, "node2": 2}
+    before = app.rebuild(inputs).plan
+    after = app.rebuild(replace(inputs, failed=((0,),))).plan
+    # node1 advertises 4 (the failed GPU too): ollama-1 and the old ollama-0 task hold 2
+    assert sw.update_orders(before, after, ["ollama-0"], {"node1": 4, "node2": 2}) == {
+        "ollama-0": "start-first"
+    }
+    # a node advertising only 2 would have no room until the old task stops
+    assert sw.update_orders(before, after, ["ollama-0"], {"node1": 2, "node2": 2}) == {
+        "ollama-0": "stop-first"
+    }
+
+
+def test_two_moves_share_the_room_left(tmp_path: Path, engine: Engine) -> None:
+    out = rendered(tmp_path)
+    inputs = app.load_inputs(out)
+    before = app.rebuild(inputs).plan
+    after = app.rebuild(replace(inputs, failed=((0, 1),))).plan
+    assert [i.device_ids for i in after.instances] == [(A_UUIDS[2],), (A_UUIDS[3],)]
+    both = ["ollama-0", "ollama-1"]
+    # 4 advertised, 2 held by the old tasks: room for both new ones
+    assert sw.update_orders(before, after, both, {"node1": 4, "node2": 2}) == {
+        "ollama-0": "start-first",
+        "ollama-1": "start-first",
+    }
+    # 3: the first gets the one left, the second waits for its old task to stop
+    assert sw.update_orders(before, after, both, {"node1": 3, "node2": 2}) == {
+        "ollama-0": "start-first",
+        "ollama-1": "stop-first",
+    }
+    said = Said()
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0,node1:1"), io(said))
+    orders = {n: b["deploy"]["update_config"]["order"] for n, b in stack_of(out).items()}
+    assert orders == {"gateway": "stop-first", "ollama-0": "start-first", "ollama-1": "start-first"}
+
+
+def test_a_stop_first_update_is_recorded_and_said(
+    tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = rendered(tmp_path)
+    monkeypatch.setattr(sw, "advertised_per_node", lambda fleet: {"node1": 2, "node2": 2})
+    said = Said()
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io(said))
+    assert stack_of(out)["ollama-0"]["deploy"]["update_config"]["order"] == "stop-first"
+    assert said[0].endswith("(stop-first)")
+    assert json.loads((out / ".composegen" / "render.json").read_text())["start_first"] == []
+
+
+# --- --cpu and --restore ----------------------------------------------------------------------
+
+
+def test_cpu_moves_every_gpu_service_to_its_cpu_form_in_place(
+    tmp_path: Path, engine: Engine
+) -> None:
+    out = rendered(tmp_path)
+    before = stack_of(out)
+    outcome = failover.run(stack(out), failover.Request("cpu"), io())
+    after = stack_of(out)
+    assert outcome.changed and [c[0] for c in engine.calls] == ["deploy", "wait"]
+    # the one-host CPU variant of the same profile and fleet node: its environment and image
+    one_host = tmp_path / "one-host"
+    built = app.build(
+        "ollama-replicas",
+        inventory=str(FLEET_DIR / "gpu-a-4x80-sxm.json"),
+        overrides=Overrides(REPLICAS_2),
+    )
+    app.write(one_host, built.files, force=False, dry_run=False)
+    cpu = yaml.safe_load((one_host / "fallback" / "docker-compose.cpu.yml").read_text())
+    for name in ("ollama-0", "ollama-1"):
+        variant = cpu["services"][f"{name}-cpu"]
+        block = after[name]
+        assert block["environment"] == {**variant["environment"], "NVIDIA_VISIBLE_DEVICES": "void"}
+        assert block["image"] == variant["image"]
+        assert "resources" not in block["deploy"]  # no NVIDIA-GPU reservation
+        assert block["deploy"]["update_config"]["order"] == "start-first"
+        # same node, same volumes (the models stay), same port: the gateway needs no change
+        assert block["deploy"]["placement"] == before[name]["deploy"]["placement"]
+        assert block["volumes"] == before[name]["volumes"]
+        assert block["labels"]["io.composegen.mode"] == "cpu"
+    assert after["gateway"] == before["gateway"]
+    assert read_mode(out.resolve(), "ollama-replicas")["mode"] == "cpu-fallback"
+    engine.calls.clear()
+    said = Said()
+    again = failover.run(stack(out), failover.Request("cpu"), io(said))
+    assert not again.changed and engine.calls == []
+    assert said == ["ollama-replicas is already in cpu-fallback mode"]
+
+
+def test_restore_from_cpu_after_a_failover_returns_to_the_first_plan(
+    tmp_path: Path, engine: Engine
+) -> None:
+    out = rendered(tmp_path)
+    first = stack_of(out)
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io())
+    failover.run(stack(out), failover.Request("cpu"), io())
+    engine.calls.clear()
+    said = Said()
+    outcome = failover.run(stack(out), failover.Request("restore"), io(said))
+    restored = stack_of(out)
+    assert outcome.changed and [c[0] for c in engine.calls] == ["deploy", "wait"]
+    # every service as first rendered, each GPU service updated start-first back from CPU
+    assert {n: without_order(b) for n, b in restored.items()} == {
+        n: without_order(b) for n, b in first.items()
+    }
+    assert restored["ollama-0"]["deploy"]["update_config"]["order"] == "start-first"
+    assert restored["ollama-1"]["deploy"]["update_config"]["order"] == "start-first"
+    assert f"ollama-0: CPU on node1 -> node1 GPU 0 ({A_UUIDS[0]}) (start-first)" in said
+    record = json.loads((out / ".composegen" / "render.json").read_text())
+    assert record["failed"] == []
+    assert read_mode(out.resolve(), "ollama-replicas")["mode"] == "gpu"
+    engine.calls.clear()
+    said.clear()
+    assert not failover.run(stack(out), failover.Request("restore"), io(said)).changed
+    assert said == ["ollama-replicas already runs its GPU plan"] and engine.calls == []
+
+
+def test_restore_from_a_gpu_failover_moves_back_start_first(tmp_path: Path, engine: Engine) -> None:
+    out = rendered(tmp_path)
+    first = stack_of(out)
+    failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io())
+    said = Said()
+    failover.run(stack(out), failover.Request("restore"), io(said))
+    restored = stack_of(out)
+    assert restored["ollama-0"] == {
+        **first["ollama-0"],
+        "deploy": {
+            **first["ollama-0"]["deploy"],
+            "update_config": {"order": "start-first", "failure_action": "rollback"},
+        },
+    }
+    assert restored["ollama-1"] == first["ollama-1"]  # never touched
+    assert (
+        f"ollama-0: node1 GPU 2 ({A_UUIDS[2]}) -> node1 GPU 0 ({A_UUIDS[0]}) (start-first)" in said
+    )
+
+
+def test_auto_and_restore_from_an_inventory_are_refused(tmp_path: Path, engine: Engine) -> None:
+    out = rendered(tmp_path)
+    with pytest.raises(BadInputError, match="--auto reads this host's GPUs"):
+        failover.run(stack(out), failover.Request("auto"), io())
+    with pytest.raises(BadInputError, match="--inventory: a swarm stack's GPUs"):
+        failover.run(stack(out), failover.Request("restore", inventory="inv.json"), io())
+    assert engine.calls == []
+
+
+# --- the gateway when a replica is dropped ----------------------------------------------------
+
+
+def test_a_dropped_replica_leaves_the_stack_and_a_resolving_gateway_unchanged(
+    tmp_path: Path, engine: Engine
+) -> None:
+    # per-GPU replicas on a lost GPU are dropped, not moved (the planner's failover rule)
+    out = rendered(tmp_path, sets=())
+    conf = (out / "nginx" / "nginx.conf").read_text()
+    before = stack_of(out)
+    assert "resolve" in conf and "ollama-0:39001" in conf
+    said = Said()
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io(said))
+    after = stack_of(out)
+    assert "ollama-0" not in after  # `stack deploy --prune` removes the service
+    assert after["gateway"] == before["gateway"]
+    assert (out / "nginx" / "nginx.conf").read_text() == conf
+    assert said[0] == f"ollama-0: node1 GPU 0 ({A_UUIDS[0]}) -> removed"
+
+
+def test_without_resolve_the_gateway_routes_follow_the_plan(tmp_path: Path, engine: Engine) -> None:
+    out = rendered(tmp_path, sets=(), images=("nginx=composegen-test/nginx:1",))
+    assert "ollama-0:39001" in (out / "nginx" / "nginx.conf").read_text()
+    said = Said()
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io(said))
+    assert "ollama-0:39001" not in (out / "nginx" / "nginx.conf").read_text()
+    assert "gateway: its configuration changes: restarted (stop-first)" in said
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_fallback_on_a_swarm_dir(
+    tmp_path: Path, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = rendered(tmp_path)
+    files = snapshot(out)
+    args = ["fallback", "-C", str(out), "--dry-run", "--gpu-failed"]
+    code, text, err = call([*args, A_UUIDS[0]], capsys)
+    assert code == 0, err
+    assert text.splitlines()[0] == (
+        f"would move ollama-0: node1 GPU 0 ({A_UUIDS[0]}) -> node1 GPU 2 ({A_UUIDS[2]}) "
+        "(start-first)"
+    )
+    code, text, err = call([*args, "node9:0"], capsys)
+    assert code == 2 and text == ""
+    assert err.startswith("composegen: error: --gpu-failed: no GPU 0 on node 'node9'")
+    assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err
+    assert snapshot(out) == files and engine.calls == []
+    code, _, err = call(["fallback", "-C", str(out), "--auto"], capsys)
+    assert code == 2 and "--auto reads this host's GPUs" in err
