@@ -1103,6 +1103,10 @@ def fallback(
                       this host, the stack's recorded inventory counts as healthy
 
     A re-plan rewrites only the files it changes: hand edits of the others (.env) are kept.
+
+    On a swarm stack (DIR holds docker-stack.yml): --gpu-failed (UUIDs, NODE:INDEX or fleet
+    indices), --cpu and --restore re-render the stack file and deploy it; Swarm updates only
+    the changed services, each start-first where its node has room (see the output).
     """
     from composegen.engine import failover
     from composegen.engine.progress import Progress
