@@ -45,6 +45,7 @@ class Bed:
     nodes: dict[int, Node]
     directory: Path
     resolve: bool  # the gateway image is nginx >= 1.27.3 (`server ... resolve`)
+    gateway_task: str = ""  # the gateway's task after the deploy
 
     @property
     def mgr(self) -> Node:
@@ -100,6 +101,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterato
         assert deploy.returncode == 0, deploy.stderr
         for name in SERVICES:
             wait_tasks(bed.mgr, f"{PROJECT}_{name}", 1, deadline_s=120)
+        bed.gateway_task = running(bed, "gateway")["ID"]
         yield bed
     finally:
         down = swarm_script("down")
@@ -235,17 +237,33 @@ def test_restore_returns_to_the_planned_gpus(bed: Bed) -> None:
     assert running(bed, "gateway")["ID"] == before["gateway"]
 
 
-def test_gateway_reaches_the_replicas_after_the_fallbacks(bed: Bed) -> None:
+def task_addresses(bed: Bed, task: dict[str, Any]) -> set[str]:
+    """The task's addresses on the stack's overlay networks."""
+    return {
+        a.split("/")[0]
+        for net in task.get("NetworksAttachments") or []
+        for a in net.get("Addresses") or []
+    }
+
+
+def test_gateway_reaches_the_moved_replicas_without_a_restart(bed: Bed) -> None:
     if not bed.resolve:
         pytest.skip("needs the nginx >= 1.27.3 test image (images.sh key nginx-resolve)")
-    gw = container(bed, running(bed, "gateway"))
+    gw_task = running(bed, "gateway")
+    gw = container(bed, gw_task)
+    assert gw_task["ID"] == bed.gateway_task  # the same gateway task since the deploy
     node = next(n for n in bed.nodes.values() if n.host == gw["_host"])
-    seen = set()
+    replicas = {name: task_addresses(bed, running(bed, name)) for name in ("ollama-0", "ollama-1")}
+    key = "Authorization: Bearer e2e-swarm-fallback-key-0123456789"
     for _ in range(8):
         out = node.docker(
-            "exec", gw["Id"], "curl", "-s", "-H",
-            "Authorization: Bearer e2e-swarm-fallback-key-0123456789",
-            "http://127.0.0.1:8080/api/version",
+            "exec", gw["Id"], "curl", "-s", "-H", key, "http://127.0.0.1:8080/",
         )  # fmt: skip
-        seen.add(out)
-    assert seen and all("version" in s for s in seen), seen
+        assert out == "Ollama is running", out
+    logs = node.docker("logs", "--tail", "8", gw["Id"])
+    served = [json.loads(line)["upstream_addr"].rsplit(":", 1)[0] for line in logs.splitlines()]
+    # nginx re-resolved the names: every request went to a replica's current task
+    assert set(served) <= replicas["ollama-0"] | replicas["ollama-1"], (served, replicas)
+    assert any(a in replicas["ollama-0"] for a in served) and any(
+        a in replicas["ollama-1"] for a in served
+    ), (served, replicas)
