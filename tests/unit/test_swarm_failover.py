@@ -534,3 +534,24 @@ def test_cli_fallback_on_a_swarm_dir(
     assert snapshot(out) == files and engine.calls == []
     code, _, err = call(["fallback", "-C", str(out), "--auto"], capsys)
     assert code == 2 and "--auto reads this host's GPUs" in err
+
+
+def test_failures_add_up_and_each_step_changes_only_what_moves(
+    tmp_path: Path, engine: Engine
+) -> None:
+    out = rendered(tmp_path)
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io())
+    second = stack_of(out)
+    said = Said()
+    # the GPU ollama-0 moved to fails as well: it moves on to node1's GPU 3
+    failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[2]), io(said))
+    third = stack_of(out)
+    assert third["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[3]
+    assert third["ollama-1"] == second["ollama-1"] and third["gateway"] == second["gateway"]
+    assert said == [
+        f"ollama-0: node1 GPU 2 ({A_UUIDS[2]}) -> node1 GPU 3 ({A_UUIDS[3]}) (start-first)"
+    ]
+    record = json.loads((out / ".composegen" / "render.json").read_text())
+    assert record["failed"] == [[0], [2]]
+    for f in app.rebuild(app.load_inputs(out)).files:
+        assert (out / f.path).read_text() == f.text, f.path
