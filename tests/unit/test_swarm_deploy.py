@@ -339,3 +339,78 @@ def test_undeploy_that_does_not_finish_names_what_is_left(
     with pytest.raises(EngineError, match=f"still there after 0.1s: {PROJECT}_gateway, "):
         sw.undeploy(bed.client, stack, PROJECT, timeout_s=0.1, report=bed.report, poll_s=0.01)
     assert os.path.exists(tmp_path / "argv")
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], client: Any, *args: str
+) -> tuple[int, str, str]:
+    from composegen import cli
+    from composegen.engine import docker as eng
+
+    monkeypatch.setattr(eng, "connect", lambda *a, **k: client)
+    code = 0
+    try:
+        cli.main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_status_of_a_swarm_stack_exits_0_as_planned_and_1_otherwise(
+    stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bed = Bed(stack)
+    bed.run_all(but=("ollama-3",))
+    task = bed.swarm.add_task(f"{PROJECT}_ollama-3", bed.node["gpu-b"], "running")
+    code, out, _ = run_cli(monkeypatch, capsys, bed.client, "status", "-C", str(stack), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["ok"] is True and data["project"] == PROJECT
+    assert {r["service"]: (r["node"], r["gpus"]) for r in data["services"]} == {
+        s: (WHERE[s], [GPU[s]] if s in GPU else []) for s in WHERE
+    }
+    bed.swarm.set_state(task, "shutdown")
+    bed.swarm.add_task(f"{PROJECT}_ollama-3", None, "pending", err=NO_ROOM)
+    code, out, _ = run_cli(monkeypatch, capsys, bed.client, "status", "-C", str(stack), "--json")
+    assert code == 1
+    row = next(r for r in json.loads(out)["services"] if r["service"] == "ollama-3")
+    assert (row["state"], row["node"], row["detail"], row["ok"]) == (
+        "pending",
+        None,
+        NO_ROOM,
+        False,
+    )
+    code, out, err = run_cli(monkeypatch, capsys, bed.client, "status", "-C", str(stack))
+    assert code == 1 and "ollama-3" in out and "pending" in out
+    assert err.startswith(
+        f"composegen: error: {PROJECT} does not run as planned: ollama-3 (planned on gpu-b): "
+        f"pending: {NO_ROOM}"
+    )
+    assert len(err.splitlines()) == 1
+
+
+def test_deploy_refuses_a_worker_before_running_the_cli(
+    stack: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PATH", str(fake_cli(tmp_path, "")))
+    client = FakeDocker()
+    client.swarm.init(manager=False)
+    code, out, err = run_cli(monkeypatch, capsys, client, "deploy", "-C", str(stack))
+    assert code == 1 and out == ""
+    assert err == (
+        "composegen: error: this engine is not a Swarm manager (its Swarm state: active) "
+        "(run `docker swarm init` here, or set DOCKER_HOST to a manager's engine)\n"
+    )
+    assert not (tmp_path / "argv").exists()
+    # a manager: applied; --no-wait returns at once
+    client.swarm.init()
+    code, out, _ = run_cli(monkeypatch, capsys, client, "deploy", "-C", str(stack), "--no-wait")
+    assert code == 0 and out.endswith(f"{PROJECT}: applied 5 service(s); not waited\n")
+    assert (tmp_path / "argv").read_text().split()[:2] == ["stack", "deploy"]
