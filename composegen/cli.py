@@ -1752,8 +1752,9 @@ def deploy(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
 def undeploy(directory: str, project_name: str | None, timeout: str, as_json: bool) -> None:
-    """Remove a swarm stack (`docker stack rm`) and wait until its services, the task
-    containers on this engine and its networks are gone. Named volumes are kept on every node:
+    """Remove a swarm stack (`docker stack rm`) and wait until its services, its task
+    containers (on this engine and on the node engines the fleet file gave) and its networks
+    are gone. Named volumes are kept on every node:
     they hold the models (remove them with `docker volume rm` on each node)."""
     from pathlib import Path
 
@@ -1782,13 +1783,14 @@ def undeploy(directory: str, project_name: str | None, timeout: str, as_json: bo
                 "services": removed.services,
                 "containers": removed.containers,
                 "networks": removed.networks,
+                "unreachable": removed.unreachable,
                 "volumes": "kept",
             }
         )
         return
     click.echo(
-        f"{plan.project}: removed {removed.services} service(s), {removed.containers} "
-        f"container(s) here, {removed.networks} network(s); named volumes kept"
+        f"{plan.project}: removed {removed.services} service(s), {removed.containers} task "
+        f"container(s), {removed.networks} network(s); named volumes kept"
     )
 
 

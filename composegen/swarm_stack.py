@@ -141,7 +141,7 @@ def _service(path: Path, name: str, block: Any) -> PlannedService:
     )
 
 
-def _nodes(directory: Path) -> dict[str, PlannedNode]:
+def load_nodes(directory: Path) -> dict[str, PlannedNode]:
     path = directory / NODES_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -172,7 +172,7 @@ def load_stack(directory: Path, project: str | None = None) -> StackPlan:
         m = _HEADER.search(first)
         name = m.group(1) if m else directory.resolve().name
     services = tuple(_service(path, str(k), v) for k, v in data["services"].items())
-    return StackPlan(directory, name, services, _nodes(directory))
+    return StackPlan(directory, name, services, load_nodes(directory))
 
 
 # --- Swarm's view compared with the plan ------------------------------------------------------

@@ -224,6 +224,14 @@ def test_drained_node_leaves_its_pinned_services_pending_and_status_says_so(
         assert "cgsw-node1" in text.stdout and "pending" in text.stdout
     finally:
         mgr.docker("node", "update", "--availability", "active", "cgsw-node2")
+    # node 2 back: Swarm schedules its pinned services there again
+    end, placed = time.monotonic() + 60, {}
+    while time.monotonic() < end:
+        placed = {k: tasks(mgr, f"{k[0]}_{k[1]}") for k in pinned}
+        if all(len(t) == 1 and t[0]["node"] == "cgsw-node2" for t in placed.values()):
+            break
+        time.sleep(1)
+    assert all([t["node"] for t in placed[k]] == ["cgsw-node2"] for k in pinned), placed
 
 
 def test_undeploy_leaves_no_services_nor_networks_and_keeps_volumes(
@@ -237,13 +245,9 @@ def test_undeploy_leaves_no_services_nor_networks_and_keeps_volumes(
         ns = f"label=com.docker.stack.namespace={s.name}"
         assert mgr.docker("service", "ls", "-q", "--filter", ns) == ""
         assert mgr.docker("network", "ls", "-q", "--filter", ns) == ""
-    for node in bed.values():
-        end = time.monotonic() + 30
-        while time.monotonic() < end and node.docker(
-            "ps", "-aq", "--filter", "label=com.docker.stack.namespace"
-        ):
-            time.sleep(0.5)
-        assert node.docker("ps", "-aq", "--filter", "label=com.docker.stack.namespace") == ""
+        # undeploy waited for the task containers on both nodes' engines (swarm/nodes.json)
+        for node in bed.values():
+            assert node.docker("ps", "-aq", "--filter", ns) == "", node.host
     volumes = mgr.docker("volume", "ls", "--format", "{{.Name}}").split()
     assert "ollama-replicas_models" in volumes
     again = composegen("status", "-C", str(deployed[0].directory), "--json", mgr=mgr)

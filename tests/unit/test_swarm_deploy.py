@@ -414,3 +414,42 @@ def test_deploy_refuses_a_worker_before_running_the_cli(
     code, out, _ = run_cli(monkeypatch, capsys, client, "deploy", "-C", str(stack), "--no-wait")
     assert code == 0 and out.endswith(f"{PROJECT}: applied 5 service(s); not waited\n")
     assert (tmp_path / "argv").read_text().split()[:2] == ["stack", "deploy"]
+
+
+def test_undeploy_waits_for_the_task_containers_on_the_nodes_engines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = render(tmp_path, {"gpu-b": "unix:///run/gpu-b.sock", "gpu-a": "tcp://gpu-a:2376"})
+    bed = Bed(stack)
+    node_b = FakeDocker()
+    ns = {"com.docker.stack.namespace": PROJECT}
+    stopping = node_b.add_container(f"{PROJECT}_ollama-3.1.x", ns)
+    monkeypatch.setenv("PATH", str(fake_cli(tmp_path, "")))
+
+    def node_client(url: str) -> Any:
+        if url.startswith("tcp://"):
+            raise EngineError(f"no Docker engine at {url}: connection refused")
+        return node_b
+
+    polls = iter(range(100))
+
+    def swarm_does(swarm: FakeSwarm) -> None:
+        if not (tmp_path / "argv").exists():
+            return  # nothing goes before `docker stack rm`
+        swarm.services.clear()  # the manager is done at once; node b's container takes longer
+        if next(polls) == 3:
+            del node_b.containers_by_id[stopping.id]
+
+    bed.swarm.on_poll = swarm_does
+    removed = sw.undeploy(
+        bed.client, stack, PROJECT, timeout_s=5, report=bed.report, poll_s=0,
+        node_client=node_client,
+    )  # fmt: skip
+    assert (removed.services, removed.containers) == (5, 1)
+    assert removed.unreachable == [
+        "gpu-a: no Docker engine at tcp://gpu-a:2376: connection refused"
+    ]
+    left = [d for _, st, d in bed.events if st in ("removing", "removed")]
+    assert left[0] == "0 service(s), 1 container(s), 0 network(s) left"
+    assert left[-1] == "0 service(s), 0 container(s), 0 network(s) left"
+    assert bed.swarm.polls >= 4
