@@ -14,6 +14,7 @@ spec; each UUID must also be one of the node's NVIDIA-GPU generic resources.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -42,6 +43,7 @@ from composegen.swarm_stack import (
 NAMESPACE = "com.docker.stack.namespace"
 CLI_TIMEOUT_S = 300.0
 _STARTING = {"new", "allocated", "assigned", "accepted", "preparing", "ready", "starting"}
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
 _ENDED = {"failed", "rejected", "shutdown", "complete", "orphaned", "remove"}
 
 Report = Callable[[str, str, str], None]
@@ -206,9 +208,18 @@ def _tasks(client: Any, service_ids: list[str]) -> list[dict[str, Any]]:
         return list(client.api.tasks(filters={"service": service_ids}))
 
 
+def stamp(text: Any) -> str:
+    """An engine timestamp made comparable as text: Go trims the fraction's trailing zeros
+    (…06.5Z is later than …06.123456789Z), so the fraction is padded to nine digits."""
+    m = _STAMP.fullmatch(str(text or ""))
+    if m is None:
+        return str(text or "")
+    return f"{m.group(1)}.{(m.group(2) or '').ljust(9, '0')}"
+
+
 def _latest(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
     def key(t: dict[str, Any]) -> tuple[str, int]:
-        return (str(t.get("CreatedAt") or ""), int((t.get("Version") or {}).get("Index") or 0))
+        return (stamp(t.get("CreatedAt")), int((t.get("Version") or {}).get("Index") or 0))
 
     meant = [t for t in tasks if t.get("DesiredState") in ("running", "ready", "accepted")]
     pool = meant or tasks
@@ -219,7 +230,7 @@ def _last_error(tasks: list[dict[str, Any]]) -> str:
     with_err = [t for t in tasks if (t.get("Status") or {}).get("Err")]
     if not with_err:
         return ""
-    t = max(with_err, key=lambda t: str((t.get("Status") or {}).get("Timestamp") or ""))
+    t = max(with_err, key=lambda t: stamp((t.get("Status") or {}).get("Timestamp")))
     return str(t["Status"]["Err"])
 
 

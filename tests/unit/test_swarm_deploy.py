@@ -453,3 +453,16 @@ def test_undeploy_waits_for_the_task_containers_on_the_nodes_engines(
     assert left[0] == "0 service(s), 1 container(s), 0 network(s) left"
     assert left[-1] == "0 service(s), 0 container(s), 0 network(s) left"
     assert bed.swarm.polls >= 4
+
+
+def test_the_newest_task_is_found_whatever_the_engine_trims_of_its_timestamp(stack: Path) -> None:
+    bed = Bed(stack)
+    bed.run_all(but=("ollama-1",))
+    old = bed.swarm.add_task(f"{PROJECT}_ollama-1", bed.node["gpu-a"], "failed", err="exit 1")
+    new = bed.swarm.add_task(f"{PROJECT}_ollama-1", bed.node["gpu-a"], "running")
+    # as the engine writes them (RFC 3339 with the fraction's trailing zeros trimmed)
+    old["CreatedAt"] = old["Status"]["Timestamp"] = "2026-11-29T12:17:06.12345Z"
+    new["CreatedAt"] = new["Status"]["Timestamp"] = "2026-11-29T12:17:06.123456789Z"
+    old["DesiredState"] = new["DesiredState"] = "running"  # both meant to run for a moment
+    row = next(r for r in wait(bed, stack).rows if r.service == "ollama-1")
+    assert (row.state, row.gpus) == ("running", (A[1],))
