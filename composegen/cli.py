@@ -1760,6 +1760,7 @@ def undeploy(directory: str, project_name: str | None, timeout: str, as_json: bo
 
     from composegen.engine import docker as eng
     from composegen.engine import swarm as sw
+    from composegen.engine import swarm_undeploy
     from composegen.engine.progress import Progress
     from composegen.engine.state import project_lock
     from composegen.watch.settings import parse_duration
@@ -1772,7 +1773,7 @@ def undeploy(directory: str, project_name: str | None, timeout: str, as_json: bo
         project_lock(Path(directory), plan.project, "undeploy"),
         Progress([plan.project], as_json, f"composegen undeploy {plan.project}") as prog,
     ):
-        removed = sw.undeploy(
+        removed = swarm_undeploy.undeploy(
             client, Path(directory), plan.project, timeout_s=timeout_s, report=prog.event
         )
     if as_json:

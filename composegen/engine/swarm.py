@@ -1,5 +1,5 @@
 """A rendered swarm stack on a Swarm: deploy it, wait until it runs as planned, report where
-everything runs, remove it.
+everything runs (removing it: engine/swarm_undeploy.py).
 
 The stack is applied with the Docker CLI's `docker stack deploy` (it handles the stack's
 configs, secrets, networks and volumes as users know them), with DIR/.env's variables in its
@@ -18,8 +18,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,11 @@ from composegen.errors import ComposegenError
 from composegen.swarm_stack import (
     STACK_FILE,
     PlannedService,
+    Row,
     StackPlan,
+    StackStatus,
     advertised,
+    describe,
     env_value,
     fleet_node_of,
     gpu_list,
@@ -48,73 +50,6 @@ _ENDED = {"failed", "rejected", "shutdown", "complete", "orphaned", "remove"}
 
 Report = Callable[[str, str, str], None]
 NodeClient = Callable[[str], Any]
-
-
-@dataclass
-class Row:
-    service: str
-    planned_node: str
-    node: str = ""  # the Swarm node's hostname its task runs (or last ran) on
-    state: str = "missing"  # running / starting / pending / rejected / failed / missing ...
-    detail: str = ""
-    planned_gpus: tuple[str, ...] = ()
-    gpus: tuple[str, ...] = ()  # held, as read (container env or task spec)
-    gpus_from: str = ""  # "container" or "task spec"
-    mismatch: list[str] = field(default_factory=list)
-    error: str = ""  # the last task error Swarm recorded
-    current: bool = True  # the task runs the service's current spec
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "running" and not self.mismatch
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "service": self.service,
-            "planned_node": self.planned_node,
-            "node": self.node or None,
-            "state": self.state,
-            "detail": self.detail,
-            "planned_gpus": list(self.planned_gpus),
-            "gpus": list(self.gpus),
-            "gpus_from": self.gpus_from or None,
-            "mismatch": self.mismatch,
-            "error": self.error or None,
-            "ok": self.ok,
-        }
-
-
-@dataclass
-class StackStatus:
-    project: str
-    rows: list[Row]
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
-
-    def problems(self) -> list[str]:
-        return [describe(r) for r in self.rows if not r.ok]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "project": self.project,
-            "ok": self.ok,
-            "problems": self.problems(),
-            "services": [r.to_dict() for r in self.rows],
-        }
-
-
-def describe(row: Row) -> str:
-    where = f" on {row.node}" if row.node else ""
-    if row.state == "running" and row.mismatch:
-        return f"{row.service}{where}: {'; '.join(row.mismatch)}"
-    text = f"{row.service} (planned on {row.planned_node}){where}: {row.state}"
-    if row.detail:
-        text += f": {row.detail}"
-    if row.error and row.error not in row.detail:
-        text += f" (last task error: {row.error})"
-    return text
 
 
 # --- the manager -----------------------------------------------------------------------------
@@ -424,98 +359,6 @@ def deploy(
     )
 
 
-# --- removing the stack -----------------------------------------------------------------------
-
-
-@dataclass
-class Removed:
-    services: int
-    containers: int
-    networks: int
-    unreachable: list[str] = field(default_factory=list)  # node engines it could not read
-
-
-def _containers(client: Any, project: str) -> dict[str, str]:
-    with mapped_errors("docker ps"):
-        found = client.containers.list(all=True, filters={"label": f"{NAMESPACE}={project}"})
-    return {c.id: c.name for c in found}
-
-
-def leftovers(
-    client: Any, project: str, node_clients: Sequence[Any] = ()
-) -> tuple[list[str], list[str], list[str]]:
-    """(services, task containers on the manager and the given node engines, networks) of the
-    stack still there."""
-    services = sorted(_services(client, project))
-    containers = _containers(client, project)
-    for other in node_clients:
-        containers.update(_containers(other, project))
-    with mapped_errors("docker network ls"):
-        found = client.networks.list(filters={"label": f"{NAMESPACE}={project}"})
-    return services, sorted(containers.values()), [n.name for n in found]
-
-
-def _node_clients(directory: Path, node_client: NodeClient | None) -> tuple[list[Any], list[str]]:
-    """Clients of the nodes' engines that swarm/nodes.json names; those it cannot reach."""
-    from composegen.swarm_stack import load_nodes
-
-    engines = _Engines(node_client)
-    clients, unreachable = [], []
-    for node in load_nodes(directory).values():
-        if not node.engine:
-            continue
-        try:
-            clients.append(engines.get(node.engine))
-        except ComposegenError as exc:
-            unreachable.append(f"{node.name}: {first_line(exc)}")
-    return clients, unreachable
-
-
-def undeploy(
-    client: Any,
-    directory: Path,
-    project: str,
-    *,
-    timeout_s: float,
-    report: Report,
-    poll_s: float = 0.5,
-    node_client: NodeClient | None = None,
-) -> Removed:
-    """`docker stack rm`, then wait until its services, the task containers (on this engine and
-    on the node engines swarm/nodes.json names) and its networks are gone. Named volumes stay
-    (they hold the models)."""
-    others, unreachable = _node_clients(directory, node_client)
-    for why in unreachable:
-        report(project, "warning", f"cannot check the task containers on {why}")
-    services, containers, networks = leftovers(client, project, others)
-    before = Removed(len(services), len(containers), len(networks), unreachable)
-    if not (services or containers or networks):
-        return before
-    if services or networks:
-        stack_rm(directory, project, lambda line: report(project, "removing", line))
-    deadline = time.monotonic() + timeout_s
-    shown: tuple[int, int, int] | None = None
-    while True:
-        services, containers, networks = leftovers(client, project, others)
-        left = (len(services), len(containers), len(networks))
-        if left != shown:
-            shown = left
-            report(
-                project,
-                "removing" if any(left) else "removed",
-                f"{left[0]} service(s), {left[1]} container(s), {left[2]} network(s) left",
-            )
-        if not any(left):
-            return before
-        if time.monotonic() >= deadline:
-            raise EngineError(
-                f"{project}: still there after {timeout_s:g}s: "
-                + ", ".join(services + containers + networks),
-                "run `composegen undeploy` again; `docker stack ps` shows what is stopping",
-            )
-        time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
-
-
 __all__ = [
     "STACK_FILE",
     "Row",
@@ -525,6 +368,5 @@ __all__ = [
     "require_manager",
     "stack_deploy",
     "stack_status",
-    "undeploy",
     "wait_converged",
 ]

@@ -18,6 +18,7 @@ import yaml
 
 from composegen import app
 from composegen.engine import swarm as sw
+from composegen.engine import swarm_undeploy
 from composegen.engine.docker import EngineError
 from composegen.errors import BadInputError
 from composegen.files import write_tree
@@ -319,14 +320,16 @@ def test_undeploy_waits_until_services_containers_and_networks_are_gone(
             bed.client.networks.items.clear()
 
     bed.swarm.on_poll = swarm_does
-    removed = sw.undeploy(bed.client, stack, PROJECT, timeout_s=5, report=bed.report, poll_s=0)
+    removed = swarm_undeploy.undeploy(
+        bed.client, stack, PROJECT, timeout_s=5, report=bed.report, poll_s=0
+    )
     assert (removed.services, removed.containers, removed.networks) == (5, 1, 1)
     assert (tmp_path / "argv").read_text().split() == ["stack", "rm", PROJECT]
     left = [d for _, st, d in bed.events if st in ("removing", "removed")]
     assert left[-1] == "0 service(s), 0 container(s), 0 network(s) left"
     assert "0 service(s), 1 container(s), 1 network(s) left" in left
     # a second undeploy finds nothing and runs nothing
-    again = sw.undeploy(bed.client, stack, PROJECT, timeout_s=5, report=bed.report)
+    again = swarm_undeploy.undeploy(bed.client, stack, PROJECT, timeout_s=5, report=bed.report)
     assert (again.services, again.containers, again.networks) == (0, 0, 0)
     assert len((tmp_path / "argv").read_text().splitlines()) == 1
 
@@ -337,7 +340,9 @@ def test_undeploy_that_does_not_finish_names_what_is_left(
     bed = Bed(stack)
     monkeypatch.setenv("PATH", str(fake_cli(tmp_path, "")))
     with pytest.raises(EngineError, match=f"still there after 0.1s: {PROJECT}_gateway, "):
-        sw.undeploy(bed.client, stack, PROJECT, timeout_s=0.1, report=bed.report, poll_s=0.01)
+        swarm_undeploy.undeploy(
+            bed.client, stack, PROJECT, timeout_s=0.1, report=bed.report, poll_s=0.01
+        )
     assert os.path.exists(tmp_path / "argv")
 
 
@@ -441,7 +446,7 @@ def test_undeploy_waits_for_the_task_containers_on_the_nodes_engines(
             del node_b.containers_by_id[stopping.id]
 
     bed.swarm.on_poll = swarm_does
-    removed = sw.undeploy(
+    removed = swarm_undeploy.undeploy(
         bed.client, stack, PROJECT, timeout_s=5, report=bed.report, poll_s=0,
         node_client=node_client,
     )  # fmt: skip
