@@ -1797,21 +1797,28 @@ def undeploy(directory: str, project_name: str | None, timeout: str, as_json: bo
 
 def _swarm_status(directory: str, project_name: str | None, as_json: bool) -> None:
     """`status` on a swarm stack: exit 0 when every task runs as planned, 1 otherwise."""
+    from pathlib import Path
+
     from composegen.engine import docker as eng
     from composegen.engine import swarm as sw
+    from composegen.engine.state import read_mode
 
     plan = _swarm_plan(directory, project_name)
+    mode = read_mode(Path(directory), plan.project)
     client = eng.connect()
     sw.require_manager(client)
     status = sw.stack_status(client, plan)
     if as_json:
-        click.echo(_json(status.to_dict()), nl=False)
+        click.echo(_json({**status.to_dict(), "mode": mode}), nl=False)
         if not status.ok:
             sys.exit(1)
         return
     from rich.table import Table
 
-    table = Table(title=f"{plan.project}: swarm stack")
+    table = Table(
+        title=f"{plan.project}: swarm stack, mode {mode.get('mode')}"
+        + (f" since {mode['since']} ({mode.get('why')})" if mode.get("since") else "")
+    )
     for col in (
         "service",
         "planned node",

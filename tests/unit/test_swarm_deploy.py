@@ -124,9 +124,10 @@ def test_fleet_engine_is_recorded_and_checked(tmp_path: Path) -> None:
         ("gpu-a", None),
         ("gpu-b", "ssh://admin@gpu-b"),
     ]
-    for bad in ("http://gpu-b:2375", "unix://relative.sock"):
-        with pytest.raises(BadInputError, match="engine"):
+    for bad in ("http://gpu-b:2375", "unix://relative.sock", "ssh://admin@gpu-b/x y"):
+        with pytest.raises(BadInputError) as err:
             render(tmp_path / bad.replace("/", "_").replace(":", "_"), {"gpu-b": bad})
+        assert err.value.message.endswith(f"nodes[1].engine: {bad!r} is not an engine address")
 
 
 # --- the manager and the CLI ------------------------------------------------------------------
@@ -374,7 +375,7 @@ def test_status_of_a_swarm_stack_exits_0_as_planned_and_1_otherwise(
     code, out, _ = run_cli(monkeypatch, capsys, bed.client, "status", "-C", str(stack), "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["ok"] is True and data["project"] == PROJECT
+    assert data["ok"] is True and data["project"] == PROJECT and data["mode"]["mode"] == "gpu"
     assert {r["service"]: (r["node"], r["gpus"]) for r in data["services"]} == {
         s: (WHERE[s], [GPU[s]] if s in GPU else []) for s in WHERE
     }
