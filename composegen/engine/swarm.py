@@ -46,7 +46,6 @@ NAMESPACE = "com.docker.stack.namespace"
 CLI_TIMEOUT_S = 300.0
 _STARTING = {"new", "allocated", "assigned", "accepted", "preparing", "ready", "starting"}
 _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
-_ENDED = {"failed", "rejected", "shutdown", "complete", "orphaned", "remove"}
 
 Report = Callable[[str, str, str], None]
 NodeClient = Callable[[str], Any]
@@ -254,7 +253,7 @@ def _row(
         return row
     row.state = "starting" if state in _STARTING else state
     why = str(status.get("Err") or status.get("Message") or "")
-    row.detail = why if state in _ENDED | {"pending"} else (why or state)
+    row.detail = "" if why == row.state else why
     return row
 
 

@@ -472,3 +472,17 @@ def test_the_newest_task_is_found_whatever_the_engine_trims_of_its_timestamp(sta
     old["DesiredState"] = new["DesiredState"] = "running"  # both meant to run for a moment
     row = next(r for r in wait(bed, stack).rows if r.service == "ollama-1")
     assert (row.state, row.gpus) == ("running", (A[1],))
+
+
+def test_a_crashing_task_is_reported_and_the_timeout_names_its_last_error(stack: Path) -> None:
+    bed = Bed(stack)
+    bed.run_all(but=("ollama-0",))
+    crashed = bed.swarm.add_task(f"{PROJECT}_ollama-0", bed.node["gpu-a"], "running")
+    bed.swarm.set_state(crashed, "failed", "task: non-zero exit (137)")
+    bed.swarm.add_task(f"{PROJECT}_ollama-0", bed.node["gpu-a"], "starting")
+    with pytest.raises(EngineError) as err:
+        wait(bed, stack, timeout=0.1)
+    assert err.value.message.endswith(
+        "ollama-0 (planned on gpu-a) on gpu-a: starting (last task error: task: non-zero exit "
+        "(137))"
+    )
