@@ -406,7 +406,7 @@ def worker_pids(c: Any) -> list[str]:
     """The pids of nginx's worker processes in the container (a reload replaces them)."""
     script = (  # not this shell, whose own command line holds the words
         'for p in /proc/[0-9]*; do [ "${p#/proc/}" != $$ ] && '
-        'grep -qs "worker process" $p/cmdline && echo ${p#/proc/}; done'
+        'grep -qs "worker process" $p/cmdline && echo ${p#/proc/}; done; true'
     )
     pids = c.exec_run(["sh", "-c", script]).output.decode().split()
     assert pids, "no nginx worker process"
