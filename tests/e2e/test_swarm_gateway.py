@@ -155,6 +155,28 @@ def deploy_full(dep: Deployment) -> None:
           f"{dep.figures['rejected_tasks']} rejected task(s): {rejected(dep)}")  # fmt: skip
 
 
+def watch_gateway_start(dep: Deployment, deadline_s: float = 60) -> dict[str, Any]:
+    """Poll the gateway's task from its creation until Swarm reports it running; record each
+    (task state, container health) seen in dep.figures["gateway_start"]. The state is read
+    before the health, so "running" with a health short of "healthy" would be Swarm's doing."""
+    seen: list[tuple[str, str]] = []
+    dep.figures["gateway_start"] = seen
+    started = time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        now = tasks(dep.mgr, f"{STACK}_gateway")
+        if len(now) == 1 and now[0]["container"]:
+            health = dep.mgr.docker(
+                "inspect", "--format", "{{.State.Health.Status}}", now[0]["container"],
+                check=False,
+            ).strip()  # fmt: skip
+            seen.append((now[0]["state"], health))
+            if now[0]["state"] == "running":
+                dep.figures["gateway_running_s"] = round(time.monotonic() - started, 1)
+                return now[0]
+        time.sleep(0.3)
+    raise AssertionError(f"the gateway's task is not running within {deadline_s} s: {seen}")
+
+
 @pytest.fixture(scope="module")
 def deployment(
     tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory
@@ -190,8 +212,7 @@ def deployment(
             nodes[1], nodes, out, [f"{STACK}_{n}" for n in backends], int(found.group(1))
         )
         deploy(dep.mgr, held)
-        # Swarm reports the gateway's task "running" only once its healthcheck passed
-        (gw,) = wait_tasks(dep.mgr, f"{STACK}_gateway", 1, deadline_s=60)
+        gw = watch_gateway_start(dep)
         assert gw["node"] == "cgsw-node1"
         dep.gateway = gw["container"]
         dep.workers = worker_pids(dep)
@@ -203,6 +224,11 @@ def deployment(
 def test_gateway_is_healthy_while_no_backend_task_runs(deployment: Deployment) -> None:
     dep = deployment
     assert not dep.full, "run this module's tests in file order"
+    # Swarm held the task at "starting" while its healthcheck had not passed, "running" after
+    seen = dep.figures["gateway_start"]
+    assert ("starting", "starting") in seen, seen
+    assert all(health == "healthy" for state, health in seen if state == "running"), seen
+    print(f"\nswarm gateway: running (healthy) {dep.figures['gateway_running_s']} s after deploy")
     assert gateway_health(dep) == ("healthy", 0)
     for service in dep.backends:
         assert tasks(dep.mgr, service) == []
@@ -228,7 +254,10 @@ def test_gateway_reaches_the_backends_once_they_run_on_both_nodes(
         return seen == set(by_container)
 
     # the names resolve again within valid= (plus a failed lookup's resolver timeout, 30 s)
+    started = time.monotonic()
     wait_for(all_reached, f"requests reach {sorted(by_container)}", dep.valid_s + 45, step=0.2)
+    print(f"\nswarm gateway: every replica reached {time.monotonic() - started:.1f} s after "
+          "they all ran")  # fmt: skip
     assert {by_container[c] for c in seen} == {"cgsw-node1", "cgsw-node2"}
     assert_gateway_never_replaced_or_reloaded(dep)
 
