@@ -406,7 +406,7 @@ def worker_pids(c: Any) -> list[str]:
     """The pids of nginx's worker processes in the container (a reload replaces them)."""
     script = (  # not this shell, whose own command line holds the words
         'for p in /proc/[0-9]*; do [ "${p#/proc/}" != $$ ] && '
-        'grep -qs "worker process" $p/cmdline && echo ${p#/proc/}; done'
+        'grep -qs "worker process" $p/cmdline && echo ${p#/proc/}; done; true'
     )
     pids = c.exec_run(["sh", "-c", script]).output.decode().split()
     assert pids, "no nginx worker process"
@@ -516,3 +516,20 @@ def test_images_sh_refuses_an_nginx_older_than_it_needs(
     assert res.returncode == 1, res.stderr
     assert f"nginx is {version}, older than the 99.0.0" in res.stderr
     assert "nginx-resolve" not in res.stdout and f":{version}: up to date" not in res.stdout
+
+
+def test_images_sh_list_needs_the_nginx_resolve_image_built(
+    docker_client: Any, test_images: dict[str, str]
+) -> None:
+    script = str(ROOT / "scripts" / "images.sh")
+    listed = subprocess.run(
+        ["bash", script, "--list"], capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    assert listed[-1] == test_images["nginx-resolve"] and listed[3] == "composegen-test/nginx:1"
+    # another suite's image is not built here: no version, so no tag to print
+    env = {**os.environ, "COMPOSEGEN_NGINX_RESOLVE_SUITE": "sid"}
+    res = subprocess.run(
+        ["bash", script, "--list"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 1 and res.stdout == ""
+    assert "the nginx-resolve image is not built" in res.stderr
