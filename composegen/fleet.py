@@ -2,7 +2,7 @@
 
     nodes:
       - {name: gpu-a, hostname: gpu-a.lan, inventory: a.json}
-      - {name: gpu-b, labels: {gpu: a100}, inventory: b.csv}
+      - {name: gpu-b, labels: {gpu: a100}, inventory: b.csv, engine: ssh://admin@gpu-b}
     spares: per-node        # or fleet (the default); the profile's planner.spares wins
 
 Inventory paths are relative to the fleet file and take anything `detect --from` reads. The
@@ -14,6 +14,7 @@ over a fleet gives every instance its node (composegen.plan).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from composegen.inventory import Gpu, Inventory
 from composegen.plan import FleetLayout, Plan, PlanOptions, SpareScope, make_plan
 from composegen.profiles import Profile
 
+_ENGINE = re.compile(r"(unix:///[^\s]+|tcp://[A-Za-z0-9.:\[\]-]+|ssh://[^\s/@]+@?[^\s/]*)")
 SCHEMA_FILE = Path(__file__).with_name("schemas") / "fleet.schema.json"
 
 
@@ -34,7 +36,7 @@ class Node:
     labels: Mapping[str, str]  # or placement by node labels (node.labels.KEY == VALUE)
     inventory: Inventory  # from the node's file (anything `detect --from` reads)
     inventory_path: str = ""  # that file, as resolved against the fleet file
-    engine: str | None = None
+    engine: str | None = None  # the node's engine (unix://, tcp://, ssh://): deploy reads there
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def load_fleet(path: str) -> Fleet:
             exc.message,
             exc.hint
             or "a fleet file is `nodes: [{name: gpu-a, inventory: a.json}, ...]`; node keys: "
-            "name, hostname, labels, inventory; spares: per-node or fleet",
+            "name, hostname, labels, inventory, engine; spares: per-node or fleet",
         ) from None
     base = Path(path).parent
     nodes: list[Node] = []
@@ -155,7 +157,14 @@ def load_fleet(path: str) -> Fleet:
                 or f"save it on {name} with `composegen detect --save FILE`; the path is "
                 "relative to the fleet file",
             ) from None
-        nodes.append(Node(name, host, dict(raw.get("labels") or {}), inv, inv_path))
+        engine = raw.get("engine")
+        if engine is not None and not _ENGINE.fullmatch(engine):
+            raise BadInputError(
+                f"{path}: nodes[{k}].engine: {engine!r} is not an engine address",
+                "give unix:///var/run/docker.sock, tcp://HOST:2376 or ssh://USER@HOST",
+            )
+        labels = dict(raw.get("labels") or {})
+        nodes.append(Node(name, host, labels, inv, inv_path, engine))
     _check_uuids(path, nodes)
     return Fleet(tuple(nodes), spares=data.get("spares", "fleet"), path=path)
 

@@ -3,7 +3,8 @@
 Per node: `daemon.json` (the keys to merge into /etc/docker/daemon.json: the node's GPUs as
 Swarm generic resources, the NVIDIA runtime as the default runtime) and
 `nvidia-container-runtime.toml` (the config.toml line about Swarm's resource variable); one
-README.md with the exact commands, node by node.
+README.md with the exact commands, node by node; nodes.json, what deploy and status read of
+the fleet (each node's placement, GPU UUIDs and engine address).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from composegen.files import OutFile
 from composegen.profiles import Profile
 from composegen.render_swarm import _GPU_UUID, GPU_KIND, STACK_FILE, SwarmNode, placement
 
+NODES_FILE = "swarm/nodes.json"
 RUNTIME_CONFIG = "/etc/nvidia-container-runtime/config.toml"
 SWARM_RESOURCE = f"DOCKER_RESOURCE_{GPU_KIND}"
 _NODE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -121,8 +123,28 @@ def readme(prof: Profile, nodes: Sequence[SwarmNode]) -> str:
     return "\n".join(lines)
 
 
+def nodes_json(prof: Profile, nodes: Sequence[SwarmNode]) -> dict[str, Any]:
+    """swarm/nodes.json: per node its placement, GPUs and engine, so that deploy and status
+    know the fleet without the fleet file (composegen.swarm_stack reads it)."""
+    return {
+        "profile": prof.name,
+        "nodes": [
+            {
+                "name": node.name,
+                # as placement() places it: the hostname, else the labels, else the name
+                "hostname": node.hostname or (None if node.labels else node.name),
+                "labels": dict(node.labels),
+                "placement": placement(node),
+                "engine": getattr(node, "engine", None),
+                "gpus": [a.split("=", 1)[1] for a in advertised(node)],
+            }
+            for node in nodes
+        ],
+    }
+
+
 def node_files(prof: Profile, nodes: Sequence[SwarmNode]) -> list[OutFile]:
-    files = []
+    files = [OutFile(NODES_FILE, json.dumps(nodes_json(prof, nodes), indent=2) + "\n")]
     for node in nodes:
         d = node_dir(node)
         files.append(OutFile(f"{d}/daemon.json", json.dumps(daemon_json(node), indent=2) + "\n"))

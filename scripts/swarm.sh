@@ -41,9 +41,10 @@ NODE_FIXTURES=(
     "$FIXTURES/openpai__nvidia_smi_sample_ecc_unsupported.xml"
     "$FIXTURES/telegraf__dual_a5000-v13.xml"
 )
-# what the e2e tests run; node images come from the main engine (scripts/images.sh builds them)
-IMAGES=(composegen-test/model-stub:1 composegen-test/nginx:1 composegen-test/ollama-stub:1
-    composegen-test/busybox:1)
+# what the e2e tests run, copied from the main engine: the stubs and both nginx images (nginx:1
+# and the nginx-resolve one, whose tag is its nginx version) as scripts/images.sh --list names
+# them, and the busybox image of tests/e2e/conftest.py; set by need()
+IMAGES=()
 
 say() { printf 'swarm: %s\n' "$*" >&2; }
 die() {
@@ -88,6 +89,11 @@ need() {
         command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
     done
     [ "${#missing[@]}" = 0 ] || { say "missing: ${missing[*]} (apt-get install iproute2 util-linux docker.io)"; exit 3; }
+    local listed
+    listed="$(bash "$ROOT/scripts/images.sh" --list)" ||
+        { say "the test images are not all built (run scripts/images.sh)"; exit 3; }
+    mapfile -t IMAGES < <(grep -E '^composegen-test/(model-stub|ollama-stub|nginx):' <<<"$listed")
+    IMAGES+=(composegen-test/busybox:1)
     for img in "${IMAGES[@]}"; do
         timeout 20 docker image inspect "$img" >/dev/null 2>&1 ||
             { say "image $img is not on the main engine (run scripts/images.sh)"; exit 3; }

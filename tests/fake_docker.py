@@ -96,12 +96,22 @@ Public names (stable: tests import them; add to them, do not rename):
       initialize NVML: Unknown Error";
   and knobs `gpu_refused` (device ids whose request the NVIDIA hook refuses: unknown device)
   and `no_smi_images` (images without nvidia-smi: starting it fails, executable not found).
+- Swarm (composegen.engine.swarm), in `swarm` (a `FakeSwarm`): `swarm.init(manager=True)`
+  makes info()'s Swarm section say a manager (False: a worker); `swarm.add_node(hostname,
+  labels, gpus)` a node advertising those UUIDs as NVIDIA-GPU named resources;
+  `swarm.add_service(project, name, env)` a service of stack PROJECT (label
+  com.docker.stack.namespace) whose ContainerSpec.Env is `env`; `swarm.add_task(service, node,
+  state, err=, container=)` a task of it (newest last; its spec a copy of the service's);
+  `swarm.on_poll` a hook run at each `api.services` call (a test scripts what Swarm does over
+  time), `swarm.polls` their count. The API: `api.nodes()`, `api.services(filters)` (label,
+  name), `api.tasks(filters)` (service: ids or names, desired-state).
 - `LABEL_PROJECT`, `LABEL_SERVICE`: Compose's labels; `API_VERSION`: "1.41"; `NO_SUCH_HOST`:
   the engine's message for a registry that cannot be reached.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import queue
 import threading
@@ -535,6 +545,25 @@ class _Api:
         # 126 MB: the size of the test engine's stand-in images (`docker images`)
         return {"Id": f"sha256:{sum(name.encode()):064x}", "Size": 125_829_120, "Config": config}
 
+    def nodes(self, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        self.engine._check()
+        return copy.deepcopy(list(self.engine.swarm.nodes.values()))
+
+    def services(self, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        self.engine._check()
+        self.engine.swarm.poll()
+        names = (filters or {}).get("name")
+        found = [
+            s
+            for s in self.engine.swarm.services.values()
+            if _matches(s["Spec"]["Labels"], filters) and (not names or s["Spec"]["Name"] in names)
+        ]
+        return copy.deepcopy(found)
+
+    def tasks(self, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        self.engine._check()
+        return self.engine.swarm.list_tasks(filters or {})
+
     def inspect_container(self, cid: str) -> dict[str, Any]:
         engine = self.engine
         c = engine.containers.get(cid)
@@ -706,6 +735,7 @@ class FakeDocker:
         self.volumes = _Named(self, "volume")
         self.images = _Images(self)
         self.api = _Api(self)
+        self.swarm = FakeSwarm(self)
         if scenario == "create-fails":
             self.fail("create", "*")
         elif scenario == "stop-fails":
@@ -874,3 +904,140 @@ class FakeDocker:
             streams = [f for f in self.log_followers if f.cid == c.id]
         for s in streams:
             s.close()
+
+
+NAMESPACE = "com.docker.stack.namespace"
+# Swarm's task status messages (`docker inspect TASK`, Status.Message)
+_TASK_MESSAGES = {
+    "pending": "pending task scheduling",
+    "running": "started",
+    "starting": "starting",
+}
+
+
+class FakeSwarm:
+    """The Swarm a manager engine answers for: nodes, services and their tasks, as dicts in the
+    engine API's shapes (`docker node/service/task inspect`)."""
+
+    def __init__(self, engine: FakeDocker) -> None:
+        self.engine = engine
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.services: dict[str, dict[str, Any]] = {}
+        self.tasks: list[dict[str, Any]] = []
+        self.on_poll: Callable[[FakeSwarm], None] | None = None
+        self.polls = 0
+        self.clock = itertools.count(1)
+
+    def init(self, manager: bool = True) -> None:
+        self.engine.engine_info["Swarm"] = {
+            "LocalNodeState": "active",
+            "ControlAvailable": manager,
+            "NodeID": "mgr",
+        }
+
+    def _stamp(self) -> str:
+        return f"2026-11-29T12:00:{next(self.clock):06.3f}Z"
+
+    def add_node(
+        self,
+        hostname: str,
+        labels: dict[str, str] | None = None,
+        gpus: tuple[str, ...] | list[str] = (),
+        role: str = "worker",
+    ) -> str:
+        nid = f"node{len(self.nodes) + 1}{hostname}"
+        resources = [{"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": u}} for u in gpus]
+        self.nodes[nid] = {
+            "ID": nid,
+            "Spec": {"Labels": dict(labels or {}), "Role": role, "Availability": "active"},
+            "Description": {"Hostname": hostname, "Resources": {"GenericResources": resources}},
+            "Status": {"State": "ready"},
+        }
+        return nid
+
+    def add_service(self, project: str, name: str, env: dict[str, str] | None = None) -> str:
+        sid = f"svc{len(self.services) + 1}"
+        spec = {"Image": "composegen-test/model-stub:1"}
+        spec["Env"] = [f"{k}={v}" for k, v in (env or {}).items()]  # type: ignore[assignment]
+        self.services[sid] = {
+            "ID": sid,
+            "Spec": {
+                "Name": f"{project}_{name}",
+                "Labels": {NAMESPACE: project},
+                "TaskTemplate": {"ContainerSpec": spec},
+            },
+        }
+        return sid
+
+    def service_id(self, name: str) -> str:
+        for sid, svc in self.services.items():
+            if svc["Spec"]["Name"] == name or sid == name:
+                return sid
+        raise KeyError(name)
+
+    def add_task(
+        self,
+        service: str,
+        node: str | None,
+        state: str,
+        err: str = "",
+        container: str | None = None,
+        desired: str = "running",
+    ) -> dict[str, Any]:
+        sid = self.service_id(service)
+        stamp = self._stamp()
+        message = _TASK_MESSAGES.get(state, state)
+        status: dict[str, Any] = {"State": state, "Timestamp": stamp, "Message": message}
+        if err:
+            status["Err"] = err
+        if container:
+            status["ContainerStatus"] = {"ContainerID": container}
+        task = {
+            "ID": f"task{len(self.tasks) + 1}",
+            "ServiceID": sid,
+            "NodeID": node or "",
+            "CreatedAt": stamp,
+            "DesiredState": desired,
+            "Status": status,
+            "Spec": copy.deepcopy(self.services[sid]["Spec"]["TaskTemplate"]),
+        }
+        self.tasks.append(task)
+        return task
+
+    def set_state(self, task: dict[str, Any], state: str, err: str = "") -> None:
+        task["Status"].update(State=state, Timestamp=self._stamp())
+        task["Status"].pop("Err", None)
+        if err:
+            task["Status"]["Err"] = err
+        if state in ("failed", "rejected", "shutdown", "complete"):
+            task["DesiredState"] = "shutdown"
+
+    def remove_service(self, name: str) -> None:
+        sid = self.service_id(name)
+        del self.services[sid]
+        self.tasks = [t for t in self.tasks if t["ServiceID"] != sid]
+
+    def poll(self) -> None:
+        self.polls += 1
+        if self.on_poll is not None:
+            self.on_poll(self)
+
+    def list_tasks(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        wanted = filters.get("service")
+        ids = None
+        if wanted:
+            names = {wanted} if isinstance(wanted, str) else set(wanted)
+            ids = {
+                sid
+                for sid, svc in self.services.items()
+                if sid in names or svc["Spec"]["Name"] in names
+            }
+        desired = filters.get("desired-state")
+        return copy.deepcopy(
+            [
+                t
+                for t in self.tasks
+                if (ids is None or t["ServiceID"] in ids)
+                and (not desired or t["DesiredState"] == desired)
+            ]
+        )

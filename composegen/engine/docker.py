@@ -117,6 +117,27 @@ def connect(timeout_s: float = 30.0) -> Any:
     return client
 
 
+def connect_at(base_url: str, timeout_s: float = 30.0) -> Any:
+    """A client for another engine (a Swarm node's, from the fleet file): unix://, tcp://,
+    ssh:// (through the ssh command, as the Docker CLI does)."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.DockerClient(
+            base_url=base_url, timeout=int(timeout_s), use_ssh_client=base_url.startswith("ssh://")
+        )
+        client.ping()
+    except DockerException as exc:
+        from composegen.detect.host import _engine_error
+
+        raise NoEngineError(
+            f"no Docker engine at {base_url}: {_engine_error(exc)}",
+            "check the node's engine address in the fleet file",
+        ) from None
+    return client
+
+
 @contextmanager
 def mapped_errors(what: str) -> Iterator[None]:
     """Turn docker-py exceptions into one-line composegen errors."""

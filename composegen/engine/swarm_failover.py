@@ -19,8 +19,6 @@ that service is updated stop-first, and the output says so.
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +28,7 @@ import yaml
 
 from composegen import app
 from composegen import failover_policy as policy
+from composegen.engine import swarm as engine
 from composegen.engine.failover import Io, Outcome, changed_files, write_changed
 from composegen.engine.state import project_lock, read_mode, write_mode
 from composegen.errors import BadInputError, ComposegenError
@@ -47,37 +46,15 @@ class SwarmStack:
     name: str  # the stack (project) name: -p NAME, else the profile's name, as render prints
 
 
-def is_swarm_dir(directory: Path) -> bool:
-    """DIR holds docker-stack.yml and no docker-compose.yml (a1's engine.swarm has the same)."""
-    return (directory / STACK_FILE).is_file() and not (directory / "docker-compose.yml").exists()
-
-
 def stack_at(directory: str | None, project_name: str | None) -> SwarmStack | None:
-    """The swarm stack in DIR, or None when DIR is a one-host Compose project."""
+    """The swarm stack in DIR (engine.swarm.is_swarm_dir), or None for a one-host Compose
+    project; its name as `composegen deploy` takes it (-p NAME, else the stack file's)."""
     d = Path(directory or ".")
-    if not is_swarm_dir(d):
+    if not engine.is_swarm_dir(d):
         return None
-    name = project_name or os.environ.get("COMPOSE_PROJECT_NAME") or _profile_of(d)
-    return SwarmStack(d.resolve(), name)
+    from composegen.swarm_stack import load_stack
 
-
-def _profile_of(directory: Path) -> str:
-    try:
-        data = yaml.safe_load((directory / STACK_FILE).read_text(encoding="utf-8"))
-        name = data["services"]["gateway"]["labels"]["io.composegen.profile"]
-        if isinstance(name, str) and name:
-            return name
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
-        pass
-    raise BadInputError(
-        f"{directory / STACK_FILE}: no io.composegen.profile label on its gateway service",
-        "pass the stack's name: -p NAME (as given to `docker stack deploy`)",
-    )
-
-
-def _engine() -> Any:
-    """engine.swarm (stack_deploy, wait_converged): imported when a fallback applies."""
-    return importlib.import_module("composegen.engine.swarm")
+    return SwarmStack(d.resolve(), load_stack(d, project_name).project)
 
 
 # --- pure parts -------------------------------------------------------------------------------
@@ -254,7 +231,6 @@ def _apply(
     """Write what changes, record it, deploy, wait; the record comes first so that a failed
     deploy leaves files and render.json saying the same (a rerun, or `composegen deploy`,
     applies them)."""
-    eng = _engine()
     client = io.connect()
     names = list(stack_services(step.after.files))
     with (
@@ -271,13 +247,13 @@ def _apply(
         app.save_inputs(stack.directory, step.inputs)
         write_mode(stack.directory, stack.name, mode, why)
         try:
-            eng.stack_deploy(stack.directory, stack.name, io.say)
+            engine.stack_deploy(stack.directory, stack.name, io.say)
         except ComposegenError as exc:
             raise ComposegenError(
                 f"{stack.name}: the re-planned stack is written but not applied: {exc.message}",
                 f"fix that, then `composegen deploy -C {stack.directory}` applies it",
             ) from None
-        eng.wait_converged(client, stack.directory, stack.name, timeout_s=WAIT_S, report=report)
+        engine.wait_converged(client, stack.directory, stack.name, timeout_s=WAIT_S, report=report)
 
 
 def _finish(

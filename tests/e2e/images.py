@@ -4,7 +4,11 @@ model servers, Ollama, nginx and the Hugging Face hub, plus the real huggingface
 
     from tests.e2e.images import ensure_images
     tags = ensure_images()
-    # {"debian": ..., "model": ..., "ollama": ..., "nginx": ..., "hf-hub": ..., "hf-fetch": ...}
+    # {"debian": ..., "model": ..., "ollama": ..., "nginx": ..., "hf-hub": ..., "hf-fetch": ...,
+    #  "nginx-resolve": "composegen-test/nginx:<the nginx version inside>"}
+
+"nginx" (Debian bookworm's nginx 1.22) is the one-host tests' gateway; "nginx-resolve" (Debian
+forky's, >= 1.27.3) is the Swarm gateway's, whose upstreams re-resolve with `server NAME resolve`.
 
 Call it from a fixture that already depends on `docker_client` so a missing engine skips (or
 fails in CI) by conftest.py's rule before any build is tried.
@@ -21,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "images.sh"
 # the order `images.sh --list` prints them in
-KEYS = ("debian", "model", "ollama", "nginx", "hf-hub", "hf-fetch")
+KEYS = ("debian", "model", "ollama", "nginx", "hf-hub", "hf-fetch", "nginx-resolve")
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,6 +4,8 @@ the same invocations, ports, healthchecks and GPU environment, on a real engine.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from composegen.render_swarm import nginx_takes_resolve
 from tests.e2e.conftest import TEST_LABELS
 from tests.e2e.images import ensure_images
 
@@ -364,3 +367,169 @@ def test_gateway_proxies_to_a_stub_replica(
                 assert json.loads(events[0][6:])["served_by"] == backend.id[:12]
     finally:
         net.remove()
+
+
+# ---- nginx-resolve: the Swarm gateway's nginx (>= 1.27.3) ----------------------------------------
+
+RESOLVE_SINCE = (1, 27, 3)  # upstream nginx's CHANGES: `server ... resolve` in open source
+
+# An upstream whose server name does not resolve when nginx starts (a Swarm service with no
+# running task: dnsrr gives no address); nginx >= 1.27.3 starts anyway and looks it up again.
+RESOLVE_NGINX = """
+worker_processes 1;
+error_log /dev/stderr warn;
+events { worker_connections 64; }
+http {
+    access_log /dev/stdout;
+    resolver 127.0.0.11 valid=1s ipv6=off;
+    upstream llm { zone llm 64k; server llm:8003 resolve; keepalive 4; }
+    server {
+        listen 8080;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        location /llm/ { proxy_pass http://llm/; }
+        location = /healthz { return 200 '{"status": "ok"}\\n'; }
+    }
+}
+"""
+
+
+def nginx_version(c: Any) -> tuple[int, int, int]:
+    out = c.exec_run(["nginx", "-v"]).output.decode()  # "nginx version: nginx/1.30.6"
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    assert found, out
+    major, minor, patch = (int(x) for x in found.groups())
+    return major, minor, patch
+
+
+def worker_pids(c: Any) -> list[str]:
+    """The pids of nginx's worker processes in the container (a reload replaces them)."""
+    script = (  # not this shell, whose own command line holds the words
+        'for p in /proc/[0-9]*; do [ "${p#/proc/}" != $$ ] && '
+        'grep -qs "worker process" $p/cmdline && echo ${p#/proc/}; done; true'
+    )
+    pids = c.exec_run(["sh", "-c", script]).output.decode().split()
+    assert pids, "no nginx worker process"
+    return sorted(pids)
+
+
+def test_nginx_resolve_is_new_enough_and_tagged_with_its_version(
+    docker_client: Any, test_images: dict[str, str]
+) -> None:
+    tag = test_images["nginx-resolve"]
+    with container(docker_client, tag, command=["sleep", "60"]) as c:
+        version = nginx_version(c)
+    assert version >= RESOLVE_SINCE, version
+    assert tag == "composegen-test/nginx:{}.{}.{}".format(*version)
+    assert nginx_takes_resolve(tag)  # so the swarm target renders dnsrr + `resolve` for it
+    with container(docker_client, test_images["nginx"], command=["sleep", "60"]) as old:
+        assert nginx_version(old) < RESOLVE_SINCE  # the one-host tests' nginx:1 stays bookworm's
+
+
+def test_nginx_resolve_runs_like_nginx_1(docker_client: Any, test_images: dict[str, str]) -> None:
+    new, old = (
+        docker_client.images.get(test_images[k]).attrs["Config"] for k in ("nginx-resolve", "nginx")
+    )
+    for key in ("Cmd", "Entrypoint", "StopSignal", "ExposedPorts", "WorkingDir"):
+        assert new.get(key) == old.get(key), key
+    with container(docker_client, test_images["nginx-resolve"]) as c:
+        wait_for(lambda: c.exec_run(["curl", "-fsS", "http://127.0.0.1/"]).exit_code == 0)
+        logs = c.exec_run(["readlink", "/var/log/nginx/access.log", "/var/log/nginx/error.log"])
+        assert logs.output.decode().split() == ["/dev/stdout", "/dev/stderr"]
+        assert b"GET / HTTP/1.1" in c.logs(stdout=True, stderr=False)
+        assert c.exec_run(["python3", "-V"]).exit_code != 0  # no python in this one
+
+
+def test_nginx_resolve_accepts_an_upstream_name_that_does_not_resolve_yet(
+    docker_client: Any, test_images: dict[str, str], tmp_path: Path
+) -> None:
+    conf = tmp_path / "nginx"
+    conf.mkdir()
+    (conf / "nginx.conf").write_text(RESOLVE_NGINX)
+    check = ["nginx", "-t", "-c", "/etc/nginx/composegen/nginx.conf"]
+    volumes = {str(conf): {"bind": "/etc/nginx/composegen", "mode": "ro"}}
+    new = docker_client.containers.run(
+        test_images["nginx-resolve"], check, volumes=volumes, labels=dict(TEST_LABELS),
+        detach=True,
+    )  # fmt: skip
+    old = docker_client.containers.run(
+        test_images["nginx"], check, volumes=volumes, labels=dict(TEST_LABELS), detach=True
+    )
+    try:
+        assert new.wait(timeout=30)["StatusCode"] == 0, new.logs()
+        assert b"test is successful" in new.logs()
+        # bookworm's 1.22 knows no `resolve`: the same file is refused (the test tells them apart)
+        assert old.wait(timeout=30)["StatusCode"] == 1
+        assert b'invalid parameter "resolve"' in old.logs()
+    finally:
+        new.remove(force=True)
+        old.remove(force=True)
+
+
+def test_nginx_resolve_gateway_reaches_a_backend_started_after_it_without_a_reload(
+    docker_client: Any, test_images: dict[str, str], tmp_path: Path
+) -> None:
+    conf = tmp_path / "nginx"
+    conf.mkdir()
+    (conf / "nginx.conf").write_text(RESOLVE_NGINX)
+    net = docker_client.networks.create(f"cgtest-images-{time.time_ns()}", labels=dict(TEST_LABELS))
+    try:
+        with container(
+            docker_client,
+            test_images["nginx-resolve"],
+            command=["nginx", "-g", "daemon off;", "-c", "/etc/nginx/composegen/nginx.conf"],
+            volumes={str(conf): {"bind": "/etc/nginx/composegen", "mode": "ro"}},
+            ports={"8080/tcp": ("127.0.0.1", None)},
+            network=net.name,
+        ) as gw:
+            port = host_port(gw, "8080/tcp")
+            statuses_until_ok(port, "/healthz")
+            assert http(port, "/llm/health")[0] == 502  # up, with no address for llm yet
+            workers = worker_pids(gw)
+            with container(
+                docker_client,
+                test_images["model"],
+                command=["--model", "m", "--port", "8003"],
+                network=net.name,
+            ) as backend:
+                net.disconnect(backend)
+                net.connect(backend, aliases=["llm"])
+                statuses_until_ok(port, "/llm/health", timeout=15)
+                served = json.loads(http(port, "/llm/health")[1])["served_by"]
+                assert served == backend.id[:12]
+                assert worker_pids(gw) == workers  # no reload (it starts new workers)
+            gw.reload()
+            assert gw.attrs["State"]["Running"] and gw.attrs["RestartCount"] == 0
+    finally:
+        net.remove()
+
+
+def test_images_sh_refuses_an_nginx_older_than_it_needs(
+    docker_client: Any, test_images: dict[str, str]
+) -> None:
+    version = test_images["nginx-resolve"].rsplit(":", 1)[1]
+    env = {**os.environ, "COMPOSEGEN_NGINX_RESOLVE_MIN": "99.0.0"}
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "images.sh")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert f"nginx is {version}, older than the 99.0.0" in res.stderr
+    assert "nginx-resolve" not in res.stdout and f":{version}: up to date" not in res.stdout
+
+
+def test_images_sh_list_needs_the_nginx_resolve_image_built(
+    docker_client: Any, test_images: dict[str, str]
+) -> None:
+    script = str(ROOT / "scripts" / "images.sh")
+    listed = subprocess.run(
+        ["bash", script, "--list"], capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    assert listed[-1] == test_images["nginx-resolve"] and listed[3] == "composegen-test/nginx:1"
+    # another suite's image is not built here: no version, so no tag to print
+    env = {**os.environ, "COMPOSEGEN_NGINX_RESOLVE_SUITE": "sid"}
+    res = subprocess.run(
+        ["bash", script, "--list"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 1 and res.stdout == ""
+    assert "the nginx-resolve image is not built" in res.stderr

@@ -248,6 +248,8 @@ def test_with_resolve_every_service_answers_by_its_tasks_address(pair: list[Node
     services = stack_of(render_swarm(prof, fleet_plan(prof, pair), pair))["services"]
     assert {"gateway", "ollama-0", "ollama-1"} <= set(services)
     assert {b["deploy"]["endpoint_mode"] for b in services.values()} == {"dnsrr"}
+    conf = files_of(render_swarm(prof, fleet_plan(prof, pair), pair))["nginx/nginx.conf"]
+    assert parse_nginx(conf).one("http").one("resolver_timeout").args == ["5s"]
 
 
 def test_backend_overlay_is_internal(replicas: Any) -> None:

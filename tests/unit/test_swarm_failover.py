@@ -11,7 +11,6 @@ node1's GPUs 2 and 3 and node2 free."""
 from __future__ import annotations
 
 import json
-import types
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import yaml
 
 from composegen import app
 from composegen.engine import failover
+from composegen.engine import swarm as engine_swarm
 from composegen.engine import swarm_failover as sw
 from composegen.engine.state import read_mode, write_mode
 from composegen.errors import BadInputError, ComposegenError
@@ -65,34 +65,33 @@ def rendered(
 
 
 class Engine:
-    """engine.swarm as the contract gives it, recording each call; `fail` makes one raise."""
+    """engine.swarm's stack_deploy and wait_converged, recording each call; `fail` makes one
+    raise."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.fail: dict[str, Exception] = {}
         self.stack_at_deploy: str | None = None
 
-    def module(self) -> Any:
-        def stack_deploy(directory: Path, project: str, say: Any) -> None:
-            self.calls.append(("deploy", directory, project))
-            self.stack_at_deploy = (directory / "docker-stack.yml").read_text()
-            if "deploy" in self.fail:
-                raise self.fail["deploy"]
+    def stack_deploy(self, directory: Path, project: str, say: Any) -> None:
+        self.calls.append(("deploy", directory, project))
+        self.stack_at_deploy = (directory / "docker-stack.yml").read_text()
+        if "deploy" in self.fail:
+            raise self.fail["deploy"]
 
-        def wait_converged(
-            client: Any, directory: Path, project: str, *, timeout_s: float, report: Any
-        ) -> None:
-            self.calls.append(("wait", client, directory, project, timeout_s))
-            if "wait" in self.fail:
-                raise self.fail["wait"]
-
-        return types.SimpleNamespace(stack_deploy=stack_deploy, wait_converged=wait_converged)
+    def wait_converged(
+        self, client: Any, directory: Path, project: str, *, timeout_s: float, report: Any
+    ) -> None:
+        self.calls.append(("wait", client, directory, project, timeout_s))
+        if "wait" in self.fail:
+            raise self.fail["wait"]
 
 
 @pytest.fixture
 def engine(monkeypatch: pytest.MonkeyPatch) -> Engine:
     fake = Engine()
-    monkeypatch.setattr(sw, "_engine", fake.module)
+    monkeypatch.setattr(engine_swarm, "stack_deploy", fake.stack_deploy)
+    monkeypatch.setattr(engine_swarm, "wait_converged", fake.wait_converged)
     return fake
 
 
