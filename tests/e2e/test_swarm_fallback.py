@@ -8,8 +8,10 @@ dropped) runs ollama-0 and ollama-1 on node 1's GPUs 0 and 1, leaving 2 and 3 fr
 Checked from the manager, task by task: `--gpu-failed <GPU 0's UUID>` replaces ollama-0's task
 by one pinned to GPU 2 that Swarm reports running (= healthy) before the old container stops,
 and leaves the other tasks alone (same task IDs); `--cpu` does the same for both replicas onto
-their CPU form on the same node; `--restore` returns them to GPUs 0 and 1. The bed is torn down
-after the module, whatever happens.
+their CPU form on the same node; `--restore` returns them to GPUs 0 and 1. The stack is
+deployed with `composegen deploy`, and each fallback waits as deploy does (engine.swarm). The
+gateway (nginx-resolve image) is never restarted and ends up serving from the replicas' new
+tasks. The bed is torn down after the module, whatever happens.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.images import ensure_images
-from tests.e2e.swarm_bed import Node, leftovers, swarm_script, swarm_up, wait_tasks
+from tests.e2e.swarm_bed import Node, leftovers, swarm_script, swarm_up
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = ROOT / "tests" / "fixtures" / "fleet"
@@ -44,7 +46,6 @@ SERVICES = ("gateway", "ollama-0", "ollama-1")
 class Bed:
     nodes: dict[int, Node]
     directory: Path
-    resolve: bool  # the gateway image is nginx >= 1.27.3 (`server ... resolve`)
     gateway_task: str = ""  # the gateway's task after the deploy
 
     @property
@@ -63,18 +64,21 @@ def cli(bed: Bed | None, *args: str, timeout: float = 300) -> subprocess.Complet
     )  # fmt: skip
 
 
-def render(tmp: Path, tags: dict[str, str]) -> tuple[Path, bool]:
+def render(tmp: Path, tags: dict[str, str], nodes: dict[int, Node]) -> Path:
+    """The fleet file (the bed's hostnames, each node's engine its socket: deploy and the
+    fallback's wait read the GPUs from the task containers there), then `render`."""
     fleet = tmp / "fleet.yaml"
     fleet.write_text(
         "nodes:\n"
-        f"  - {{name: node1, hostname: cgsw-node1, inventory: {FLEET / 'gpu-a-4x80-sxm.json'}}}\n"
-        f"  - {{name: node2, hostname: cgsw-node2, inventory: {FLEET / 'gpu-b-2x64.json'}}}\n"
+        f"  - {{name: node1, hostname: {nodes[1].host}, engine: 'unix://{nodes[1].sock}', "
+        f"inventory: {FLEET / 'gpu-a-4x80-sxm.json'}}}\n"
+        f"  - {{name: node2, hostname: {nodes[2].host}, engine: 'unix://{nodes[2].sock}', "
+        f"inventory: {FLEET / 'gpu-b-2x64.json'}}}\n"
     )
-    nginx = tags.get("nginx-resolve", tags["nginx"])
     out = tmp / "stack"
     done = cli(
         None, "render", "-P", "ollama-replicas", "--fleet", str(fleet), "-o", str(out),
-        "--image", f"ollama={tags['ollama']}", "--image", f"nginx={nginx}",
+        "--image", f"ollama={tags['ollama']}", "--image", f"nginx={tags['nginx-resolve']}",
         "--image", f"prometheus={tags['model']}", "--image", f"grafana={tags['model']}",
         "--set", "services.ollama.gpu.replicas=2",
         # Swarm reports a task running once healthy: check health every second, not every 30
@@ -82,25 +86,20 @@ def render(tmp: Path, tags: dict[str, str]) -> tuple[Path, bool]:
         "--set", "gateway.api_key=e2e-swarm-fallback-key-0123456789",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    return out, "nginx-resolve" in tags
+    return out
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[Bed]:
     tags = ensure_images()
-    directory, resolve = render(tmp_path_factory.mktemp("swarm-fallback"), tags)
     prefix = ""
     try:
         nodes = swarm_up(2, {1: A_UUIDS, 2: B_UUIDS})
         prefix = nodes[1].prefix
-        bed = Bed(nodes, directory, resolve)
-        deploy = subprocess.run(
-            ["docker", "stack", "deploy", "--prune", "-c", "docker-stack.yml", PROJECT],
-            cwd=directory, env=bed.env(), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert deploy.returncode == 0, deploy.stderr
-        for name in SERVICES:
-            wait_tasks(bed.mgr, f"{PROJECT}_{name}", 1, deadline_s=120)
+        directory = render(tmp_path_factory.mktemp("swarm-fallback"), tags, nodes)
+        bed = Bed(nodes, directory)
+        deploy = cli(bed, "deploy", "-C", str(directory), "-p", PROJECT, "--timeout", "3m")
+        assert deploy.returncode == 0, deploy.stderr + deploy.stdout
         bed.gateway_task = running(bed, "gateway")["ID"]
         yield bed
     finally:
@@ -246,21 +245,40 @@ def task_addresses(bed: Bed, task: dict[str, Any]) -> set[str]:
     }
 
 
+def gateway_log(node: Node, cid: str) -> str:
+    done = subprocess.run(
+        ["docker", "logs", "--tail", "30", cid], capture_output=True, text=True, timeout=30,
+        env={**os.environ, "DOCKER_HOST": f"unix://{node.sock}"},
+    )  # fmt: skip
+    return done.stdout + done.stderr
+
+
 def test_gateway_reaches_the_moved_replicas_without_a_restart(bed: Bed) -> None:
-    if not bed.resolve:
-        pytest.skip("needs the nginx >= 1.27.3 test image (images.sh key nginx-resolve)")
     gw_task = running(bed, "gateway")
     gw = container(bed, gw_task)
     assert gw_task["ID"] == bed.gateway_task  # the same gateway task since the deploy
     node = next(n for n in bed.nodes.values() if n.host == gw["_host"])
     replicas = {name: task_addresses(bed, running(bed, name)) for name in ("ollama-0", "ollama-1")}
     key = "Authorization: Bearer e2e-swarm-fallback-key-0123456789"
-    for _ in range(8):
-        out = node.docker(
+
+    def get() -> str:
+        return node.docker(
             "exec", gw["Id"], "curl", "-s", "-H", key, "http://127.0.0.1:8080/",
         )  # fmt: skip
-        assert out == "Ollama is running", out
-    logs = node.docker("logs", "--tail", "8", gw["Id"])
+
+    # nginx keeps a name's addresses for `valid=10s` after a lookup (and keeps them when a
+    # lookup times out): until then it may still try a moved replica's old, stopped task
+    # (a 502 once every address it holds is stale). Wait for 8 answers in a row.
+    start = time.monotonic()
+    ok = 0
+    while ok < 8 and time.monotonic() < start + 60:
+        out = get()
+        ok = ok + 1 if out == "Ollama is running" else 0
+        if not ok:
+            time.sleep(0.5)
+    assert ok == 8, (out, gateway_log(node, gw["Id"]), replicas)
+    print(f"gateway: 8 answers in a row {time.monotonic() - start:.1f} s after --restore")
+    logs = node.docker("logs", "--tail", "8", gw["Id"])  # the last 8 requests
     served = [json.loads(line)["upstream_addr"].rsplit(":", 1)[0] for line in logs.splitlines()]
     # nginx re-resolved the names: every request went to a replica's current task
     assert set(served) <= replicas["ollama-0"] | replicas["ollama-1"], (served, replicas)
