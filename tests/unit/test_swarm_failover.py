@@ -10,7 +10,9 @@ node1's GPUs 2 and 3 and node2 free."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -554,3 +556,107 @@ def test_failures_add_up_and_each_step_changes_only_what_moves(
     assert record["failed"] == [[0], [2]]
     for f in app.rebuild(app.load_inputs(out)).files:
         assert (out / f.path).read_text() == f.text, f.path
+
+
+# --- the real wait on the fake Docker client's Swarm ------------------------------------------
+
+NO_ROOM = "no suitable node (insufficient resources on 1 node)"
+
+
+class FakeSwarmBed:
+    """The fake manager (tests/fake_docker.py FakeSwarm) running the rendered stack: node1 and
+    node2 with the fixtures' GPUs, one running task per service. `deployed` applies the stack
+    file as Swarm would take it: each service's spec (its environment) becomes the file's; the
+    tasks are what the test scripts."""
+
+    def __init__(self, out: Path) -> None:
+        from tests.fake_docker import FakeDocker
+
+        self.out = out
+        self.client = FakeDocker()
+        self.swarm = self.client.swarm
+        self.swarm.init()
+        self.node = {
+            "node1": self.swarm.add_node("cgsw-node1", gpus=A_UUIDS, role="manager"),
+            "node2": self.swarm.add_node("cgsw-node2", gpus=B_UUIDS),
+        }
+        self.task: dict[str, dict[str, Any]] = {}
+        for name, block in stack_of(out).items():
+            self.swarm.add_service("ollama-replicas", name, self._env(block))
+            self.task[name] = self.swarm.add_task(
+                f"ollama-replicas_{name}", self.node["node1"], "running"
+            )
+        self.events: list[tuple[str, str, str]] = []
+
+    @staticmethod
+    def _env(block: dict[str, Any]) -> dict[str, str]:
+        return {k: str(v) for k, v in (block.get("environment") or {}).items()}
+
+    def deployed(self, directory: Path, project: str, say: Any) -> None:
+        for name, block in stack_of(directory).items():
+            sid = self.swarm.service_id(f"{project}_{name}")
+            spec = self.swarm.services[sid]["Spec"]["TaskTemplate"]["ContainerSpec"]
+            spec["Env"] = [f"{k}={v}" for k, v in self._env(block).items()]
+
+    def io(self) -> failover.Io:
+        @contextlib.contextmanager
+        def progress(names: list[str], title: str) -> Iterator[Any]:
+            yield lambda s, st, d: self.events.append((s, st, d))
+
+        return failover.Io(Said(), progress, connect=lambda: self.client)
+
+
+@pytest.fixture
+def fake_swarm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSwarmBed:
+    bed = FakeSwarmBed(rendered(tmp_path))
+    monkeypatch.setattr(engine_swarm, "stack_deploy", bed.deployed)
+    monkeypatch.setattr(sw, "WAIT_S", 5.0)  # the wait polls once a second
+    return bed
+
+
+def test_the_wait_ends_when_the_new_task_runs_on_its_new_gpu(fake_swarm: FakeSwarmBed) -> None:
+    bed = fake_swarm
+    old = bed.task["ollama-0"]
+    script = iter(range(100))
+
+    def swarm_does(swarm: Any) -> None:
+        # start-first: the new task starts beside the old one, then Swarm stops the old one
+        step = next(script)
+        if step == 0:
+            bed.task["new"] = swarm.add_task(
+                "ollama-replicas_ollama-0", bed.node["node1"], "starting"
+            )
+        elif step == 1:
+            swarm.set_state(bed.task["new"], "running")
+            swarm.set_state(old, "shutdown")
+
+    bed.swarm.on_poll = swarm_does
+    out = failover.run(stack(bed.out), failover.Request("gpu-failed", "node1:0"), bed.io())
+    assert out.changed
+    assert [(st, d) for s, st, d in bed.events if s == "ollama-0"] == [
+        ("starting", ""),
+        ("running", f"GPU {A_UUIDS[2]} (task spec)"),
+    ]
+    assert ("ollama-1", "running", f"GPU {A_UUIDS[1]} (task spec)") in bed.events
+
+
+def test_a_new_task_pending_for_room_fails_naming_it(
+    fake_swarm: FakeSwarmBed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bed = fake_swarm
+    monkeypatch.setattr(sw, "WAIT_S", 0.3)
+
+    def swarm_does(swarm: Any) -> None:
+        if "new" not in bed.task:  # the new task finds no room; the old one keeps running
+            bed.task["new"] = swarm.add_task(
+                "ollama-replicas_ollama-0", None, "pending", err=NO_ROOM
+            )
+
+    bed.swarm.on_poll = swarm_does
+    with pytest.raises(ComposegenError) as err:
+        failover.run(stack(bed.out), failover.Request("gpu-failed", "node1:0"), bed.io())
+    assert err.value.message.startswith("ollama-replicas: not running as planned after 0.3s: ")
+    assert f"ollama-0 (planned on node1 (cgsw-node1)): pending: {NO_ROOM}" in err.value.message
+    # the step is recorded: the files say where ollama-0 belongs, a rerun applies them again
+    assert stack_of(bed.out)["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[2]
+    assert read_mode(bed.out.resolve(), "ollama-replicas")["mode"] == "gpu-failover"
