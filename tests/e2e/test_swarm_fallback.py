@@ -180,6 +180,14 @@ def replaced_make_before_break(bed: Bed, service: str, old_id: str) -> dict[str,
     return new
 
 
+def status(bed: Bed) -> tuple[str, bool]:
+    """(the mode, every task as planned) as `composegen status` says them."""
+    done = cli(bed, "status", "-C", str(bed.directory), "-p", PROJECT, "--json")
+    data = json.loads(done.stdout)
+    assert done.returncode == (0 if data["ok"] else 1), done.stderr
+    return data["mode"]["mode"], data["ok"]
+
+
 # --- the tests --------------------------------------------------------------------------------
 
 
@@ -206,6 +214,7 @@ def test_gpu_failed_moves_only_the_affected_service_make_before_break(bed: Bed) 
     # untouched: the same tasks as before
     assert running(bed, "ollama-1")["ID"] == before["ollama-1"]
     assert running(bed, "gateway")["ID"] == before["gateway"]
+    assert status(bed) == ("gpu-failover", True)
 
 
 def test_cpu_moves_both_replicas_to_cpu_on_their_node(bed: Bed) -> None:
@@ -223,6 +232,7 @@ def test_cpu_moves_both_replicas_to_cpu_on_their_node(bed: Bed) -> None:
         mounts = {m["Name"] for m in info["Mounts"] if m["Type"] == "volume"}
         assert f"{PROJECT}_models" in mounts
     assert running(bed, "gateway")["ID"] == before["gateway"]
+    assert status(bed) == ("cpu-fallback", True)
 
 
 def test_restore_returns_to_the_planned_gpus(bed: Bed) -> None:
@@ -234,6 +244,7 @@ def test_restore_returns_to_the_planned_gpus(bed: Bed) -> None:
         assert env_of(container(bed, new))["NVIDIA_VISIBLE_DEVICES"] == uuid
         assert len(reserved(new)) == 1
     assert running(bed, "gateway")["ID"] == before["gateway"]
+    assert status(bed) == ("gpu", True)
 
 
 def task_addresses(bed: Bed, task: dict[str, Any]) -> set[str]:
