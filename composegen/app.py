@@ -416,6 +416,8 @@ class RenderInputs:
 
         swarm: dict[str, object] = {}
         if self.fleet is not None:
+            from composegen.swarm_inputs import fleet_to_dict
+
             swarm = {
                 "target": "swarm",
                 "fleet": fleet_to_dict(self.fleet),
@@ -474,16 +476,20 @@ def load_inputs(out_dir: Path) -> RenderInputs:
         old_keys = [s.partition("=")[2].strip() for s in data["sets"] if _sets_api_key(s)]
         fleet = None
         if data.get("target", "compose") == "swarm":
+            from composegen.swarm_inputs import fleet_from_dict
+
             fleet = fleet_from_dict(data["fleet"], f"{path}: fleet")
         elif data.get("target", "compose") != "compose":
             raise ValueError(f"target {data['target']!r} is neither compose nor swarm")
         api_key = None
         if data.get("api_key") == "set" or old_keys:
-            found = _key_from_auth(out_dir) if fleet else _key_from_env(out_dir)
+            from composegen.swarm_inputs import key_from_auth
+
+            found = key_from_auth(out_dir) if fleet else _key_from_env(out_dir)
             api_key = found or (old_keys[-1] if old_keys else None)
             if not api_key and fleet:
                 raise BadInputError(
-                    f"{path}: the stack has a gateway API key, but {out_dir / _AUTH_CONF} "
+                    f"{path}: the stack has a gateway API key, but {out_dir / 'nginx/auth.conf'} "
                     "does not hold it",
                     "render again with --set gateway.api_key=KEY",
                 )
@@ -522,85 +528,6 @@ def load_inputs(out_dir: Path) -> RenderInputs:
         ) from None
 
 
-_AUTH_CONF = "nginx/auth.conf"
-
-
-def _key_from_auth(out_dir: Path) -> str | None:
-    """A swarm stack's API key, read back from the map in nginx/auth.conf (mode 0600, the
-    gateway's secret; render.auth_conf escapes `.` and `+`)."""
-    import re
-
-    try:
-        text = (out_dir / _AUTH_CONF).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    m = re.search(r'"~\^Bearer (.+)\$" 1;', text)
-    return m.group(1).replace("\\.", ".").replace("\\+", "+") if m else None
-
-
-def fleet_to_dict(fleet: Fleet) -> dict[str, object]:
-    return {
-        "spares": fleet.spares,
-        "path": fleet.path,
-        "nodes": [
-            {
-                "name": n.name,
-                "hostname": n.hostname,
-                "labels": dict(n.labels),
-                "engine": n.engine,
-                "inventory_path": n.inventory_path,
-                "inventory": n.inventory.to_dict(),
-            }
-            for n in fleet.nodes
-        ],
-    }
-
-
-def fleet_from_dict(data: object, where: str) -> Fleet:
-    """The fleet embedded in render.json; TypeError/ValueError on a malformed one."""
-    from composegen.fleet import Fleet, Node
-
-    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or not data["nodes"]:
-        raise TypeError("fleet must hold a list of nodes")
-    nodes = []
-    for k, raw in enumerate(data["nodes"]):
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise TypeError(f"fleet node {k} has no name")
-        labels = raw.get("labels") or {}
-        if not isinstance(labels, dict):
-            raise TypeError(f"fleet node {k}: labels must be a mapping")
-        host, engine = raw.get("hostname"), raw.get("engine")
-        nodes.append(
-            Node(
-                raw["name"],
-                None if host is None else str(host),
-                {str(a): str(b) for a, b in labels.items()},
-                Inventory.from_dict(raw.get("inventory"), where=f"{where}: nodes[{k}]"),
-                str(raw.get("inventory_path") or ""),
-                engine=None if engine is None else str(engine),
-            )
-        )
-    spares = data.get("spares", "fleet")
-    if spares not in ("fleet", "per-node"):
-        raise ValueError(f"fleet spares {spares!r} is neither fleet nor per-node")
-    return Fleet(tuple(nodes), spares=spares, path=str(data.get("path") or ""))
-
-
-def mark_fleet_failed(fleet: Fleet, failed: tuple[int, ...]) -> Fleet:
-    """The fleet with these GPUs marked lost; ids are fleet indices (Fleet.inventory's
-    numbering: node order, then each node's GPUs by index)."""
-    from dataclasses import replace
-
-    nodes = []
-    base = 0
-    for node in fleet.nodes:
-        own = sorted(node.inventory.gpus, key=lambda g: g.index)
-        lost = tuple(g.index for k, g in enumerate(own) if base + k in failed)
-        nodes.append(replace(node, inventory=_mark_failed(node.inventory, lost)))
-        base += len(own)
-    return replace(fleet, nodes=tuple(nodes))
-
-
 def _mark_failed(inv: Inventory, failed: tuple[int, ...]) -> Inventory:
     from dataclasses import replace
 
@@ -637,7 +564,9 @@ def rebuild(inputs: RenderInputs, *, cpu_form: bool = False) -> Rendered:
         )
     prof = profiles.load(inputs.profile, inputs.profiles_dirs, overrides)
     if inputs.fleet is not None:
-        return _rebuild_swarm(inputs, prof, cpu_form)
+        from composegen.swarm_inputs import rebuild_swarm
+
+        return rebuild_swarm(inputs, prof, cpu_form)
     if cpu_form:
         raise ValueError("cpu_form: a one-host stack's CPU variant is fallback/, rendered always")
     count_used = not inputs.ignore_used
@@ -660,49 +589,6 @@ def rebuild(inputs: RenderInputs, *, cpu_form: bool = False) -> Rendered:
         ),
     )
     return Rendered(prof, plan, Target(inputs.inventory, "recorded inventory"), files)
-
-
-def _rebuild_swarm(inputs: RenderInputs, prof: Profile, cpu_form: bool) -> Rendered:
-    """rebuild() for a swarm stack: the plan over the recorded fleet, then each failover step
-    (what a step drops leaves the stack file: `stack deploy --prune` removes it); a gateway
-    with nginx `resolve` keeps the first plan's routes (render_swarm.SwarmOptions)."""
-    from composegen.fleet import plan_fleet
-    from composegen.render_swarm import SwarmOptions, render_swarm
-
-    fleet = inputs.fleet
-    assert fleet is not None
-    opts = PlanOptions(pin_by=inputs.pin_by, count_used=not inputs.ignore_used)
-    first = plan = plan_fleet(fleet, prof, opts)
-    failed: tuple[int, ...] = ()
-    for step in inputs.failed:
-        failed = tuple(sorted(set(failed) | set(step)))
-        marked = mark_fleet_failed(fleet, failed)
-        again = PlanOptions(pin_by=plan.pin_by, previous=plan, count_used=opts.count_used)
-        plan = plan_fleet(marked, prof, again)
-    if cpu_form:
-        plan = swarm_cpu_plan(prof, plan)
-    swarm = SwarmOptions(start_first=frozenset(inputs.start_first), gateway_plan=first)
-    files = render_swarm(prof, plan, fleet.nodes, swarm)
-    return Rendered(prof, plan, Target(fleet.inventory(), "recorded fleet", fleet), files)
-
-
-def swarm_cpu_plan(prof: Profile, plan: Plan) -> Plan:
-    """The one-host CPU variant's plan (render.cpu_plan: the profile's cpu: variants, one
-    instance of a replica group, none for a service without one) under the GPU services' own
-    names: on a swarm they are updated in place (their node, volumes and gateway route kept)."""
-    from dataclasses import replace
-
-    from composegen.render import cpu_plan
-
-    names = {i.name for i in plan.instances}
-    cpu = cpu_plan(prof, plan)
-    renamed = tuple(
-        replace(i, name=i.name.removesuffix("-cpu"))
-        if i.name.endswith("-cpu") and i.name.removesuffix("-cpu") in names
-        else i
-        for i in cpu.instances
-    )
-    return replace(cpu, instances=renamed)
 
 
 # --- render --target swarm --------------------------------------------------------------------
