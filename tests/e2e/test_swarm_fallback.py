@@ -277,7 +277,7 @@ def test_gateway_reaches_the_moved_replicas_without_a_restart(bed: Bed) -> None:
             "exec", gw["Id"], "curl", "-s", "-H", key, "http://127.0.0.1:8080/",
         )  # fmt: skip
 
-    # nginx keeps a name's addresses for `valid=10s` after a lookup (and keeps them when a
+    # nginx keeps a name's addresses for `valid=` (2 s) after a lookup (and keeps them when a
     # lookup times out): until then it may still try a moved replica's old, stopped task
     # (a 502 once every address it holds is stale). Wait for 8 answers in a row.
     start = time.monotonic()

@@ -250,6 +250,11 @@ def test_with_resolve_every_service_answers_by_its_tasks_address(pair: list[Node
     assert {b["deploy"]["endpoint_mode"] for b in services.values()} == {"dnsrr"}
     conf = files_of(render_swarm(prof, fleet_plan(prof, pair), pair))["nginx/nginx.conf"]
     assert parse_nginx(conf).one("http").one("resolver_timeout").args == ["5s"]
+    assert parse_nginx(conf).one("http").one("resolver").args == [
+        "127.0.0.11",
+        "valid=2s",
+        "ipv6=off",
+    ]
 
 
 def test_backend_overlay_is_internal(replicas: Any) -> None:
