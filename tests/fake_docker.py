@@ -1031,7 +1031,7 @@ class FakeSwarm:
             named = offered.get("Resources", {}).get("GenericResources", [])
             assigned = [g["NamedResourceSpec"]["Value"] for g in named][:count]
         if node and assigned:
-            task["AssignedGenericResources"] = [
+            task["GenericResources"] = [  # the API's name of AssignedGenericResources
                 {"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": u}} for u in assigned
             ]
         self.tasks.append(task)

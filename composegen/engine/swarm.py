@@ -13,7 +13,7 @@ healthy) on a node its planned constraints hold for, holding its planned GPU UUI
 the task container's environment on the node's own engine when swarm/nodes.json gives one (an
 engine that cannot tell fails the row), else from the task's spec; each UUID must also be one
 of the node's NVIDIA-GPU generic resources, and Swarm must have assigned the task as many
-NVIDIA-GPU resources as the service reserves.
+NVIDIA-GPU resources (the task's GenericResources) as the service reserves.
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ def _row(
 
 
 def _assigned_gpus(task: dict[str, Any]) -> int:
-    found = task.get("AssignedGenericResources") or []
+    found = task.get("GenericResources") or []  # Swarm's AssignedGenericResources
     kinds = [((g or {}).get("NamedResourceSpec") or {}).get("Kind") for g in found]
     kinds += [((g or {}).get("DiscreteResourceSpec") or {}).get("Kind") for g in found]
     return sum(1 for k in kinds if k == GPU_KIND)

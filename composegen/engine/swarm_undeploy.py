@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from composegen.engine.docker import EngineError, first_line, mapped_errors
+from composegen.engine.docker import EngineError, NoEngineError, first_line, mapped_errors
 from composegen.engine.swarm import NAMESPACE, Engines, NodeClient, Report, stack_rm, stack_services
 from composegen.errors import ComposegenError
 
@@ -55,9 +55,11 @@ class Left:
 
 
 def _containers(client: Any, project: str) -> dict[str, str]:
+    """The stack's task containers on an engine, by ID. One list call (`docker ps`), no
+    inspect per container: those are being removed meanwhile (NotFound)."""
     with mapped_errors("docker ps"):
-        found = client.containers.list(all=True, filters={"label": f"{NAMESPACE}={project}"})
-    return {c.id: c.name for c in found}
+        found = client.api.containers(all=True, filters={"label": f"{NAMESPACE}={project}"})
+    return {str(c["Id"]): str((c.get("Names") or [c["Id"]])[0]).lstrip("/") for c in found}
 
 
 def _named(client: Any, kind: str, project: str) -> list[str]:
@@ -82,7 +84,7 @@ def stack_left(
     for name, other in list(node_clients.items()):
         try:
             containers.update(_containers(other, project))
-        except ComposegenError as exc:
+        except NoEngineError as exc:  # lost the engine; another error is fatal
             del node_clients[name]
             why = f"{name}: {first_line(exc)}"
             if lost is not None:

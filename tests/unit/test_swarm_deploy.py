@@ -48,7 +48,7 @@ def render(tmp: Path, engines: dict[str, str] | None = None) -> Path:
     for name, inv in (("gpu-a", "gpu-a-2x64.json"), ("gpu-b", "gpu-b-2x64.json")):
         line = f"  - {{name: {name}, hostname: {name}, inventory: {FLEET / inv}"
         if engines and name in engines:
-            line += f", engine: {engines[name]}"
+            line += f", engine: '{engines[name]}'"
         lines.append(line + "}")
     tmp.mkdir(parents=True, exist_ok=True)
     fleet = tmp / "fleet.yaml"
