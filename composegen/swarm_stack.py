@@ -5,8 +5,8 @@ io.composegen.node, its placement constraints, its GPUs pinned by NVIDIA_VISIBLE
 GPUs it reserves as generic resources) and DIR/swarm/nodes.json (per fleet node: its placement,
 its GPU UUIDs, its engine address). deploy and status compare what Swarm runs against this, so
 they need neither the fleet file nor the profile. Hand edits of the stack file count. Also
-here: how a task is judged against its plan (constraints, GPUs) and the status rows deploy and
-status report (engine/swarm.py fills them from Swarm).
+here: how a task is judged against its plan (constraints, GPUs); the status rows deploy and
+status report are engine/swarm_status.py's.
 """
 
 from __future__ import annotations
@@ -321,86 +321,3 @@ def gpu_mismatch(
     if missing:
         out.append(f"GPU {','.join(missing)} is not among {host}'s {GPU_KIND} resources")
     return out
-
-
-# --- what deploy and status report -------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    service: str
-    planned_node: str
-    node: str = ""  # the Swarm node's hostname its task runs (or last ran) on
-    state: str = "missing"  # running / starting / pending / rejected / failed / missing ...
-    detail: str = ""
-    planned_gpus: tuple[str, ...] = ()
-    gpus: tuple[str, ...] = ()  # held, as read (container env or task spec)
-    gpus_from: str = ""  # "container" or "task spec"
-    mismatch: list[str] = field(default_factory=list)
-    error: str = ""  # the last task error Swarm recorded
-    current: bool = True  # the task runs the service's current spec
-    update: str = ""  # the service's UpdateStatus.State (empty: never updated)
-
-    @property
-    def ok(self) -> bool:
-        """Runs the service's current spec as planned, its last update completed."""
-        return (
-            self.state == "running"
-            and self.current
-            and not self.mismatch
-            and self.update in ("", "completed")
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "service": self.service,
-            "planned_node": self.planned_node,
-            "node": self.node or None,
-            "state": self.state,
-            "detail": self.detail,
-            "planned_gpus": list(self.planned_gpus),
-            "gpus": list(self.gpus),
-            "gpus_from": self.gpus_from or None,
-            "mismatch": self.mismatch,
-            "error": self.error or None,
-            "current": self.current,
-            "update": self.update or None,
-            "ok": self.ok,
-        }
-
-
-@dataclass
-class StackStatus:
-    project: str
-    rows: list[Row]
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
-
-    def problems(self) -> list[str]:
-        return [describe(r) for r in self.rows if not r.ok]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "project": self.project,
-            "ok": self.ok,
-            "problems": self.problems(),
-            "services": [r.to_dict() for r in self.rows],
-        }
-
-
-def describe(row: Row) -> str:
-    where = f" on {row.node}" if row.node else ""
-    if row.state == "running" and row.mismatch:
-        return f"{row.service}{where}: {'; '.join(row.mismatch)}"
-    text = f"{row.service} (planned on {row.planned_node}){where}: {row.state}"
-    if row.state == "running" and not row.current:
-        text += ": a task of the service's previous spec (Swarm has not updated it yet)"
-    if row.update not in ("", "completed"):
-        text += f": update {row.update}"
-    if row.detail:
-        text += f": {row.detail}"
-    if row.error and row.error not in row.detail:
-        text += f" (last task error: {row.error})"
-    return text

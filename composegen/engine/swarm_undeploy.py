@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from composegen.engine.docker import EngineError, NoEngineError, first_line, mapped_errors
-from composegen.engine.swarm import NAMESPACE, Engines, NodeClient, Report, stack_rm, stack_services
+from composegen.engine.swarm import Report, stack_rm
+from composegen.engine.swarm_status import NAMESPACE, Engines, NodeClient, stack_services
 from composegen.errors import ComposegenError
 
 KINDS = ("service", "container", "network", "config", "secret")
