@@ -243,7 +243,7 @@ def deploy(
     stack_deploy(directory, project, _cli_line(project, report), timeout_s=timeout_s)
     if not wait:
         return None
-    left = max(1.0, deadline - time.monotonic())
+    left = max(1.0, round(deadline - time.monotonic(), 1))
     return wait_converged(
         client, directory, project, timeout_s=left, report=report, node_client=node_client
     )
