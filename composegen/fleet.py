@@ -25,7 +25,8 @@ from composegen.inventory import Gpu, Inventory
 from composegen.plan import FleetLayout, Plan, PlanOptions, SpareScope, make_plan
 from composegen.profiles import Profile
 
-_ENGINE = re.compile(r"(unix:///[^\s]+|tcp://[A-Za-z0-9.:\[\]-]+|ssh://[^\s/@]+@?[^\s/]*)")
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 SCHEMA_FILE = Path(__file__).with_name("schemas") / "fleet.schema.json"
 
 
@@ -100,6 +101,40 @@ def _merged(fleet: Fleet) -> tuple[Inventory, tuple[tuple[str, int], ...]]:
 # --- loading ----------------------------------------------------------------------------------
 
 
+def engine_problem(address: str) -> str | None:
+    """What is wrong with a node's engine address (None: usable): unix:///PATH,
+    tcp://HOST:PORT, ssh://[USER@]HOST[:PORT]; HOST a name, an IPv4 or a [IPv6] address,
+    PORT 1-65535."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    bad = f"{address!r} is not an engine address"
+    try:
+        url = urlsplit(address)
+        port = url.port  # ValueError when not a number in 0-65535
+        host = url.hostname or ""
+    except ValueError:
+        return bad
+    if any(c.isspace() for c in address) or url.query or url.fragment:
+        return bad
+    if url.scheme == "unix":
+        return None if not url.netloc and url.path.startswith("/") and url.path != "/" else bad
+    if url.scheme not in ("tcp", "ssh") or url.path not in ("", "/") or port == 0:
+        return bad
+    if url.scheme == "tcp" and (url.username is not None or port is None):
+        return bad + " (tcp:// needs HOST:PORT, 2376 with TLS)"
+    if (url.username is not None and not _USER.fullmatch(url.username)) or url.password:
+        return bad
+    if url.netloc.rpartition("@")[2].startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return bad
+    elif not _HOST.fullmatch(host):
+        return bad
+    return None
+
+
 def _schema() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     return data
@@ -158,10 +193,11 @@ def load_fleet(path: str) -> Fleet:
                 "relative to the fleet file",
             ) from None
         engine = raw.get("engine")
-        if engine is not None and not _ENGINE.fullmatch(engine):
+        problem = engine_problem(engine) if engine is not None else None
+        if problem:
             raise BadInputError(
-                f"{path}: nodes[{k}].engine: {engine!r} is not an engine address",
-                "give unix:///var/run/docker.sock, tcp://HOST:2376 or ssh://USER@HOST",
+                f"{path}: nodes[{k}].engine: {problem}",
+                "give unix:///var/run/docker.sock, tcp://HOST:2376 or ssh://USER@HOST[:PORT]",
             )
         labels = dict(raw.get("labels") or {})
         nodes.append(Node(name, host, labels, inv, inv_path, engine))
@@ -187,4 +223,4 @@ def _check_uuids(path: str, nodes: list[Node]) -> None:
             seen[g.uuid] = (node.name, g.index)
 
 
-__all__ = ["Fleet", "Node", "load_fleet", "plan_fleet"]
+__all__ = ["Fleet", "Node", "engine_problem", "load_fleet", "plan_fleet"]

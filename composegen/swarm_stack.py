@@ -5,8 +5,8 @@ io.composegen.node, its placement constraints, its GPUs pinned by NVIDIA_VISIBLE
 GPUs it reserves as generic resources) and DIR/swarm/nodes.json (per fleet node: its placement,
 its GPU UUIDs, its engine address). deploy and status compare what Swarm runs against this, so
 they need neither the fleet file nor the profile. Hand edits of the stack file count. Also
-here: how a task is judged against its plan (constraints, GPUs) and the status rows deploy and
-status report (engine/swarm.py fills them from Swarm).
+here: how a task is judged against its plan (constraints, GPUs); the status rows deploy and
+status report are engine/swarm_status.py's.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ NODES_FILE = "swarm/nodes.json"
 GPU_KIND = "NVIDIA-GPU"
 NODE_LABEL = "io.composegen.node"
 MAX_STACK_BYTES = 4 * 1024 * 1024
+STACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _HEADER = re.compile(r"docker stack deploy -c \S+ ([A-Za-z0-9][A-Za-z0-9_.-]*)\s*$")
 _NO_GPU = {"", "void", "none"}
 _CONSTRAINT = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*(==|!=)\s*(\S.*?)\s*$")
@@ -143,36 +144,105 @@ def _service(path: Path, name: str, block: Any) -> PlannedService:
     )
 
 
-def load_nodes(directory: Path) -> dict[str, PlannedNode]:
+def _nodes_data(directory: Path) -> dict[str, Any] | None:
     path = directory / NODES_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        return None
     except (OSError, ValueError) as exc:
         raise BadInputError(f"{path}: cannot read it: {exc}", "render the stack again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("nodes", []), list):
+        raise BadInputError(f"{path}: not a {{nodes: [...]}} object", "render the stack again")
+    return data
+
+
+def _text(path: Path, where: str, value: Any, required: bool = False) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadInputError(f"{path}: {where}: not a non-empty string", "render the stack again")
+    return value
+
+
+def load_nodes(directory: Path) -> dict[str, PlannedNode]:
+    """swarm/nodes.json's nodes (none without the file); BadInputError when malformed."""
+    from composegen.fleet import engine_problem
+
+    path = directory / NODES_FILE
+    data = _nodes_data(directory)
     out = {}
-    for raw in data.get("nodes") or []:
+    for k, raw in enumerate((data or {}).get("nodes") or []):
+        if not isinstance(raw, dict):
+            raise BadInputError(f"{path}: nodes[{k}]: not an object", "render the stack again")
+        labels, gpus = raw.get("labels") or {}, raw.get("gpus") or []
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise BadInputError(f"{path}: nodes[{k}].labels: not a mapping of strings")
+        if not isinstance(gpus, list) or not all(isinstance(g, str) for g in gpus):
+            raise BadInputError(f"{path}: nodes[{k}].gpus: not a list of GPU UUIDs")
+        engine = _text(path, f"nodes[{k}].engine", raw.get("engine"))
+        problem = engine_problem(engine) if engine is not None else None
+        if problem:
+            raise BadInputError(
+                f"{path}: nodes[{k}].engine: {problem}",
+                "fix the node's engine in the fleet file and render the stack again",
+            )
         node = PlannedNode(
-            name=str(raw["name"]),
-            hostname=raw.get("hostname"),
-            labels=dict(raw.get("labels") or {}),
-            engine=raw.get("engine"),
-            gpus=tuple(raw.get("gpus") or ()),
+            name=str(_text(path, f"nodes[{k}].name", raw.get("name"), required=True)),
+            hostname=_text(path, f"nodes[{k}].hostname", raw.get("hostname")),
+            labels={str(a): b for a, b in labels.items()},
+            engine=engine,
+            gpus=tuple(gpus),
         )
         out[node.name] = node
     return out
 
 
-def load_stack(directory: Path, project: str | None = None) -> StackPlan:
-    """Read DIR's stack file (and swarm/nodes.json when there); BadInputError when unusable."""
+def check_stack_name(name: str, where: str = "-p") -> str:
+    """A stack name Swarm and the docker CLI take: it prefixes every object of the stack."""
+    if not STACK_NAME.fullmatch(name):
+        raise BadInputError(
+            f"{where}: {name!r} is not a stack name",
+            "a stack name is 1-63 characters A-Z a-z 0-9 _ . -, starting with a letter or digit",
+        )
+    return name
+
+
+def recorded_name(directory: Path, text: str | None = None) -> str | None:
+    """The stack's name as render recorded it: the stack file's first line (`docker stack
+    deploy -c docker-stack.yml NAME`), else swarm/nodes.json's profile."""
+    if text is None:
+        try:
+            with (directory / STACK_FILE).open(encoding="utf-8", errors="replace") as fh:
+                text = fh.readline()
+        except OSError:
+            text = ""
+    m = _HEADER.search(text.split("\n", 1)[0])
+    if m:
+        return m.group(1)
+    try:
+        profile = (_nodes_data(directory) or {}).get("profile")
+    except BadInputError:
+        return None
+    return profile if isinstance(profile, str) and STACK_NAME.fullmatch(profile) else None
+
+
+def load_stack(
+    directory: Path, project: str | None = None, *, name_from_dir: bool = True
+) -> StackPlan:
+    """Read DIR's stack file (and swarm/nodes.json when there); BadInputError when unusable.
+    The stack's name: `project`, else the one render recorded, else (`name_from_dir`) the
+    directory's name; always checked (it becomes docker CLI arguments and lock paths)."""
     path = directory / STACK_FILE
     text, data = _read_stack(path)
-    name = project
+    name = check_stack_name(project) if project else recorded_name(directory, text)
     if not name:
-        first = text.split("\n", 1)[0]
-        m = _HEADER.search(first)
-        name = m.group(1) if m else directory.resolve().name
+        if not name_from_dir:
+            raise BadInputError(
+                f"{path}: no stack name recorded (render writes it in the first line)",
+                "pass the stack's name with -p NAME",
+            )
+        name = check_stack_name(directory.resolve().name, f"{directory} (the stack's name)")
     services = tuple(_service(path, str(k), v) for k, v in data["services"].items())
     return StackPlan(directory, name, services, load_nodes(directory))
 
@@ -251,73 +321,3 @@ def gpu_mismatch(
     if missing:
         out.append(f"GPU {','.join(missing)} is not among {host}'s {GPU_KIND} resources")
     return out
-
-
-# --- what deploy and status report -------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    service: str
-    planned_node: str
-    node: str = ""  # the Swarm node's hostname its task runs (or last ran) on
-    state: str = "missing"  # running / starting / pending / rejected / failed / missing ...
-    detail: str = ""
-    planned_gpus: tuple[str, ...] = ()
-    gpus: tuple[str, ...] = ()  # held, as read (container env or task spec)
-    gpus_from: str = ""  # "container" or "task spec"
-    mismatch: list[str] = field(default_factory=list)
-    error: str = ""  # the last task error Swarm recorded
-    current: bool = True  # the task runs the service's current spec
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "running" and not self.mismatch
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "service": self.service,
-            "planned_node": self.planned_node,
-            "node": self.node or None,
-            "state": self.state,
-            "detail": self.detail,
-            "planned_gpus": list(self.planned_gpus),
-            "gpus": list(self.gpus),
-            "gpus_from": self.gpus_from or None,
-            "mismatch": self.mismatch,
-            "error": self.error or None,
-            "ok": self.ok,
-        }
-
-
-@dataclass
-class StackStatus:
-    project: str
-    rows: list[Row]
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
-
-    def problems(self) -> list[str]:
-        return [describe(r) for r in self.rows if not r.ok]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "project": self.project,
-            "ok": self.ok,
-            "problems": self.problems(),
-            "services": [r.to_dict() for r in self.rows],
-        }
-
-
-def describe(row: Row) -> str:
-    where = f" on {row.node}" if row.node else ""
-    if row.state == "running" and row.mismatch:
-        return f"{row.service}{where}: {'; '.join(row.mismatch)}"
-    text = f"{row.service} (planned on {row.planned_node}){where}: {row.state}"
-    if row.detail:
-        text += f": {row.detail}"
-    if row.error and row.error not in row.detail:
-        text += f" (last task error: {row.error})"
-    return text

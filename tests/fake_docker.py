@@ -455,7 +455,7 @@ NO_NVIDIA_DRIVER = 'could not select device driver "nvidia" with capabilities: [
 
 
 class _Named:
-    """Networks or volumes: get / create / list, each removable."""
+    """Networks, volumes, Swarm configs or secrets: get / create / list, each removable."""
 
     def __init__(self, engine: FakeDocker, kind: str) -> None:
         self.engine = engine
@@ -733,6 +733,8 @@ class FakeDocker:
         self.containers = _Containers(self)
         self.networks = _Named(self, "network")
         self.volumes = _Named(self, "volume")
+        self.configs = _Named(self, "config")
+        self.secrets = _Named(self, "secret")
         self.images = _Images(self)
         self.api = _Api(self)
         self.swarm = FakeSwarm(self)
@@ -955,19 +957,35 @@ class FakeSwarm:
         }
         return nid
 
-    def add_service(self, project: str, name: str, env: dict[str, str] | None = None) -> str:
+    def add_service(
+        self, project: str, name: str, env: dict[str, str] | None = None, gpus: int = 0
+    ) -> str:
+        """A service of a stack; `gpus`: the NVIDIA-GPU generic resources it reserves."""
         sid = f"svc{len(self.services) + 1}"
         spec = {"Image": "composegen-test/model-stub:1"}
         spec["Env"] = [f"{k}={v}" for k, v in (env or {}).items()]  # type: ignore[assignment]
+        template: dict[str, Any] = {"ContainerSpec": spec}
+        if gpus:
+            kind = {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": gpus}}
+            template["Resources"] = {"Reservations": {"GenericResources": [kind]}}
         self.services[sid] = {
             "ID": sid,
             "Spec": {
                 "Name": f"{project}_{name}",
                 "Labels": {NAMESPACE: project},
-                "TaskTemplate": {"ContainerSpec": spec},
+                "TaskTemplate": template,
             },
         }
         return sid
+
+    def update_service(
+        self, name: str, image: str | None = None, state: str = "updating", message: str = ""
+    ) -> None:
+        """`docker service update`: a new spec (another image) and its UpdateStatus."""
+        svc = self.services[self.service_id(name)]
+        if image:
+            svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] = image
+        svc["UpdateStatus"] = {"State": state, "Message": message}
 
     def service_id(self, name: str) -> str:
         for sid, svc in self.services.items():
@@ -983,7 +1001,10 @@ class FakeSwarm:
         err: str = "",
         container: str | None = None,
         desired: str = "running",
+        assigned: list[str] | None = None,
     ) -> dict[str, Any]:
+        """A task of the service's current spec. `assigned`: the NVIDIA-GPU resources Swarm
+        assigned it (default: as many of the node's as the service reserves)."""
         sid = self.service_id(service)
         stamp = self._stamp()
         message = _TASK_MESSAGES.get(state, state)
@@ -1001,6 +1022,18 @@ class FakeSwarm:
             "Status": status,
             "Spec": copy.deepcopy(self.services[sid]["Spec"]["TaskTemplate"]),
         }
+        if assigned is None:
+            reserved = (task["Spec"].get("Resources") or {}).get("Reservations") or {}
+            count = sum(
+                g["DiscreteResourceSpec"]["Value"] for g in reserved.get("GenericResources", [])
+            )
+            offered = (self.nodes.get(node or "") or {}).get("Description", {})
+            named = offered.get("Resources", {}).get("GenericResources", [])
+            assigned = [g["NamedResourceSpec"]["Value"] for g in named][:count]
+        if node and assigned:
+            task["GenericResources"] = [  # the API's name of AssignedGenericResources
+                {"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": u}} for u in assigned
+            ]
         self.tasks.append(task)
         return task
 

@@ -123,6 +123,7 @@ def connect_at(base_url: str, timeout_s: float = 30.0) -> Any:
     import docker
     from docker.errors import DockerException
 
+    hint = "check the node's engine address in the fleet file"
     try:
         client = docker.DockerClient(
             base_url=base_url, timeout=int(timeout_s), use_ssh_client=base_url.startswith("ssh://")
@@ -131,10 +132,9 @@ def connect_at(base_url: str, timeout_s: float = 30.0) -> Any:
     except DockerException as exc:
         from composegen.detect.host import _engine_error
 
-        raise NoEngineError(
-            f"no Docker engine at {base_url}: {_engine_error(exc)}",
-            "check the node's engine address in the fleet file",
-        ) from None
+        raise NoEngineError(f"no Docker engine at {base_url}: {_engine_error(exc)}", hint) from None
+    except (ValueError, OSError) as exc:  # an address docker-py cannot parse, ssh not runnable
+        raise NoEngineError(f"no Docker engine at {base_url}: {exc}", hint) from None
     return client
 
 

@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import _need
-from tests.e2e.swarm_bed import Node, node_of, swarm_script, swarm_up, tasks
+from tests.e2e.swarm_bed import Node, leftovers, node_of, swarm_script, swarm_up, tasks
 from tests.e2e.test_up import image_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,17 +94,17 @@ def render(
 
 @pytest.fixture(scope="module")
 def bed(tags: dict[str, str]) -> Iterator[dict[int, Node]]:
-    """Two nodes, each advertising its machine's GPUs of both fleets; always torn down."""
-    if "nginx-resolve" not in tags:
-        _need(
-            "the swarm gateway",
-            "no nginx >= 1.27.3 test image (images.sh --list names no nginx-resolve)",
-            "build it with scripts/images.sh",
-        )
+    """Two nodes, each advertising its machine's GPUs of both fleets; always torn down, and
+    the teardown checked (swarm.sh down succeeded, nothing of the bed left)."""
+    nodes: dict[int, Node] = {}
     try:
-        yield swarm_up(2, gpus={1: A2 + A4, 2: B2 + B4})
+        nodes = swarm_up(2, gpus={1: A2 + A4, 2: B2 + B4})
+        yield nodes
     finally:
-        swarm_script("down")
+        down = swarm_script("down")
+        assert down.returncode == 0, down.stderr[-2000:]
+        if nodes:
+            assert leftovers(nodes[1].prefix) == []
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +123,17 @@ def deployed(
     for s in stacks:
         cmd = [*deploy, str(s.directory)]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=pipe, stderr=pipe))
-    for s, proc in zip(stacks, procs, strict=True):
-        out, err = proc.communicate(timeout=260)
-        assert proc.returncode == 0, f"deploy {s.name}: {err}\n{out[-3000:]}"
-        events = [json.loads(line) for line in out.splitlines()]
-        assert events[-1]["event"] == "done" and events[-1]["ok"] is True, events[-1]
+    try:
+        for s, proc in zip(stacks, procs, strict=True):
+            out, err = proc.communicate(timeout=260)
+            assert proc.returncode == 0, f"deploy {s.name}: {err}\n{out[-3000:]}"
+            events = [json.loads(line) for line in out.splitlines()]
+            assert events[-1]["event"] == "done" and events[-1]["ok"] is True, events[-1]
+    finally:  # a deploy that ran over (or a failed assertion) leaves no process behind
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     return stacks
 
 

@@ -29,7 +29,15 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.e2e.swarm_bed import NODE_CAPTURES, Node, swarm_script, swarm_up, tasks, wait_tasks
+from tests.e2e.swarm_bed import (
+    NODE_CAPTURES,
+    Node,
+    leftovers,
+    swarm_script,
+    swarm_up,
+    tasks,
+    wait_tasks,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -206,6 +214,7 @@ def deployment(
     for name in backends:
         doc["services"][name]["deploy"]["replicas"] = 0
     held.write_text(yaml.safe_dump(doc, sort_keys=False))
+    nodes: dict[int, Node] = {}
     try:
         nodes = swarm_up(2)
         dep = Deployment(
@@ -218,7 +227,10 @@ def deployment(
         dep.workers = worker_pids(dep)
         yield dep
     finally:
-        swarm_script("down")
+        down = swarm_script("down")
+        assert down.returncode == 0, down.stderr[-2000:]
+        if nodes:
+            assert leftovers(nodes[1].prefix) == []
 
 
 def test_gateway_is_healthy_while_no_backend_task_runs(deployment: Deployment) -> None:

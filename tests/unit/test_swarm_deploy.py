@@ -48,7 +48,7 @@ def render(tmp: Path, engines: dict[str, str] | None = None) -> Path:
     for name, inv in (("gpu-a", "gpu-a-2x64.json"), ("gpu-b", "gpu-b-2x64.json")):
         line = f"  - {{name: {name}, hostname: {name}, inventory: {FLEET / inv}"
         if engines and name in engines:
-            line += f", engine: {engines[name]}"
+            line += f", engine: '{engines[name]}'"
         lines.append(line + "}")
     tmp.mkdir(parents=True, exist_ok=True)
     fleet = tmp / "fleet.yaml"
@@ -78,7 +78,9 @@ class Bed:
         data = yaml.safe_load((directory / "docker-stack.yml").read_text())
         for name, block in data["services"].items():
             env = {k: str(v) for k, v in (block.get("environment") or {}).items()}
-            self.swarm.add_service(PROJECT, name, env)
+            reserved = block["deploy"].get("resources", {}).get("reservations", {})
+            gpus = [g["discrete_resource_spec"] for g in reserved.get("generic_resources", [])]
+            self.swarm.add_service(PROJECT, name, env, sum(g["value"] for g in gpus))
         self.events: list[tuple[str, str, str]] = []
 
     def run_all(self, but: tuple[str, ...] = ()) -> None:
@@ -169,7 +171,7 @@ def test_deploy_runs_the_cli_with_dotenv_in_its_environment(
     said: list[str] = []
     sw.stack_deploy(stack, PROJECT, said.append)
     argv = (tmp_path / "argv").read_text().split()
-    assert argv == ["stack", "deploy", "--prune", "-c", "docker-stack.yml", PROJECT]
+    assert argv == ["stack", "deploy", "--prune", "-c", "docker-stack.yml", "--", PROJECT]
     assert (tmp_path / "env").read_text().split() == ["keep=36h", f"cwd={stack}"]
     assert said == ["Creating service ollama-replicas_gateway"]
     # the process environment wins over .env, as in Compose
@@ -258,7 +260,10 @@ def test_a_task_holding_another_gpu_read_on_its_nodes_engine(tmp_path: Path) -> 
     node_b = FakeDocker()
     container = node_b.add_container("ollama-replicas_ollama-3.1.x", {})
     container.attrs["Config"]["Env"] = [f"NVIDIA_VISIBLE_DEVICES={B[0]}", "PATH=/bin"]
-    bed.run_all(but=("ollama-3",))
+    other = node_b.add_container("ollama-replicas_ollama-2.1.x", {})
+    other.attrs["Config"]["Env"] = [f"NVIDIA_VISIBLE_DEVICES={B[0]}"]
+    bed.run_all(but=("ollama-2", "ollama-3"))
+    bed.swarm.add_task(f"{PROJECT}_ollama-2", bed.node["gpu-b"], "running", container=other.id)
     bed.swarm.add_task(f"{PROJECT}_ollama-3", bed.node["gpu-b"], "running", container=container.id)
     opened: list[str] = []
 
@@ -306,6 +311,7 @@ def test_undeploy_waits_until_services_containers_and_networks_are_gone(
     bed = Bed(stack)
     ns = {"com.docker.stack.namespace": PROJECT}
     bed.client.networks.create(f"{PROJECT}_backend", labels=ns)
+    bed.client.secrets.create(f"{PROJECT}_gateway-auth", labels=ns)  # holds the API key
     task = bed.client.add_container(f"{PROJECT}_gateway.1.abc", ns)
     monkeypatch.setenv("PATH", str(fake_cli(tmp_path, "")))
 
@@ -317,18 +323,23 @@ def test_undeploy_waits_until_services_containers_and_networks_are_gone(
         elif not task.gone:
             task.gone = True
             del bed.client.containers_by_id[task.id]
-        else:
+        elif bed.client.networks.items:
             bed.client.networks.items.clear()
+        else:
+            bed.client.secrets.items.clear()
 
     bed.swarm.on_poll = swarm_does
     removed = swarm_undeploy.undeploy(
         bed.client, stack, PROJECT, timeout_s=5, report=bed.report, poll_s=0
     )
     assert (removed.services, removed.containers, removed.networks) == (5, 1, 1)
-    assert (tmp_path / "argv").read_text().split() == ["stack", "rm", PROJECT]
+    assert (removed.configs, removed.secrets) == (0, 1)
+    assert (tmp_path / "argv").read_text().split() == ["stack", "rm", "--", PROJECT]
     left = [d for _, st, d in bed.events if st in ("removing", "removed")]
-    assert left[-1] == "0 service(s), 0 container(s), 0 network(s) left"
-    assert "0 service(s), 1 container(s), 1 network(s) left" in left
+    end = "0 service(s), 0 container(s), 0 network(s), 0 config(s), 0 secret(s) left"
+    assert left[-1] == end
+    assert "0 service(s), 1 container(s), 1 network(s), 0 config(s), 1 secret(s) left" in left
+    assert "0 service(s), 0 container(s), 0 network(s), 0 config(s), 1 secret(s) left" in left
     # a second undeploy finds nothing and runs nothing
     again = swarm_undeploy.undeploy(bed.client, stack, PROJECT, timeout_s=5, report=bed.report)
     assert (again.services, again.containers, again.networks) == (0, 0, 0)
@@ -456,8 +467,8 @@ def test_undeploy_waits_for_the_task_containers_on_the_nodes_engines(
         "gpu-a: no Docker engine at tcp://gpu-a:2376: connection refused"
     ]
     left = [d for _, st, d in bed.events if st in ("removing", "removed")]
-    assert left[0] == "0 service(s), 1 container(s), 0 network(s) left"
-    assert left[-1] == "0 service(s), 0 container(s), 0 network(s) left"
+    assert left[0] == "0 service(s), 1 container(s), 0 network(s), 0 config(s), 0 secret(s) left"
+    assert left[-1] == "0 service(s), 0 container(s), 0 network(s), 0 config(s), 0 secret(s) left"
     assert bed.swarm.polls >= 4
 
 
@@ -486,3 +497,28 @@ def test_a_crashing_task_is_reported_and_the_timeout_names_its_last_error(stack:
         "ollama-0 (planned on gpu-a) on gpu-a: starting (last task error: task: non-zero exit "
         "(137))"
     )
+
+
+def test_undeploy_removes_a_stack_of_which_only_configs_and_secrets_remain(
+    stack: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bed = Bed(stack)
+    bed.swarm.services.clear()
+    ns = {"com.docker.stack.namespace": PROJECT}
+    bed.client.secrets.create(f"{PROJECT}_gateway-auth", labels=ns)
+    bed.client.configs.create(f"{PROJECT}_nginx-conf", labels=ns)
+    bed.client.configs.create("another_nginx-conf", labels={"com.docker.stack.namespace": "x"})
+    monkeypatch.setenv("PATH", str(fake_cli(tmp_path, "")))
+
+    def swarm_does(swarm: FakeSwarm) -> None:
+        if (tmp_path / "argv").exists():  # `docker stack rm` removes them
+            bed.client.secrets.items.clear()
+            bed.client.configs.items.pop(f"{PROJECT}_nginx-conf", None)
+
+    bed.swarm.on_poll = swarm_does
+    removed = swarm_undeploy.undeploy(
+        bed.client, stack, PROJECT, timeout_s=5, report=bed.report, poll_s=0
+    )
+    assert (removed.services, removed.configs, removed.secrets) == (0, 1, 1)
+    assert (tmp_path / "argv").read_text().split() == ["stack", "rm", "--", PROJECT]
+    assert list(bed.client.configs.items) == ["another_nginx-conf"]
