@@ -582,7 +582,7 @@ class FakeSwarmBed:
         }
         self.task: dict[str, dict[str, Any]] = {}
         for name, block in stack_of(out).items():
-            self.swarm.add_service("ollama-replicas", name, self._env(block))
+            self.swarm.add_service("ollama-replicas", name, self._env(block), self._gpus(block))
             self.task[name] = self.swarm.add_task(
                 f"ollama-replicas_{name}", self.node["node1"], "running"
             )
@@ -592,11 +592,22 @@ class FakeSwarmBed:
     def _env(block: dict[str, Any]) -> dict[str, str]:
         return {k: str(v) for k, v in (block.get("environment") or {}).items()}
 
+    @staticmethod
+    def _gpus(block: dict[str, Any]) -> int:
+        wanted = block["deploy"].get("resources", {}).get("reservations", {})
+        specs = [g["discrete_resource_spec"] for g in wanted.get("generic_resources", [])]
+        return sum(int(g["value"]) for g in specs if g["kind"] == "NVIDIA-GPU")
+
     def deployed(self, directory: Path, project: str, say: Any) -> None:
         for name, block in stack_of(directory).items():
             sid = self.swarm.service_id(f"{project}_{name}")
-            spec = self.swarm.services[sid]["Spec"]["TaskTemplate"]["ContainerSpec"]
-            spec["Env"] = [f"{k}={v}" for k, v in self._env(block).items()]
+            template = self.swarm.services[sid]["Spec"]["TaskTemplate"]
+            template["ContainerSpec"]["Env"] = [f"{k}={v}" for k, v in self._env(block).items()]
+            gpus = self._gpus(block)
+            kind = {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": gpus}}
+            template.pop("Resources", None)
+            if gpus:
+                template["Resources"] = {"Reservations": {"GenericResources": [kind]}}
 
     def io(self) -> failover.Io:
         @contextlib.contextmanager
