@@ -282,15 +282,11 @@ def build(
         plan,
         RenderOptions(bind=bind, start_interval=engine_takes_start_interval(target.inventory)),
     )
-    ov = overrides or Overrides()
+    recorded, dirs, kept = _recorded_names(name, extra_dirs, overrides)
     inputs = RenderInputs(
-        profile=name if not Path(name).suffix else str(Path(name).resolve()),
-        profiles_dirs=tuple(str(Path(d).resolve()) for d in extra_dirs),
-        overrides=Overrides(
-            tuple(s for s in ov.sets if not _sets_api_key(s)),
-            tuple(str(Path(v).resolve()) for v in ov.values_files),
-            ov.images,
-        ),
+        profile=recorded,
+        profiles_dirs=dirs,
+        overrides=kept,
         inventory=target.inventory,
         pin_by=pin_by,
         bind=bind,
@@ -298,6 +294,23 @@ def build(
         api_key=prof.gateway.api_key,
     )
     return Rendered(prof, plan, target, files, inputs)
+
+
+def _recorded_names(
+    name: str, extra_dirs: Sequence[str], overrides: Overrides | None
+) -> tuple[str, tuple[str, ...], Overrides]:
+    """What render.json records of the profile and its overrides: absolute paths (a later
+    fallback runs from anywhere), and no API key (that lives in .env, mode 0600)."""
+    ov = overrides or Overrides()
+    return (
+        name if not Path(name).suffix else str(Path(name).resolve()),
+        tuple(str(Path(d).resolve()) for d in extra_dirs),
+        Overrides(
+            tuple(s for s in ov.sets if not _sets_api_key(s)),
+            tuple(str(Path(v).resolve()) for v in ov.values_files),
+            ov.images,
+        ),
+    )
 
 
 def _build_fleet(
@@ -654,15 +667,11 @@ def build_swarm(
     plan = plan_fleet(fleet, prof, PlanOptions(pin_by=pin_by, count_used=not ignore_used))
     files = render_swarm(prof, plan, fleet.nodes)
     note = f"fleet file {fleet_path} ({len(fleet.nodes)} nodes)"
-    ov = overrides or Overrides()
+    recorded, dirs, kept = _recorded_names(name, extra_dirs, overrides)
     inputs = RenderInputs(
-        profile=name if not Path(name).suffix else str(Path(name).resolve()),
-        profiles_dirs=tuple(str(Path(d).resolve()) for d in extra_dirs),
-        overrides=Overrides(
-            tuple(s for s in ov.sets if not _sets_api_key(s)),
-            tuple(str(Path(v).resolve()) for v in ov.values_files),
-            ov.images,
-        ),
+        profile=recorded,
+        profiles_dirs=dirs,
+        overrides=kept,
         inventory=fleet.inventory(),
         pin_by=pin_by,
         bind="0.0.0.0",  # a swarm publishes the gateway on its node's addresses
