@@ -77,7 +77,7 @@ class Engine:
         self.stacks_at_wait: list[str] = []
         self.deployed_checks: list[str] = []
 
-    def stack_deploy(self, directory: Path, project: str, say: Any) -> None:
+    def stack_deploy(self, directory: Path, project: str, say: Any, **_: Any) -> None:
         self.calls.append(("deploy", directory, project))
         self.stack_at_deploy = (directory / "docker-stack.yml").read_text()
         if "deploy" in self.fail:
@@ -106,7 +106,7 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> Engine:
     fake = Engine()
     monkeypatch.setattr(engine_swarm, "stack_deploy", fake.stack_deploy)
     monkeypatch.setattr(engine_swarm, "wait_converged", fake.wait_converged)
-    monkeypatch.setattr(engine_swarm, "require_deployed", fake.require_deployed)
+    monkeypatch.setattr(engine_swarm, "require_deployed", fake.require_deployed, raising=False)
     return fake
 
 
@@ -363,7 +363,8 @@ def test_a_failed_deploy_leaves_the_new_plan_recorded_and_a_rerun_applies_it(
     # applied now: the same ids once more change nothing
     engine.reset()
     said.clear()
-    assert not failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io(said)).changed
+    again = failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io(said))
+    assert not again.changed
     assert engine.calls == [] and said == ["ollama-replicas: GPUs 0 are already failed over"]
 
 
@@ -763,3 +764,105 @@ def test_a_new_task_pending_for_room_fails_naming_it(
     # the step is recorded: the files say where ollama-0 belongs, a rerun applies them again
     assert stack_of(bed.out)["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[2]
     assert read_mode(bed.out.resolve(), "ollama-replicas")["mode"] == "gpu-failover"
+
+
+# --- the stack's name and whether it is deployed ----------------------------------------------
+
+
+def test_deploy_records_its_stack_name_and_a_fallback_without_p_uses_it(
+    tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = rendered(tmp_path)
+    monkeypatch.setattr(engine_swarm, "require_manager", lambda client: None)
+    engine_swarm.deploy(
+        "the-client", out, "cgfb", timeout_s=5.0, wait=False, report=lambda *a: None
+    )
+    assert (out / ".composegen" / "deployed-stack").read_text() == "cgfb\n"
+    assert stack(out).name == "cgfb"  # not the profile's name from the stack file's header
+    assert sw.stack_at(str(out), "other").name == "other"  # type: ignore[union-attr]
+    engine.reset()
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io())
+    assert engine.deployed_checks == ["cgfb"]
+    assert [c[2] for c in engine.calls if c[0] == "deploy"] == ["cgfb", "cgfb"]
+
+
+def test_a_fallback_on_a_stack_swarm_does_not_list_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from composegen.engine import docker as eng
+    from tests.fake_docker import FakeDocker
+
+    out = rendered(tmp_path)
+    client = FakeDocker()
+    client.swarm.init()
+    client.swarm.add_service("other-stack", "ollama-0")
+    deploys: list[str] = []
+    monkeypatch.setattr(engine_swarm, "stack_deploy", lambda d, p, say: deploys.append(p))
+    monkeypatch.setattr(eng, "connect", lambda *a, **k: client)
+    files = snapshot(out)
+    code, text, err = call(["fallback", "-C", str(out), "--gpu-failed", "node1:0"], capsys)
+    assert code == 2 and text == "" and deploys == []
+    assert err.strip().splitlines() == [
+        "composegen: error: stack ollama-replicas is not deployed (Swarm lists no service "
+        "labelled com.docker.stack.namespace=ollama-replicas): composegen deploy -C "
+        f"{out.resolve()} first"
+    ]
+    assert snapshot(out) == files
+
+
+# --- room, output order, concurrency ----------------------------------------------------------
+
+
+def test_the_room_counts_only_the_gpus_advertised_with_a_uuid(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    inputs = app.load_inputs(out)
+    assert inputs.fleet is not None
+    node1 = inputs.fleet.nodes[0]
+    gpus = tuple(
+        replace(g, uuid="") if g.index == 3 else g for g in node1.inventory.gpus
+    )  # a GPU whose UUID nvidia-smi did not give: daemon.json cannot advertise it
+    nodes = (replace(node1, inventory=replace(node1.inventory, gpus=gpus)), inputs.fleet.nodes[1])
+    assert sw.advertised_per_node(replace(inputs.fleet, nodes=nodes)) == {"node1": 3, "node2": 2}
+
+
+def test_without_an_engine_nothing_is_said_to_move(tmp_path: Path, engine: Engine) -> None:
+    from composegen.engine.docker import EngineError
+
+    out = rendered(tmp_path)
+    files = snapshot(out)
+
+    def no_engine() -> Any:
+        raise EngineError("no Docker engine at unix:///var/run/docker.sock")
+
+    said = Said()
+    with pytest.raises(EngineError, match="no Docker engine"):
+        failover.run(
+            stack(out),
+            failover.Request("gpu-failed", "node1:0"),
+            failover.Io(said, connect=no_engine),
+        )
+    assert said == [] and snapshot(out) == files and engine.calls == []
+
+
+def test_a_step_recorded_while_this_one_waited_for_the_lock_is_kept(
+    tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = rendered(tmp_path)
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io())
+    real_lock = sw.project_lock
+    others = iter([("gpu-failed", "node1:2")])
+
+    @contextlib.contextmanager
+    def lock_after_another(directory: Path, project: str, what: str) -> Iterator[None]:
+        # another fallback takes the lock and finishes first
+        for action, ids in others:
+            failover.run(stack(out), failover.Request(action, ids), io())
+        with real_lock(directory, project, what):
+            yield
+
+    monkeypatch.setattr(sw, "project_lock", lock_after_another)
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:1"), io())
+    record = json.loads((out / ".composegen" / "render.json").read_text())
+    assert record["failed"] == [[0], [2], [1]]
+    for f in app.rebuild(app.load_inputs(out)).files:
+        assert (out / f.path).read_text() == f.text, f.path
