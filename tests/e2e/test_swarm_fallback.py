@@ -184,6 +184,16 @@ def replaced_make_before_break(bed: Bed, service: str, old_id: str) -> dict[str,
     return new
 
 
+def settled_stop_first(bed: Bed, service: str, task_id: str) -> None:
+    """After the fallback converged it deployed the stack again with the service stop-first
+    (a later update must not start a second task on its pinned GPU): Swarm's spec says so,
+    and that apply started no task (the newest is still the start-first update's)."""
+    spec = json.loads(bed.mgr.docker("service", "inspect", f"{PROJECT}_{service}"))[0]["Spec"]
+    assert spec["UpdateConfig"]["Order"] == "stop-first", spec["UpdateConfig"]
+    assert service_tasks(bed, service)[0]["ID"] == task_id
+    assert running(bed, service)["ID"] == task_id
+
+
 def status(bed: Bed) -> tuple[str, bool]:
     """(the mode, every task as planned) as `composegen status` says them."""
     done = cli(bed, "status", "-C", str(bed.directory), "-p", PROJECT, "--json")
@@ -209,7 +219,9 @@ def test_gpu_failed_moves_only_the_affected_service_make_before_break(bed: Bed) 
     assert f"ollama-0: node1 GPU 0 ({A_UUIDS[0]}) -> node1 GPU 2 ({A_UUIDS[2]}) (start-first)" in (
         done.stdout
     )
+    assert done.stdout.index("moving ollama-0") < done.stdout.index("moved ollama-0")
     new = replaced_make_before_break(bed, "ollama-0", before["ollama-0"])
+    settled_stop_first(bed, "ollama-0", new["ID"])
     info = container(bed, new)
     assert info["_host"] == "cgsw-node1"
     assert env_of(info)["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[2]
@@ -223,8 +235,10 @@ def test_gpu_failed_moves_only_the_affected_service_make_before_break(bed: Bed) 
 
 def test_cpu_moves_both_replicas_to_cpu_on_their_node(bed: Bed) -> None:
     before = {name: running(bed, name)["ID"] for name in SERVICES}
-    done = cli(bed, "fallback", "-C", str(bed.directory), "-p", PROJECT, "--cpu")
+    # no -p: the name `deploy -p` recorded (not the profile's, which would be a second stack)
+    done = cli(bed, "fallback", "-C", str(bed.directory), "--cpu")
     assert done.returncode == 0, done.stderr + done.stdout
+    assert "ollama-replicas_" not in bed.mgr.docker("service", "ls", "--format", "{{.Name}}")
     for name in ("ollama-0", "ollama-1"):
         new = replaced_make_before_break(bed, name, before[name])
         info = container(bed, new)
@@ -245,6 +259,7 @@ def test_restore_returns_to_the_planned_gpus(bed: Bed) -> None:
     assert done.returncode == 0, done.stderr + done.stdout
     for name, uuid in (("ollama-0", A_UUIDS[0]), ("ollama-1", A_UUIDS[1])):
         new = replaced_make_before_break(bed, name, before[name])
+        settled_stop_first(bed, name, new["ID"])
         assert env_of(container(bed, new))["NVIDIA_VISIBLE_DEVICES"] == uuid
         assert len(reserved(new)) == 1
     assert running(bed, "gateway")["ID"] == before["gateway"]
