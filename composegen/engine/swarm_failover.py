@@ -11,10 +11,16 @@ Make before break: a changed service is updated `start-first` (the new task, on 
 on CPU, runs and is healthy before Swarm stops the old one) wherever its node has room for the
 new GPU reservation while every old task still holds its own: during a start-first update
 Swarm counts the old task's generic resources as taken until it stops. The room is what the
-node advertises (node-generic-resources: every GPU of its inventory, a failed one included:
+node advertises (node-generic-resources: the GPUs of its inventory, a failed one included:
 Swarm knows nothing of GPU health, and the pin is NVIDIA_VISIBLE_DEVICES, not the name Swarm
-assigns). Where there is no room (e.g. a tensor-parallel group moving within a full node),
-that service is updated stop-first, and the output says so.
+assigns; only GPUs with a valid UUID are advertised: swarm_nodes.advertised). Where there is
+no room (e.g. a tensor-parallel group moving within a full node), that service is updated
+stop-first, and the output says so. Once Swarm converged, the stack is deployed again with
+every GPU service stop-first (only update_config changes: no task restarts), so that a later
+update of a moved service cannot start a second task on its pinned GPU.
+
+The step is computed under the project's lock and recorded `applied: false` until Swarm
+converged: a rerun after a failure applies the recorded files again.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from composegen.engine.state import project_lock, read_mode, write_mode
 from composegen.errors import BadInputError, ComposegenError
 from composegen.files import OutFile
 from composegen.fleet import Fleet
-from composegen.plan import Instance, Plan
+from composegen.plan import Plan
 from composegen.render_swarm import STACK_FILE, gpu_reservations
+from composegen.swarm_inputs import describe, fleet_ids
 
 WAIT_S = 600.0  # a start-first update waits for the new task's health check
 
@@ -131,71 +138,6 @@ def update_orders(
         else:
             out[name] = "stop-first"
     return out
-
-
-def _where(plan: Plan, inst: Instance | None) -> str:
-    if inst is None:
-        return "removed"
-    if inst.device != "gpu":
-        return f"CPU on {inst.node}"
-    by_index = {g.index: g for g in plan.gpus}
-    local = [by_index[i].node_index for i in inst.gpus if i in by_index]
-    gpus = ",".join(str(i) for i in local if i is not None)
-    return f"{inst.node} GPU {gpus} ({','.join(inst.device_ids)})"
-
-
-def describe(
-    prof: Any, before: Plan, after: Plan, orders: Mapping[str, str], project: str
-) -> list[str]:
-    """One line per changed service; a move to another node says what its volumes lose."""
-    old = {i.name: i for i in before.instances}
-    new = {i.name: i for i in after.instances}
-    lines = []
-    for name, order in orders.items():
-        if name == "gateway":
-            lines.append("gateway: its configuration changes: restarted (stop-first)")
-            continue
-        was, now = old.get(name), new.get(name)
-        line = f"{name}: {_where(before, was)} -> {_where(after, now)}"
-        lines.append(line + ("" if order == "removed" else f" ({order})"))
-        if was is not None and now is not None and was.node != now.node:
-            from composegen.render import _instance_volumes
-
-            vols = [v.split(":", 1)[0] for v in _instance_volumes(prof.service(now.service), now)]
-            if vols:
-                lines.append(
-                    f"  {name} moves from node {was.node} to node {now.node}: its named "
-                    f"volumes ({', '.join(f'{project}_{v}' for v in vols)}) are local to each "
-                    f"node, so it gets {now.node}'s copies (empty unless filled there); the "
-                    f"data on {was.node} stays there"
-                )
-    return lines
-
-
-def fleet_ids(text: str, fleet: Fleet) -> str:
-    """`NODE:INDEX` items (a GPU by its node and its own index there) as fleet indices. On a
-    fleet of more than one node a bare integer is refused (it would silently mean the fleet's
-    numbering): NODE:INDEX or a UUID there."""
-    layout = fleet.layout().gpu_nodes
-    out = []
-    for raw in text.split(","):
-        item = raw.strip()
-        node, sep, idx = (p.strip() for p in item.rpartition(":"))
-        if sep and idx.isdigit() and not item.startswith("GPU-"):
-            if (node, int(idx)) not in layout:
-                raise BadInputError(
-                    f"--gpu-failed: no GPU {idx} on node {node!r} in the stack's fleet",
-                    f"nodes: {', '.join(n.name for n in fleet.nodes)}; or give GPU UUIDs",
-                )
-            item = str(layout.index((node, int(idx))))
-        elif item.isdigit() and len(fleet.nodes) > 1:
-            first = fleet.nodes[0].name
-            raise BadInputError(
-                f"--gpu-failed: {item!r} is ambiguous on a fleet of {len(fleet.nodes)} nodes: "
-                f"name the GPU as NODE:INDEX (e.g. {first}:{item}) or by its UUID (GPU-...)"
-            )
-        out.append(item)
-    return ",".join(out)
 
 
 # --- the actions ------------------------------------------------------------------------------
