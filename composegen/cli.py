@@ -1116,9 +1116,11 @@ def fallback(
 
     A re-plan rewrites only the files it changes: hand edits of the others (.env) are kept.
 
-    On a swarm stack (DIR holds docker-stack.yml): --gpu-failed (UUIDs, NODE:INDEX or fleet
-    indices), --cpu and --restore re-render the stack file and deploy it; Swarm updates only
-    the changed services, each start-first where its node has room (see the output).
+    On a swarm stack (DIR holds docker-stack.yml): --gpu-failed (UUIDs or NODE:INDEX; a bare
+    index only on a one-node fleet), --cpu and --restore re-render the stack file and deploy it
+    to the stack `deploy` recorded (-p NAME overrides); Swarm updates only the changed
+    services, each start-first where its node has room (see the output), then stop-first
+    again. A rerun after a failed deploy or wait applies the recorded step again.
     """
     from composegen.engine import failover
     from composegen.engine.progress import Progress

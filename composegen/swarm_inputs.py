@@ -4,11 +4,13 @@ CPU form (`fallback --cpu`). The one-host half stays in composegen.app."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from composegen.errors import BadInputError
 from composegen.inventory import Inventory
-from composegen.plan import Plan, PlanOptions
+from composegen.plan import Instance, Plan, PlanOptions
 from composegen.profiles import Profile
 
 if TYPE_CHECKING:
@@ -138,3 +140,71 @@ def swarm_cpu_plan(prof: Profile, plan: Plan) -> Plan:
         for i in cpu.instances
     )
     return replace(cpu, instances=renamed)
+
+
+# --- what a swarm fallback names and says (engine/swarm_failover.py) -------------------------
+
+
+def _where(plan: Plan, inst: Instance | None) -> str:
+    if inst is None:
+        return "removed"
+    if inst.device != "gpu":
+        return f"CPU on {inst.node}"
+    by_index = {g.index: g for g in plan.gpus}
+    local = [by_index[i].node_index for i in inst.gpus if i in by_index]
+    gpus = ",".join(str(i) for i in local if i is not None)
+    return f"{inst.node} GPU {gpus} ({','.join(inst.device_ids)})"
+
+
+def describe(
+    prof: Any, before: Plan, after: Plan, orders: Mapping[str, str], project: str
+) -> list[str]:
+    """One line per changed service; a move to another node says what its volumes lose."""
+    old = {i.name: i for i in before.instances}
+    new = {i.name: i for i in after.instances}
+    lines = []
+    for name, order in orders.items():
+        if name == "gateway":
+            lines.append("gateway: its configuration changes: restarted (stop-first)")
+            continue
+        was, now = old.get(name), new.get(name)
+        line = f"{name}: {_where(before, was)} -> {_where(after, now)}"
+        lines.append(line + ("" if order == "removed" else f" ({order})"))
+        if was is not None and now is not None and was.node != now.node:
+            from composegen.render import _instance_volumes
+
+            vols = [v.split(":", 1)[0] for v in _instance_volumes(prof.service(now.service), now)]
+            if vols:
+                lines.append(
+                    f"  {name} moves from node {was.node} to node {now.node}: its named "
+                    f"volumes ({', '.join(f'{project}_{v}' for v in vols)}) are local to each "
+                    f"node, so it gets {now.node}'s copies (empty unless filled there); the "
+                    f"data on {was.node} stays there"
+                )
+    return lines
+
+
+def fleet_ids(text: str, fleet: Fleet) -> str:
+    """`NODE:INDEX` items (a GPU by its node and its own index there) as fleet indices. On a
+    fleet of more than one node a bare integer is refused (it would silently mean the fleet's
+    numbering): NODE:INDEX or a UUID there."""
+    layout = fleet.layout().gpu_nodes
+    out = []
+    for raw in text.split(","):
+        item = raw.strip()
+        node, sep, idx = (p.strip() for p in item.rpartition(":"))
+        if sep and idx.isdigit() and not item.startswith("GPU-"):
+            if (node, int(idx)) not in layout:
+                raise BadInputError(
+                    f"--gpu-failed: no GPU {idx} on node {node!r} in the stack's fleet",
+                    f"nodes: {', '.join(n.name for n in fleet.nodes)}; or give GPU UUIDs",
+                )
+            item = str(layout.index((node, int(idx))))
+        elif item.isdigit() and len(fleet.nodes) > 1:
+            first = fleet.nodes[0].name
+            raise BadInputError(
+                f"--gpu-failed: {item!r} is ambiguous on a fleet of {len(fleet.nodes)} nodes: "
+                f"name the GPU as NODE:INDEX (e.g. {first}:{item}) or by its UUID (GPU-...)"
+            )
+        out.append(item)
+    return ",".join(out)

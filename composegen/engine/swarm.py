@@ -26,6 +26,7 @@ from composegen.engine.swarm_status import (
     Row,
     StackStatus,
     describe,
+    require_deployed,
     stack_services,
     stack_status,
 )
@@ -37,6 +38,7 @@ from composegen.swarm_stack import (
 )
 
 CLI_TIMEOUT_S = 300.0
+DEPLOYED_FILE = ".composegen/deployed-stack"  # the name `deploy` gave the stack, one line
 
 _FAILED_UPDATE = {"paused", "rollback_started", "rollback_paused", "rollback_completed"}
 DEFAULT_HOST = "unix:///var/run/docker.sock"  # docker-py's and the CLI's without DOCKER_HOST
@@ -210,6 +212,25 @@ def _fail_on_failed_update(client: Any, project: str, status: StackStatus) -> No
     )
 
 
+def record_deployed(directory: Path, project: str) -> None:
+    """DIR/.composegen/deployed-stack: the stack's name as deployed (`deploy -p NAME` too), so
+    that a later `fallback` without -p updates that stack rather than deploy another."""
+    from composegen.files import write_atomic
+
+    path = directory / DEPLOYED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, project + "\n")
+
+
+def deployed_name(directory: Path) -> str | None:
+    """The name record_deployed wrote, checked as a stack name; None when there is none."""
+    try:
+        text = (directory / DEPLOYED_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return check_stack_name(text, str(directory / DEPLOYED_FILE)) if text else None
+
+
 # --- deploy as a whole ---------------------------------------------------------------------
 
 
@@ -241,6 +262,7 @@ def deploy(
     deadline = time.monotonic() + timeout_s
     require_manager(client)
     stack_deploy(directory, project, _cli_line(project, report), timeout_s=timeout_s)
+    record_deployed(directory, project)
     if not wait:
         return None
     left = max(1.0, round(deadline - time.monotonic(), 1))
@@ -258,7 +280,10 @@ __all__ = [
     "StackStatus",
     "cli_env",
     "deploy",
+    "deployed_name",
     "is_swarm_dir",
+    "record_deployed",
+    "require_deployed",
     "require_manager",
     "stack_deploy",
     "stack_services",

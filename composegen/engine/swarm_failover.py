@@ -11,10 +11,16 @@ Make before break: a changed service is updated `start-first` (the new task, on 
 on CPU, runs and is healthy before Swarm stops the old one) wherever its node has room for the
 new GPU reservation while every old task still holds its own: during a start-first update
 Swarm counts the old task's generic resources as taken until it stops. The room is what the
-node advertises (node-generic-resources: every GPU of its inventory, a failed one included:
+node advertises (node-generic-resources: the GPUs of its inventory, a failed one included:
 Swarm knows nothing of GPU health, and the pin is NVIDIA_VISIBLE_DEVICES, not the name Swarm
-assigns). Where there is no room (e.g. a tensor-parallel group moving within a full node),
-that service is updated stop-first, and the output says so.
+assigns; only GPUs with a valid UUID are advertised: swarm_nodes.advertised). Where there is
+no room (e.g. a tensor-parallel group moving within a full node), that service is updated
+stop-first, and the output says so. Once Swarm converged, the stack is deployed again with
+every GPU service stop-first (only update_config changes: no task restarts), so that a later
+update of a moved service cannot start a second task on its pinned GPU.
+
+The step is computed under the project's lock and recorded `applied: false` until Swarm
+converged: a rerun after a failure applies the recorded files again.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from composegen.engine.state import project_lock, read_mode, write_mode
 from composegen.errors import BadInputError, ComposegenError
 from composegen.files import OutFile
 from composegen.fleet import Fleet
-from composegen.plan import Instance, Plan
+from composegen.plan import Plan
 from composegen.render_swarm import STACK_FILE, gpu_reservations
+from composegen.swarm_inputs import describe, fleet_ids
 
 WAIT_S = 600.0  # a start-first update waits for the new task's health check
 
@@ -48,13 +55,15 @@ class SwarmStack:
 
 def stack_at(directory: str | None, project_name: str | None) -> SwarmStack | None:
     """The swarm stack in DIR (engine.swarm.is_swarm_dir), or None for a one-host Compose
-    project; its name as `composegen deploy` takes it (-p NAME, else the stack file's)."""
+    project; its name: -p NAME, else the one `composegen deploy` recorded (its -p too), else
+    the stack file's."""
     d = Path(directory or ".")
     if not engine.is_swarm_dir(d):
         return None
     from composegen.swarm_stack import load_stack
 
-    return SwarmStack(d.resolve(), load_stack(d, project_name).project)
+    name = project_name or engine.deployed_name(d)
+    return SwarmStack(d.resolve(), load_stack(d, name).project)
 
 
 # --- pure parts -------------------------------------------------------------------------------
@@ -88,10 +97,13 @@ def changed_services(before: list[OutFile], after: list[OutFile]) -> list[str]:
 
 
 def advertised_per_node(fleet: Fleet) -> dict[str, int]:
-    """The NVIDIA-GPU count each node advertises to Swarm: every GPU of its recorded inventory,
-    as swarm/<node>/daemon.json lists them. A failed GPU stays advertised (Swarm knows nothing
-    of GPU health) and so still counts as room for a start-first update."""
-    return {n.name: len(n.inventory.gpus) for n in fleet.nodes}
+    """The NVIDIA-GPU count each node advertises to Swarm, as swarm/<node>/daemon.json lists
+    them (swarm_nodes.advertised: the GPUs of its inventory with a valid UUID). A failed GPU
+    stays advertised (Swarm knows nothing of GPU health) and so still counts as room for a
+    start-first update."""
+    from composegen.swarm_nodes import advertised
+
+    return {n.name: len(advertised(n)) for n in fleet.nodes}
 
 
 def update_orders(
@@ -128,63 +140,6 @@ def update_orders(
     return out
 
 
-def _where(plan: Plan, inst: Instance | None) -> str:
-    if inst is None:
-        return "removed"
-    if inst.device != "gpu":
-        return f"CPU on {inst.node}"
-    by_index = {g.index: g for g in plan.gpus}
-    local = [by_index[i].node_index for i in inst.gpus if i in by_index]
-    gpus = ",".join(str(i) for i in local if i is not None)
-    return f"{inst.node} GPU {gpus} ({','.join(inst.device_ids)})"
-
-
-def describe(
-    prof: Any, before: Plan, after: Plan, orders: Mapping[str, str], project: str
-) -> list[str]:
-    """One line per changed service; a move to another node says what its volumes lose."""
-    old = {i.name: i for i in before.instances}
-    new = {i.name: i for i in after.instances}
-    lines = []
-    for name, order in orders.items():
-        if name == "gateway":
-            lines.append("gateway: its configuration changes: restarted (stop-first)")
-            continue
-        was, now = old.get(name), new.get(name)
-        line = f"{name}: {_where(before, was)} -> {_where(after, now)}"
-        lines.append(line + ("" if order == "removed" else f" ({order})"))
-        if was is not None and now is not None and was.node != now.node:
-            from composegen.render import _instance_volumes
-
-            vols = [v.split(":", 1)[0] for v in _instance_volumes(prof.service(now.service), now)]
-            if vols:
-                lines.append(
-                    f"  {name} moves from node {was.node} to node {now.node}: its named "
-                    f"volumes ({', '.join(f'{project}_{v}' for v in vols)}) are local to each "
-                    f"node, so it gets {now.node}'s copies (empty unless filled there); the "
-                    f"data on {was.node} stays there"
-                )
-    return lines
-
-
-def fleet_ids(text: str, fleet: Fleet) -> str:
-    """`NODE:INDEX` items (a GPU by its node and its own index there) as fleet indices."""
-    layout = fleet.layout().gpu_nodes
-    out = []
-    for raw in text.split(","):
-        item = raw.strip()
-        node, sep, idx = item.rpartition(":")
-        if sep and idx.isdigit() and not item.startswith("GPU-"):
-            if (node, int(idx)) not in layout:
-                raise BadInputError(
-                    f"--gpu-failed: no GPU {idx} on node {node!r} in the stack's fleet",
-                    f"nodes: {', '.join(n.name for n in fleet.nodes)}; or give GPU UUIDs",
-                )
-            item = str(layout.index((node, int(idx))))
-        out.append(item)
-    return ",".join(out)
-
-
 # --- the actions ------------------------------------------------------------------------------
 
 
@@ -192,12 +147,20 @@ def fleet_ids(text: str, fleet: Fleet) -> str:
 class _Step:
     before: app.Rendered
     after: app.Rendered
-    inputs: app.RenderInputs  # what render.json records once the step is done
+    inputs: app.RenderInputs  # what render.json records once the step is written
     orders: dict[str, str]
-    mode: str  # the mode the step starts from
+    mode: str  # the mode the step leads to
+    why: str
+    cpu: bool = False  # the CPU form is rendered
+    again: bool = False  # the recorded step applied once more
 
 
-def _step(mode: str, before: app.Rendered, inputs: app.RenderInputs, cpu: bool = False) -> _Step:
+Planned = _Step | str  # a step, or why there is nothing to do
+
+
+def _step(
+    before: app.Rendered, inputs: app.RenderInputs, mode: str, why: str, cpu: bool = False
+) -> _Step:
     """The re-render `inputs` ask for, its changed services and their update order."""
     assert inputs.fleet is not None
     trial = app.rebuild(inputs, cpu_form=cpu)
@@ -207,11 +170,41 @@ def _step(mode: str, before: app.Rendered, inputs: app.RenderInputs, cpu: bool =
     first |= {n for n, o in orders.items() if o == "start-first"}
     final = replace(inputs, start_first=tuple(sorted(first)))
     after = trial if cpu or final == inputs else app.rebuild(final)
-    return _Step(before, after, inputs if cpu else final, orders, mode)
+    return _Step(before, after, inputs if cpu else final, orders, mode, why, cpu)
+
+
+def _again(stack: SwarmStack, inputs: app.RenderInputs, state: Mapping[str, Any]) -> _Step:
+    """The recorded step once more (its last apply failed or was interrupted): the files as
+    render.json gives them, deployed and waited for again."""
+    mode = str(state.get("mode", "gpu"))
+    cpu = mode == "cpu-fallback"
+    now = app.rebuild(inputs, cpu_form=cpu)
+    why = str(state.get("why") or f"fallback ({mode})")
+    return _Step(now, now, inputs, {}, mode, why, cpu, again=True)
+
+
+def _state(stack: SwarmStack) -> dict[str, Any]:
+    """The recorded mode; `applied` false while its step is written but not yet converged."""
+    return read_mode(stack.directory, stack.name)
 
 
 def _mode(stack: SwarmStack) -> str:
-    return str(read_mode(stack.directory, stack.name).get("mode", "gpu"))
+    return str(_state(stack).get("mode", "gpu"))
+
+
+def _applied(state: Mapping[str, Any]) -> bool:
+    return state.get("applied", True) is not False
+
+
+def _record(stack: SwarmStack, step: _Step, applied: bool) -> None:
+    import json
+
+    from composegen.engine.state import _state_dir
+    from composegen.files import write_atomic
+
+    write_mode(stack.directory, stack.name, step.mode, step.why)
+    data = {**read_mode(stack.directory, stack.name), "applied": applied}
+    write_atomic(_state_dir(stack.directory) / f"{stack.name}.state.json", json.dumps(data) + "\n")
 
 
 def _load(stack: SwarmStack) -> app.RenderInputs:
@@ -225,96 +218,128 @@ def _load(stack: SwarmStack) -> app.RenderInputs:
     return inputs
 
 
-def _apply(
-    stack: SwarmStack, step: _Step, io: Io, force: bool, title: str, mode: str, why: str
-) -> None:
-    """Write what changes, record it, deploy, wait; the record comes first so that a failed
-    deploy leaves files and render.json saying the same (a rerun, or `composegen deploy`,
-    applies them)."""
-    client = io.connect()
+def _deploy(stack: SwarmStack, client: Any, io: Io, report: Any) -> None:
+    try:
+        engine.stack_deploy(stack.directory, stack.name, io.say)
+    except ComposegenError as exc:
+        raise ComposegenError(
+            f"{stack.name}: the re-planned stack is written but not applied: {exc.message}",
+            f"fix that, then rerun the fallback (or `composegen deploy -C {stack.directory}`)",
+        ) from None
+    engine.wait_converged(client, stack.directory, stack.name, timeout_s=WAIT_S, report=report)
+
+
+def _apply(stack: SwarmStack, step: _Step, client: Any, io: Io, force: bool, title: str) -> None:
+    """Write what changes, record it (not applied), deploy, wait; then the same files with no
+    service start-first (only update_config changes: Swarm restarts no task), deployed again,
+    so that a later update of a moved service (an image bump) cannot start a second task on
+    its pinned GPU beside the old one; recorded applied only then. A rerun after a failure
+    finds `applied: false` and applies the recorded files again."""
     names = list(stack_services(step.after.files))
-    with (
-        project_lock(stack.directory, stack.name, title),
-        io.progress(names, f"composegen {title} {stack.name}") as report,
-    ):
-        now = _mode(stack)
-        if now != step.mode:  # another run changed the stack while this one waited
-            raise ComposegenError(
-                f"{stack.name} changed to mode {now} while this fallback waited for its lock",
-                "check `composegen status`, then run the fallback again",
-            )
+    with io.progress(names, f"composegen {title} {stack.name}") as report:
         write_changed(stack.directory, step.before.files, step.after.files, force)
         app.save_inputs(stack.directory, step.inputs)
-        write_mode(stack.directory, stack.name, mode, why)
-        try:
-            engine.stack_deploy(stack.directory, stack.name, io.say)
-        except ComposegenError as exc:
-            raise ComposegenError(
-                f"{stack.name}: the re-planned stack is written but not applied: {exc.message}",
-                f"fix that, then `composegen deploy -C {stack.directory}` applies it",
-            ) from None
-        engine.wait_converged(client, stack.directory, stack.name, timeout_s=WAIT_S, report=report)
+        _record(stack, step, applied=False)
+        _deploy(stack, client, io, report)
+        settled = replace(step.inputs, start_first=())
+        final = app.rebuild(settled, cpu_form=step.cpu)
+        if settled != step.inputs or final.files != step.after.files:
+            write_changed(stack.directory, step.after.files, final.files, force)
+            app.save_inputs(stack.directory, settled)
+            _deploy(stack, client, io, report)
+        _record(stack, step, applied=True)
 
 
-def _finish(
-    stack: SwarmStack, step: _Step, io: Io, action: str, dry_run: bool, force: bool
+def _run(
+    stack: SwarmStack, io: Io, action: str, title: str, dry_run: bool, force: bool, plan: Any
 ) -> Outcome:
-    """Hand edits checked (exit 2 before anything changes), then the dry run's lines, or the
-    lines of what the change does."""
-    write_changed(stack.directory, step.before.files, step.after.files, force, dry_run=True)
-    prof = step.after.profile
-    lines = describe(prof, step.before.plan, step.after.plan, step.orders, stack.name)
-    if not lines:
-        lines = ["no service changes"]
+    """`plan()` (inputs loaded and the step computed under the project's lock, so that no
+    concurrent step is lost); hand edits checked and the stack checked deployed before
+    anything is written; `moving` lines before the change, `moved` once Swarm converged."""
     if dry_run:
-        files = [f.path for f in changed_files(step.before.files, step.after.files)]
-        out = [f"would move {ln.strip()}" for ln in lines]
-        out.append(f"would write {', '.join(files) or 'no file'}, then deploy {stack.name}")
-        for line in out:
-            io.say(line)
-        return Outcome(action, False, tuple(out))
-    for line in lines:
-        io.say(line)
+        return _dry_run(stack, plan(), io, action, force)
+    client = io.connect()
+    with project_lock(stack.directory, stack.name, title):
+        step = plan()
+        if isinstance(step, str):
+            io.say(step)
+            return Outcome("none", False)
+        write_changed(stack.directory, step.before.files, step.after.files, force, dry_run=True)
+        engine.require_deployed(client, stack.name, stack.directory)
+        lines = _lines(stack, step)
+        for line in lines:
+            io.say(line if line.startswith(" ") else f"moving {line}")
+        _apply(stack, step, client, io, force, title)
+    done = [ln for ln in lines if not ln.startswith(" ")]
+    for line in done:
+        io.say(f"moved {line}" if step.orders else f"{stack.name}: applied")
     return Outcome(action, True, tuple(lines))
+
+
+def _lines(stack: SwarmStack, step: _Step) -> list[str]:
+    lines = describe(step.after.profile, step.before.plan, step.after.plan, step.orders, stack.name)
+    if step.again:
+        return [f"{stack.name}: applying the recorded {step.mode} step again (its last apply "
+                "did not finish)"]  # fmt: skip
+    return lines or ["no service changes"]
+
+
+def _dry_run(stack: SwarmStack, step: Planned, io: Io, action: str, force: bool) -> Outcome:
+    if isinstance(step, str):
+        io.say(step)
+        return Outcome("none", False)
+    write_changed(stack.directory, step.before.files, step.after.files, force, dry_run=True)
+    files = [f.path for f in changed_files(step.before.files, step.after.files)]
+    out = [f"would move {ln.strip()}" for ln in _lines(stack, step)]
+    out.append(f"would write {', '.join(files) or 'no file'}, then deploy {stack.name}")
+    for line in out:
+        io.say(line)
+    return Outcome(action, False, tuple(out))
 
 
 def gpus_failed(
     stack: SwarmStack, ids_text: str, io: Io, *, dry_run: bool = False, force: bool = False
 ) -> Outcome:
-    """Re-plan without these GPUs (fleet indices, NODE:INDEX or UUIDs); only the services
-    that change are updated, start-first where their node has room."""
-    mode = _mode(stack)
-    if mode == "cpu-fallback":
-        raise BadInputError(
-            f"{stack.name} runs on CPU (fallback --cpu)",
-            "run `composegen fallback --restore` first",
-        )
-    inputs = _load(stack)
-    assert inputs.fleet is not None
-    ids = policy.parse_gpu_ids(fleet_ids(ids_text, inputs.fleet), inputs.inventory)
-    after = replace(inputs, failed=(*inputs.failed, ids))
-    step = _step(mode, app.rebuild(inputs), after)
-    out = _finish(stack, step, io, "gpu-failed", dry_run, force)
-    if not dry_run:
+    """Re-plan without these GPUs (NODE:INDEX or UUIDs; a fleet index on a one-node fleet);
+    only the services that change are updated, start-first where their node has room. GPUs
+    already marked failed add no step (a rerun after a failure applies the recorded one)."""
+
+    def plan() -> Planned:
+        state = _state(stack)
+        if state.get("mode") == "cpu-fallback":
+            raise BadInputError(
+                f"{stack.name} runs on CPU (fallback --cpu)",
+                "run `composegen fallback --restore` first",
+            )
+        inputs = _load(stack)
+        assert inputs.fleet is not None
+        ids = policy.parse_gpu_ids(fleet_ids(ids_text, inputs.fleet), inputs.inventory)
+        if set(ids) <= {i for step in inputs.failed for i in step}:
+            if _applied(state):
+                return f"{stack.name}: GPUs {', '.join(map(str, ids))} are already failed over"
+            return _again(stack, inputs, state)
+        after = replace(inputs, failed=(*inputs.failed, ids))
         why = f"GPUs {', '.join(map(str, ids))} failed"
-        _apply(stack, step, io, force, "fallback --gpu-failed", "gpu-failover", why)
-    return out
+        return _step(app.rebuild(inputs), after, "gpu-failover", why)
+
+    return _run(stack, io, "gpu-failed", "fallback --gpu-failed", dry_run, force, plan)
 
 
 def to_cpu(stack: SwarmStack, io: Io, *, dry_run: bool = False, force: bool = False) -> Outcome:
     """Every GPU service to its CPU form (the profile's cpu: variant, no GPU reservation,
     NVIDIA_VISIBLE_DEVICES=void) on its own node, start-first, names and volumes kept."""
-    mode = _mode(stack)
-    if mode == "cpu-fallback":
-        io.say(f"{stack.name} is already in cpu-fallback mode")
-        return Outcome("none", False)
-    inputs = _load(stack)
-    step = _step(mode, app.rebuild(inputs), inputs, cpu=True)
-    out = _finish(stack, step, io, "cpu", dry_run, force)
-    if not dry_run:
+
+    def plan() -> Planned:
+        state = _state(stack)
+        inputs = _load(stack)
+        if state.get("mode") == "cpu-fallback":
+            if _applied(state):
+                return f"{stack.name} is already in cpu-fallback mode"
+            return _again(stack, inputs, state)
         why = "composegen fallback --cpu"
-        _apply(stack, step, io, force, "fallback --cpu", "cpu-fallback", why)
-    return out
+        return _step(app.rebuild(inputs), inputs, "cpu-fallback", why, cpu=True)
+
+    return _run(stack, io, "cpu", "fallback --cpu", dry_run, force, plan)
 
 
 def restore(
@@ -331,22 +356,24 @@ def restore(
             "--inventory: a swarm stack's GPUs are on its nodes, not in one inventory file",
             "leave it out: --restore returns to the plan recorded over the fleet",
         )
-    inputs = _load(stack)
-    mode = _mode(stack)
-    if mode == "gpu" and not inputs.failed:
-        io.say(f"{stack.name} already runs its GPU plan")
-        return Outcome("none", False)
-    io.say(
-        "GPU health is not read on a swarm stack (the GPUs are on the nodes): restoring the "
-        "recorded plan on every GPU of the fleet"
-    )
-    before = app.rebuild(inputs, cpu_form=mode == "cpu-fallback")
-    step = _step(mode, before, replace(inputs, failed=()))
-    out = _finish(stack, step, io, "restore", dry_run, force)
-    if not dry_run:
+
+    def plan() -> Planned:
+        state = _state(stack)
+        inputs = _load(stack)
+        mode = str(state.get("mode", "gpu"))
+        if mode == "gpu" and not inputs.failed:
+            if _applied(state):
+                return f"{stack.name} already runs its GPU plan"
+            return _again(stack, inputs, state)
+        io.say(
+            "GPU health is not read on a swarm stack (the GPUs are on the nodes): restoring "
+            "the recorded plan on every GPU of the fleet"
+        )
+        before = app.rebuild(inputs, cpu_form=mode == "cpu-fallback")
         why = "composegen fallback --restore"
-        _apply(stack, step, io, force, "fallback --restore", "gpu", why)
-    return out
+        return _step(before, replace(inputs, failed=()), "gpu", why)
+
+    return _run(stack, io, "restore", "fallback --restore", dry_run, force, plan)
 
 
 def run(stack: SwarmStack, action: str, io: Io) -> Outcome:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from composegen.engine.docker import EngineError, first_line, mapped_errors
-from composegen.errors import ComposegenError
+from composegen.errors import BadInputError, ComposegenError
 from composegen.swarm_stack import (
     GPU_KIND,
     PlannedService,
@@ -134,6 +135,18 @@ def stack_services(client: Any, project: str) -> dict[str, dict[str, Any]]:
     with mapped_errors("docker service ls"):
         found = client.api.services(filters={"label": f"{NAMESPACE}={project}"})
     return {s["Spec"]["Name"]: s for s in found}
+
+
+def require_deployed(client: Any, project: str, directory: Path) -> None:
+    """BadInputError unless Swarm lists a service of stack PROJECT (label
+    com.docker.stack.namespace=PROJECT): a fallback must update that stack, never deploy a
+    second one beside it."""
+    if stack_services(client, project):
+        return
+    raise BadInputError(
+        f"stack {project} is not deployed (Swarm lists no service labelled "
+        f"{NAMESPACE}={project}): composegen deploy -C {directory} first"
+    )
 
 
 def _tasks(client: Any, service_ids: list[str]) -> list[dict[str, Any]]:

@@ -171,13 +171,27 @@ def replaced_make_before_break(bed: Bed, service: str, old_id: str) -> dict[str,
     assert not old_c["State"]["Running"], f"{service}: old task {old_id} still runs"
     new_c = container(bed, new)
     became_running = when(new["Status"]["Timestamp"])
-    first_healthy = min(
-        when(h["End"]) for h in new_c["State"]["Health"]["Log"] if h["ExitCode"] == 0
-    )
     stopped = when(old_c["State"]["FinishedAt"])
-    # Swarm reported the new task running once it was healthy, and only then stopped the old
-    assert first_healthy <= became_running < stopped, (first_healthy, became_running, stopped)
+    # Swarm reported the new task running (= healthy) before it stopped the old one
+    assert became_running < stopped, (became_running, stopped)
+    assert new_c["State"]["Health"]["Status"] == "healthy", new_c["State"]["Health"]
+    # Docker keeps only the last 5 health results: the earliest retained success is the
+    # first one only while the log has not rotated
+    log = new_c["State"]["Health"]["Log"]
+    if len(log) < 5:
+        first_healthy = min(when(h["End"]) for h in log if h["ExitCode"] == 0)
+        assert first_healthy <= became_running, (first_healthy, became_running)
     return new
+
+
+def settled_stop_first(bed: Bed, service: str, task_id: str) -> None:
+    """After the fallback converged it deployed the stack again with the service stop-first
+    (a later update must not start a second task on its pinned GPU): Swarm's spec says so,
+    and that apply started no task (the newest is still the start-first update's)."""
+    spec = json.loads(bed.mgr.docker("service", "inspect", f"{PROJECT}_{service}"))[0]["Spec"]
+    assert spec["UpdateConfig"]["Order"] == "stop-first", spec["UpdateConfig"]
+    assert service_tasks(bed, service)[0]["ID"] == task_id
+    assert running(bed, service)["ID"] == task_id
 
 
 def status(bed: Bed) -> tuple[str, bool]:
@@ -205,7 +219,9 @@ def test_gpu_failed_moves_only_the_affected_service_make_before_break(bed: Bed) 
     assert f"ollama-0: node1 GPU 0 ({A_UUIDS[0]}) -> node1 GPU 2 ({A_UUIDS[2]}) (start-first)" in (
         done.stdout
     )
+    assert done.stdout.index("moving ollama-0") < done.stdout.index("moved ollama-0")
     new = replaced_make_before_break(bed, "ollama-0", before["ollama-0"])
+    settled_stop_first(bed, "ollama-0", new["ID"])
     info = container(bed, new)
     assert info["_host"] == "cgsw-node1"
     assert env_of(info)["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[2]
@@ -219,8 +235,10 @@ def test_gpu_failed_moves_only_the_affected_service_make_before_break(bed: Bed) 
 
 def test_cpu_moves_both_replicas_to_cpu_on_their_node(bed: Bed) -> None:
     before = {name: running(bed, name)["ID"] for name in SERVICES}
-    done = cli(bed, "fallback", "-C", str(bed.directory), "-p", PROJECT, "--cpu")
+    # no -p: the name `deploy -p` recorded (not the profile's, which would be a second stack)
+    done = cli(bed, "fallback", "-C", str(bed.directory), "--cpu")
     assert done.returncode == 0, done.stderr + done.stdout
+    assert "ollama-replicas_" not in bed.mgr.docker("service", "ls", "--format", "{{.Name}}")
     for name in ("ollama-0", "ollama-1"):
         new = replaced_make_before_break(bed, name, before[name])
         info = container(bed, new)
@@ -241,6 +259,7 @@ def test_restore_returns_to_the_planned_gpus(bed: Bed) -> None:
     assert done.returncode == 0, done.stderr + done.stdout
     for name, uuid in (("ollama-0", A_UUIDS[0]), ("ollama-1", A_UUIDS[1])):
         new = replaced_make_before_break(bed, name, before[name])
+        settled_stop_first(bed, name, new["ID"])
         assert env_of(container(bed, new))["NVIDIA_VISIBLE_DEVICES"] == uuid
         assert len(reserved(new)) == 1
     assert running(bed, "gateway")["ID"] == before["gateway"]

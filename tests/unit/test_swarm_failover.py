@@ -74,8 +74,10 @@ class Engine:
         self.calls: list[tuple[Any, ...]] = []
         self.fail: dict[str, Exception] = {}
         self.stack_at_deploy: str | None = None
+        self.stacks_at_wait: list[str] = []
+        self.deployed_checks: list[str] = []
 
-    def stack_deploy(self, directory: Path, project: str, say: Any) -> None:
+    def stack_deploy(self, directory: Path, project: str, say: Any, **_: Any) -> None:
         self.calls.append(("deploy", directory, project))
         self.stack_at_deploy = (directory / "docker-stack.yml").read_text()
         if "deploy" in self.fail:
@@ -85,8 +87,18 @@ class Engine:
         self, client: Any, directory: Path, project: str, *, timeout_s: float, report: Any
     ) -> None:
         self.calls.append(("wait", client, directory, project, timeout_s))
+        self.stacks_at_wait.append((directory / "docker-stack.yml").read_text())
         if "wait" in self.fail:
             raise self.fail["wait"]
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.stacks_at_wait.clear()
+
+    def require_deployed(self, client: Any, project: str, directory: Path) -> None:
+        self.deployed_checks.append(project)
+        if "deployed" in self.fail:
+            raise self.fail["deployed"]
 
 
 @pytest.fixture
@@ -94,6 +106,7 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> Engine:
     fake = Engine()
     monkeypatch.setattr(engine_swarm, "stack_deploy", fake.stack_deploy)
     monkeypatch.setattr(engine_swarm, "wait_converged", fake.wait_converged)
+    monkeypatch.setattr(engine_swarm, "require_deployed", fake.require_deployed, raising=False)
     return fake
 
 
@@ -123,6 +136,14 @@ def stack(out: Path) -> sw.SwarmStack:
     found = sw.stack_at(str(out), None)
     assert found is not None
     return found
+
+
+def first_order(engine: Engine, service: str) -> str:
+    """The service's update order in the stack file the first deploy of a fallback applied."""
+    order: str = yaml.safe_load(engine.stacks_at_wait[0])["services"][service]["deploy"][
+        "update_config"
+    ]["order"]
+    return order
 
 
 def without_order(block: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +205,7 @@ def test_swarm_api_key_is_read_back_from_auth_conf(tmp_path: Path) -> None:
 # --- --gpu-failed -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ids", [A_UUIDS[0], "node1:0", "0"])
+@pytest.mark.parametrize("ids", [A_UUIDS[0], "node1:0", " node1 : 0 "])
 def test_gpu_failed_updates_only_the_affected_service_start_first(
     tmp_path: Path, engine: Engine, ids: str
 ) -> None:
@@ -198,7 +219,12 @@ def test_gpu_failed_updates_only_the_affected_service_start_first(
     assert outcome.changed
     # ollama-0 moves to node1's GPU 2 (its first free GPU), make before break
     assert after["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[2]
-    assert after["ollama-0"]["deploy"]["update_config"]["order"] == "start-first"
+    # deployed start-first, then (converged) deployed again stop-first: a later update of the
+    # service (an image bump) must not start a second task on its pinned GPU beside the old
+    moving = yaml.safe_load(engine.stacks_at_wait[0])["services"]
+    assert moving["ollama-0"]["deploy"]["update_config"]["order"] == "start-first"
+    assert after["ollama-0"]["deploy"]["update_config"]["order"] == "stop-first"
+    assert without_order(moving["ollama-0"]) == without_order(after["ollama-0"])
     assert after["ollama-0"]["deploy"]["placement"] == before["ollama-0"]["deploy"]["placement"]
     # nothing else changes at all: Swarm leaves their tasks alone
     assert after["ollama-1"] == before["ollama-1"]
@@ -207,18 +233,20 @@ def test_gpu_failed_updates_only_the_affected_service_start_first(
         [app.OutFile("docker-stack.yml", yaml.safe_dump({"services": before}))],
         [app.OutFile("docker-stack.yml", yaml.safe_dump({"services": after}))],
     ) == ["ollama-0"]
-    assert engine.calls == [
+    applied = [
         ("deploy", out.resolve(), "ollama-replicas"),
         ("wait", "the-client", out.resolve(), "ollama-replicas", sw.WAIT_S),
     ]
+    assert engine.calls == applied * 2
+    assert engine.deployed_checks == ["ollama-replicas"]
     # the stack file was written before the deploy read it
     assert engine.stack_at_deploy == (out / "docker-stack.yml").read_text()
-    assert said[0] == (
-        f"ollama-0: node1 GPU 0 ({A_UUIDS[0]}) -> node1 GPU 2 ({A_UUIDS[2]}) (start-first)"
-    )
+    move = f"ollama-0: node1 GPU 0 ({A_UUIDS[0]}) -> node1 GPU 2 ({A_UUIDS[2]}) (start-first)"
+    assert said == [f"moving {move}", f"moved {move}"]
     record = json.loads((out / ".composegen" / "render.json").read_text())
-    assert record["failed"] == [[0]] and record["start_first"] == ["ollama-0"]
-    assert read_mode(out.resolve(), "ollama-replicas")["mode"] == "gpu-failover"
+    assert record["failed"] == [[0]] and record["start_first"] == []
+    state = read_mode(out.resolve(), "ollama-replicas")
+    assert state["mode"] == "gpu-failover" and state["applied"] is True
     # render.json reproduces the files on disk, so the next step compares with the truth
     for f in app.rebuild(app.load_inputs(out)).files:
         assert (out / f.path).read_text() == f.text, f.path
@@ -237,7 +265,7 @@ def test_a_move_to_another_node_says_its_volumes_stay_behind(
     assert after["ollama-0"]["deploy"]["placement"]["constraints"] == [
         "node.hostname == cgsw-node2"
     ]
-    assert after["ollama-0"]["deploy"]["update_config"]["order"] == "start-first"
+    assert first_order(engine, "ollama-0") == "start-first"
     text = " ".join(said)
     assert "ollama-0 moves from node node1 to node node2" in text
     assert "ollama-replicas_models" in text and "ollama-replicas_ollama-cache-0" in text
@@ -268,7 +296,8 @@ def test_dry_run_changes_nothing(tmp_path: Path, engine: Engine) -> None:
         ("GPU-00000000-1111-2222-3333-444444444444", "no GPU with UUID"),
         ("node3:0", "no GPU 0 on node 'node3'"),
         ("node2:2", "no GPU 2 on node 'node2'"),
-        ("6", "GPU 6 is not in the stack's inventory"),
+        ("node1:6", "no GPU 6 on node 'node1'"),
+        ("0", "'0' is ambiguous on a fleet of 2 nodes: name the GPU as NODE:INDEX"),
     ],
 )
 def test_unknown_gpu_id_is_refused_and_changes_nothing(
@@ -293,7 +322,7 @@ def test_hand_edited_stack_file_is_refused_then_forced_with_a_backup(
     assert snapshot(out) == files and engine.calls == []
     failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0], force=True), io())
     assert (out / "docker-stack.yml.bak").read_text() == edited
-    assert [c[0] for c in engine.calls] == ["deploy", "wait"]
+    assert [c[0] for c in engine.calls] == ["deploy", "wait", "deploy", "wait"]
 
 
 def test_gpu_failed_on_cpu_is_refused(tmp_path: Path, engine: Engine) -> None:
@@ -315,12 +344,66 @@ def test_a_failed_deploy_leaves_the_new_plan_recorded_and_a_rerun_applies_it(
     assert err.value.hint is not None and "composegen deploy -C" in err.value.hint
     assert stack_of(out)["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[2]
     assert json.loads((out / ".composegen" / "render.json").read_text())["failed"] == [[0]]
+    assert read_mode(out.resolve(), "ollama-replicas")["applied"] is False
     del engine.fail["deploy"]
-    engine.calls.clear()
+    engine.reset()
     files = snapshot(out)
-    failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io())
-    assert [c[0] for c in engine.calls] == ["deploy", "wait"]
-    assert stack_of(out) == yaml.safe_load(files["docker-stack.yml"])["services"]
+    said = Said()
+    # the same ids again: no second failed step, the recorded one applied (start-first first)
+    assert failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io(said)).changed
+    assert [c[0] for c in engine.calls] == ["deploy", "wait", "deploy", "wait"]
+    assert engine.stacks_at_wait[0] == files["docker-stack.yml"].decode()
+    assert first_order(engine, "ollama-0") == "start-first"
+    assert stack_of(out)["ollama-0"]["deploy"]["update_config"]["order"] == "stop-first"
+    record = json.loads((out / ".composegen" / "render.json").read_text())
+    assert record["failed"] == [[0]] and record["start_first"] == []
+    state = read_mode(out.resolve(), "ollama-replicas")
+    assert state["mode"] == "gpu-failover" and state["applied"] is True
+    assert said[0].startswith("moving ollama-replicas: applying the recorded gpu-failover step")
+    # applied now: the same ids once more change nothing
+    engine.reset()
+    said.clear()
+    again = failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io(said))
+    assert not again.changed
+    assert engine.calls == [] and said == ["ollama-replicas: GPUs 0 are already failed over"]
+
+
+def test_a_rerun_of_cpu_after_a_failed_wait_applies_it_again(
+    tmp_path: Path, engine: Engine
+) -> None:
+    out = rendered(tmp_path)
+    engine.fail["wait"] = ComposegenError("ollama-replicas: ollama-0 pending on cgsw-node1")
+    with pytest.raises(ComposegenError, match="pending"):
+        failover.run(stack(out), failover.Request("cpu"), io())
+    state = read_mode(out.resolve(), "ollama-replicas")
+    assert state["mode"] == "cpu-fallback" and state["applied"] is False
+    del engine.fail["wait"]
+    engine.reset()
+    said = Said()
+    assert failover.run(stack(out), failover.Request("cpu"), io(said)).changed
+    assert [c[0] for c in engine.calls] == ["deploy", "wait"]  # CPU: no GPU start-first to undo
+    assert stack_of(out)["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert read_mode(out.resolve(), "ollama-replicas")["applied"] is True
+    assert said[-1] == "ollama-replicas: applied"
+
+
+def test_a_rerun_of_restore_after_a_failed_deploy_applies_it_again(
+    tmp_path: Path, engine: Engine
+) -> None:
+    out = rendered(tmp_path)
+    first = stack_of(out)
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io())
+    engine.fail["deploy"] = ComposegenError("docker stack deploy ollama-replicas: exit 1: nope")
+    with pytest.raises(ComposegenError, match="nope"):
+        failover.run(stack(out), failover.Request("restore"), io())
+    del engine.fail["deploy"]
+    engine.reset()
+    said = Said()
+    assert failover.run(stack(out), failover.Request("restore"), io(said)).changed
+    assert [c[0] for c in engine.calls] == ["deploy", "wait", "deploy", "wait"]
+    assert stack_of(out) == first
+    state = read_mode(out.resolve(), "ollama-replicas")
+    assert state["mode"] == "gpu" and state["applied"] is True
 
 
 def test_wait_converged_failure_is_the_commands_failure(tmp_path: Path, engine: Engine) -> None:
@@ -371,7 +454,8 @@ def test_two_moves_share_the_room_left(tmp_path: Path, engine: Engine) -> None:
     }
     said = Said()
     failover.run(stack(out), failover.Request("gpu-failed", "node1:0,node1:1"), io(said))
-    orders = {n: b["deploy"]["update_config"]["order"] for n, b in stack_of(out).items()}
+    deployed = yaml.safe_load(engine.stacks_at_wait[0])["services"]
+    orders = {n: b["deploy"]["update_config"]["order"] for n, b in deployed.items()}
     assert orders == {"gateway": "stop-first", "ollama-0": "start-first", "ollama-1": "start-first"}
 
 
@@ -382,7 +466,8 @@ def test_a_stop_first_update_is_recorded_and_said(
     monkeypatch.setattr(sw, "advertised_per_node", lambda fleet: {"node1": 2, "node2": 2})
     said = Said()
     failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io(said))
-    assert stack_of(out)["ollama-0"]["deploy"]["update_config"]["order"] == "stop-first"
+    assert first_order(engine, "ollama-0") == "stop-first"
+    assert [c[0] for c in engine.calls] == ["deploy", "wait"]  # nothing start-first to undo
     assert said[0].endswith("(stop-first)")
     assert json.loads((out / ".composegen" / "render.json").read_text())["start_first"] == []
 
@@ -420,7 +505,7 @@ def test_cpu_moves_every_gpu_service_to_its_cpu_form_in_place(
         assert block["labels"]["io.composegen.mode"] == "cpu"
     assert after["gateway"] == before["gateway"]
     assert read_mode(out.resolve(), "ollama-replicas")["mode"] == "cpu-fallback"
-    engine.calls.clear()
+    engine.reset()
     said = Said()
     again = failover.run(stack(out), failover.Request("cpu"), io(said))
     assert not again.changed and engine.calls == []
@@ -434,22 +519,21 @@ def test_restore_from_cpu_after_a_failover_returns_to_the_first_plan(
     first = stack_of(out)
     failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io())
     failover.run(stack(out), failover.Request("cpu"), io())
-    engine.calls.clear()
+    engine.reset()
     said = Said()
     outcome = failover.run(stack(out), failover.Request("restore"), io(said))
     restored = stack_of(out)
-    assert outcome.changed and [c[0] for c in engine.calls] == ["deploy", "wait"]
-    # every service as first rendered, each GPU service updated start-first back from CPU
-    assert {n: without_order(b) for n, b in restored.items()} == {
-        n: without_order(b) for n, b in first.items()
-    }
-    assert restored["ollama-0"]["deploy"]["update_config"]["order"] == "start-first"
-    assert restored["ollama-1"]["deploy"]["update_config"]["order"] == "start-first"
-    assert f"ollama-0: CPU on node1 -> node1 GPU 0 ({A_UUIDS[0]}) (start-first)" in said
+    assert outcome.changed and [c[0] for c in engine.calls] == ["deploy", "wait"] * 2
+    # every service as first rendered, each GPU service updated start-first back from CPU,
+    # then stop-first again
+    assert restored == first
+    assert first_order(engine, "ollama-0") == "start-first"
+    assert first_order(engine, "ollama-1") == "start-first"
+    assert f"moved ollama-0: CPU on node1 -> node1 GPU 0 ({A_UUIDS[0]}) (start-first)" in said
     record = json.loads((out / ".composegen" / "render.json").read_text())
     assert record["failed"] == []
     assert read_mode(out.resolve(), "ollama-replicas")["mode"] == "gpu"
-    engine.calls.clear()
+    engine.reset()
     said.clear()
     assert not failover.run(stack(out), failover.Request("restore"), io(said)).changed
     assert said == ["ollama-replicas already runs its GPU plan"] and engine.calls == []
@@ -459,10 +543,12 @@ def test_restore_from_a_gpu_failover_moves_back_start_first(tmp_path: Path, engi
     out = rendered(tmp_path)
     first = stack_of(out)
     failover.run(stack(out), failover.Request("gpu-failed", A_UUIDS[0]), io())
+    engine.reset()
     said = Said()
     failover.run(stack(out), failover.Request("restore"), io(said))
     restored = stack_of(out)
-    assert restored["ollama-0"] == {
+    assert restored["ollama-0"] == first["ollama-0"]  # stop-first again once converged
+    assert yaml.safe_load(engine.stacks_at_wait[0])["services"]["ollama-0"] == {
         **first["ollama-0"],
         "deploy": {
             **first["ollama-0"]["deploy"],
@@ -471,7 +557,8 @@ def test_restore_from_a_gpu_failover_moves_back_start_first(tmp_path: Path, engi
     }
     assert restored["ollama-1"] == first["ollama-1"]  # never touched
     assert (
-        f"ollama-0: node1 GPU 2 ({A_UUIDS[2]}) -> node1 GPU 0 ({A_UUIDS[0]}) (start-first)" in said
+        f"moved ollama-0: node1 GPU 2 ({A_UUIDS[2]}) -> node1 GPU 0 ({A_UUIDS[0]}) (start-first)"
+        in said
     )
 
 
@@ -501,7 +588,7 @@ def test_a_dropped_replica_leaves_the_stack_and_a_resolving_gateway_unchanged(
     assert "ollama-0" not in after  # `stack deploy --prune` removes the service
     assert after["gateway"] == before["gateway"]
     assert (out / "nginx" / "nginx.conf").read_text() == conf
-    assert said[0] == f"ollama-0: node1 GPU 0 ({A_UUIDS[0]}) -> removed"
+    assert said[0] == f"moving ollama-0: node1 GPU 0 ({A_UUIDS[0]}) -> removed"
 
 
 def test_without_resolve_the_gateway_routes_follow_the_plan(tmp_path: Path, engine: Engine) -> None:
@@ -510,7 +597,7 @@ def test_without_resolve_the_gateway_routes_follow_the_plan(tmp_path: Path, engi
     said = Said()
     failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io(said))
     assert "ollama-0:39001" not in (out / "nginx" / "nginx.conf").read_text()
-    assert "gateway: its configuration changes: restarted (stop-first)" in said
+    assert "moved gateway: its configuration changes: restarted (stop-first)" in said
 
 
 # --- the CLI ----------------------------------------------------------------------------------
@@ -549,9 +636,8 @@ def test_failures_add_up_and_each_step_changes_only_what_moves(
     third = stack_of(out)
     assert third["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[3]
     assert third["ollama-1"] == second["ollama-1"] and third["gateway"] == second["gateway"]
-    assert said == [
-        f"ollama-0: node1 GPU 2 ({A_UUIDS[2]}) -> node1 GPU 3 ({A_UUIDS[3]}) (start-first)"
-    ]
+    move = f"ollama-0: node1 GPU 2 ({A_UUIDS[2]}) -> node1 GPU 3 ({A_UUIDS[3]}) (start-first)"
+    assert said == [f"moving {move}", f"moved {move}"]
     record = json.loads((out / ".composegen" / "render.json").read_text())
     assert record["failed"] == [[0], [2]]
     for f in app.rebuild(app.load_inputs(out)).files:
@@ -587,6 +673,7 @@ class FakeSwarmBed:
                 f"ollama-replicas_{name}", self.node["node1"], "running"
             )
         self.events: list[tuple[str, str, str]] = []
+        self.deploys = 0
 
     @staticmethod
     def _env(block: dict[str, Any]) -> dict[str, str]:
@@ -599,6 +686,7 @@ class FakeSwarmBed:
         return sum(int(g["value"]) for g in specs if g["kind"] == "NVIDIA-GPU")
 
     def deployed(self, directory: Path, project: str, say: Any) -> None:
+        self.deploys += 1
         for name, block in stack_of(directory).items():
             sid = self.swarm.service_id(f"{project}_{name}")
             template = self.swarm.services[sid]["Spec"]["TaskTemplate"]
@@ -632,6 +720,8 @@ def test_the_wait_ends_when_the_new_task_runs_on_its_new_gpu(fake_swarm: FakeSwa
 
     def swarm_does(swarm: Any) -> None:
         # start-first: the new task starts beside the old one, then Swarm stops the old one
+        if not bed.deploys:  # the fallback's check that the stack is deployed
+            return
         step = next(script)
         if step == 0:
             bed.task["new"] = swarm.add_task(
@@ -644,8 +734,11 @@ def test_the_wait_ends_when_the_new_task_runs_on_its_new_gpu(fake_swarm: FakeSwa
     bed.swarm.on_poll = swarm_does
     out = failover.run(stack(bed.out), failover.Request("gpu-failed", "node1:0"), bed.io())
     assert out.changed
+    # the second apply (stop-first again) waits as well: the same task, running
+    assert bed.deploys == 2
     assert [(st, d) for s, st, d in bed.events if s == "ollama-0"] == [
         ("starting", ""),
+        ("running", f"GPU {A_UUIDS[2]} (task spec)"),
         ("running", f"GPU {A_UUIDS[2]} (task spec)"),
     ]
     assert ("ollama-1", "running", f"GPU {A_UUIDS[1]} (task spec)") in bed.events
@@ -671,3 +764,105 @@ def test_a_new_task_pending_for_room_fails_naming_it(
     # the step is recorded: the files say where ollama-0 belongs, a rerun applies them again
     assert stack_of(bed.out)["ollama-0"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == A_UUIDS[2]
     assert read_mode(bed.out.resolve(), "ollama-replicas")["mode"] == "gpu-failover"
+
+
+# --- the stack's name and whether it is deployed ----------------------------------------------
+
+
+def test_deploy_records_its_stack_name_and_a_fallback_without_p_uses_it(
+    tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = rendered(tmp_path)
+    monkeypatch.setattr(engine_swarm, "require_manager", lambda client: None)
+    engine_swarm.deploy(
+        "the-client", out, "cgfb", timeout_s=5.0, wait=False, report=lambda *a: None
+    )
+    assert (out / ".composegen" / "deployed-stack").read_text() == "cgfb\n"
+    assert stack(out).name == "cgfb"  # not the profile's name from the stack file's header
+    assert sw.stack_at(str(out), "other").name == "other"  # type: ignore[union-attr]
+    engine.reset()
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io())
+    assert engine.deployed_checks == ["cgfb"]
+    assert [c[2] for c in engine.calls if c[0] == "deploy"] == ["cgfb", "cgfb"]
+
+
+def test_a_fallback_on_a_stack_swarm_does_not_list_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from composegen.engine import docker as eng
+    from tests.fake_docker import FakeDocker
+
+    out = rendered(tmp_path)
+    client = FakeDocker()
+    client.swarm.init()
+    client.swarm.add_service("other-stack", "ollama-0")
+    deploys: list[str] = []
+    monkeypatch.setattr(engine_swarm, "stack_deploy", lambda d, p, say: deploys.append(p))
+    monkeypatch.setattr(eng, "connect", lambda *a, **k: client)
+    files = snapshot(out)
+    code, text, err = call(["fallback", "-C", str(out), "--gpu-failed", "node1:0"], capsys)
+    assert code == 2 and text == "" and deploys == []
+    assert err.strip().splitlines() == [
+        "composegen: error: stack ollama-replicas is not deployed (Swarm lists no service "
+        "labelled com.docker.stack.namespace=ollama-replicas): composegen deploy -C "
+        f"{out.resolve()} first"
+    ]
+    assert snapshot(out) == files
+
+
+# --- room, output order, concurrency ----------------------------------------------------------
+
+
+def test_the_room_counts_only_the_gpus_advertised_with_a_uuid(tmp_path: Path) -> None:
+    out = rendered(tmp_path)
+    inputs = app.load_inputs(out)
+    assert inputs.fleet is not None
+    node1 = inputs.fleet.nodes[0]
+    gpus = tuple(
+        replace(g, uuid="") if g.index == 3 else g for g in node1.inventory.gpus
+    )  # a GPU whose UUID nvidia-smi did not give: daemon.json cannot advertise it
+    nodes = (replace(node1, inventory=replace(node1.inventory, gpus=gpus)), inputs.fleet.nodes[1])
+    assert sw.advertised_per_node(replace(inputs.fleet, nodes=nodes)) == {"node1": 3, "node2": 2}
+
+
+def test_without_an_engine_nothing_is_said_to_move(tmp_path: Path, engine: Engine) -> None:
+    from composegen.engine.docker import EngineError
+
+    out = rendered(tmp_path)
+    files = snapshot(out)
+
+    def no_engine() -> Any:
+        raise EngineError("no Docker engine at unix:///var/run/docker.sock")
+
+    said = Said()
+    with pytest.raises(EngineError, match="no Docker engine"):
+        failover.run(
+            stack(out),
+            failover.Request("gpu-failed", "node1:0"),
+            failover.Io(said, connect=no_engine),
+        )
+    assert said == [] and snapshot(out) == files and engine.calls == []
+
+
+def test_a_step_recorded_while_this_one_waited_for_the_lock_is_kept(
+    tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = rendered(tmp_path)
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:0"), io())
+    real_lock = sw.project_lock
+    others = iter([("gpu-failed", "node1:2")])
+
+    @contextlib.contextmanager
+    def lock_after_another(directory: Path, project: str, what: str) -> Iterator[None]:
+        # another fallback takes the lock and finishes first
+        for action, ids in others:
+            failover.run(stack(out), failover.Request(action, ids), io())
+        with real_lock(directory, project, what):
+            yield
+
+    monkeypatch.setattr(sw, "project_lock", lock_after_another)
+    failover.run(stack(out), failover.Request("gpu-failed", "node1:1"), io())
+    record = json.loads((out / ".composegen" / "render.json").read_text())
+    assert record["failed"] == [[0], [2], [1]]
+    for f in app.rebuild(app.load_inputs(out)).files:
+        assert (out / f.path).read_text() == f.text, f.path
