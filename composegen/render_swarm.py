@@ -264,10 +264,10 @@ def stack_data(
     nodes: Sequence[SwarmNode],
     conf: str,
     auth: str | None = None,
-    endpoints: str = "vip",
     opts: SwarmOptions = SwarmOptions(),
 ) -> dict[str, Any]:
     by_name = _nodes_by_name(plan, nodes)
+    endpoints = endpoint_mode(takes_resolve(prof, opts))
     gw = prof.gateway
     gw_node = nodes[0]
     configs = {
@@ -371,8 +371,7 @@ def render_swarm(
     resolve = takes_resolve(prof, opts)
     conf = gateway_conf(prof, (opts.gateway_plan if resolve else None) or plan, opts)
     auth = compose.auth_conf(prof.gateway.api_key) if prof.gateway.api_key else None
-    endpoints = endpoint_mode(resolve)
-    data = stack_data(prof, plan, nodes, conf, auth, endpoints, opts)
+    data = stack_data(prof, plan, nodes, conf, auth, opts)
     stack_md = (
         compose._env()
         .get_template("STACK.swarm.md.j2")

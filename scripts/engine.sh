@@ -41,7 +41,9 @@ install_engine() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# write_hook [DIR]: the stand-in into DIR (default: this engine's); scripts/swarm.sh uses it too
 write_hook() {
+    local HOOKDIR="${1:-$HOOKDIR}"
     mkdir -p "$HOOKDIR"
     cat >"$HOOKDIR/nvidia-container-runtime-hook" <<'EOF'
 #!/bin/sh
@@ -99,5 +101,6 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) engine_answers && docker version --format 'engine {{.Server.Version}}' || { say "no engine"; exit 1; } ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    write-hook) [ -n "${2:-}" ] || { echo "usage: $0 write-hook DIR" >&2; exit 2; }; write_hook "$2" ;;
+    *) echo "usage: $0 start|stop|status|write-hook DIR" >&2; exit 2 ;;
 esac

@@ -100,16 +100,8 @@ need() {
     done
 }
 
-write_hook() {
-    mkdir -p "$HOOKDIR"
-    cat >"$HOOKDIR/nvidia-container-runtime-hook" <<'EOF'
-#!/bin/sh
-# TEST-ONLY stand-in for the NVIDIA Container Toolkit hook (see scripts/engine.sh).
-cat >/dev/null
-exit 0
-EOF
-    chmod 0755 "$HOOKDIR/nvidia-container-runtime-hook"
-}
+# the test-only NVIDIA hook stand-in, the same file scripts/engine.sh gives the main engine
+write_hook() { bash "$ROOT/scripts/engine.sh" write-hook "$HOOKDIR"; }
 
 # the bridge's own namespace, then one namespace + veth per node
 make_network() {
